@@ -1,0 +1,365 @@
+//! Parse and validate the mesh file, then build the indexed state from it. Validation runs to
+//! completion before anything is applied, so a bad edit never replaces a good state.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::meshfile::{CaFile, MeshFile, NodeFile};
+use crate::authz::PolicyIndex;
+use crate::identity::SpiffeId;
+use crate::model::{MeshState, Service, Workload};
+
+/// One problem in the mesh file, with the path of the field that has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// e.g. `services[2].ports[0].targetPort`
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read mesh file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("mesh file {file}: {path}: {message}")]
+    Syntax {
+        file: String,
+        path: String,
+        message: String,
+    },
+    #[error("mesh file {file} is invalid:{}", list(.errors))]
+    Invalid {
+        file: String,
+        errors: Vec<FieldError>,
+    },
+}
+
+fn list(errors: &[FieldError]) -> String {
+    errors.iter().map(|e| format!("\n  {e}")).collect()
+}
+
+/// Everything a weftd needs from one version of the mesh file.
+#[derive(Debug)]
+pub struct LoadedMesh {
+    pub state: MeshState,
+    pub nodes: Vec<NodeFile>,
+    /// CA file paths, made absolute against the mesh file's directory.
+    pub ca: Option<CaFile>,
+}
+
+impl LoadedMesh {
+    /// This node's settings, or the defaults when the file does not list it.
+    pub fn node(&self, name: &str) -> NodeFile {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .cloned()
+            .unwrap_or_else(|| NodeFile::with_defaults(name))
+    }
+}
+
+pub fn load_file(path: &Path) -> Result<LoadedMesh, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    load_str(&text, &path.display().to_string(), base)
+}
+
+/// Parses and validates `text`; `file` names it in errors and `base` resolves relative CA paths.
+pub fn load_str(text: &str, file: &str, base: &Path) -> Result<LoadedMesh, ConfigError> {
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    let mesh: MeshFile = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        ConfigError::Syntax {
+            file: file.to_string(),
+            path: if path == "." { "(top)".into() } else { path },
+            message: e.into_inner().to_string(),
+        }
+    })?;
+    build(mesh, base).map_err(|errors| ConfigError::Invalid {
+        file: file.to_string(),
+        errors,
+    })
+}
+
+fn build(mesh: MeshFile, base: &Path) -> Result<LoadedMesh, Vec<FieldError>> {
+    let mut errs = Errors::default();
+    if let Err(e) = SpiffeId::new(&mesh.trust_domain, "default", "default") {
+        errs.push("trustDomain", e.to_string());
+    }
+    if mesh.hbone_port == 0 {
+        errs.push("hbonePort", "must be between 1 and 65535");
+    }
+
+    let mut node_names = HashSet::new();
+    for (i, n) in mesh.nodes.iter().enumerate() {
+        if n.name.is_empty() {
+            errs.push(format!("nodes[{i}].name"), "must not be empty");
+        } else if !node_names.insert(n.name.as_str()) {
+            errs.push(format!("nodes[{i}].name"), format!("node {:?} is listed twice", n.name));
+        }
+    }
+
+    let workloads = build_workloads(&mesh, &mut errs);
+    let services = build_services(&mesh, &workloads, &mut errs);
+
+    for (i, p) in mesh.policies.iter().enumerate() {
+        for e in p.validate() {
+            errs.push(format!("policies[{i}].{}", e.path), e.message);
+        }
+    }
+    let mut policy_names = HashSet::new();
+    for (i, p) in mesh.policies.iter().enumerate() {
+        if !policy_names.insert((p.namespace.as_str(), p.name.as_str())) {
+            errs.push(
+                format!("policies[{i}].name"),
+                format!("policy {}/{} is listed twice", p.namespace, p.name),
+            );
+        }
+    }
+
+    if !errs.0.is_empty() {
+        return Err(errs.0);
+    }
+    let ca = mesh.ca.map(|mut ca| {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut ca.cert_file);
+        abs(&mut ca.key_file);
+        ca.chain_file.as_mut().map(abs);
+        ca.bundle_file.as_mut().map(abs);
+        ca
+    });
+    let policies = PolicyIndex::new(mesh.policies, &mesh.root_namespace);
+    Ok(LoadedMesh {
+        state: MeshState::new(
+            mesh.trust_domain,
+            mesh.root_namespace,
+            mesh.hbone_port,
+            workloads,
+            services,
+            policies,
+        ),
+        nodes: mesh.nodes,
+        ca,
+    })
+}
+
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+fn build_workloads(mesh: &MeshFile, errs: &mut Errors) -> Vec<Arc<Workload>> {
+    let mut out = Vec::with_capacity(mesh.workloads.len());
+    let mut ip_owner = HashMap::new();
+    let mut uids = HashSet::new();
+    let mut keys = HashSet::new();
+    for (i, w) in mesh.workloads.iter().enumerate() {
+        let at = |field: &str| format!("workloads[{i}].{field}");
+        if !is_name(&w.name) {
+            errs.push(at("name"), format!("{:?} is not a valid workload name", w.name));
+        }
+        if w.node.is_empty() {
+            errs.push(at("node"), "must not be empty");
+        }
+        if w.ips.is_empty() {
+            errs.push(at("ips"), "a workload needs at least one IP");
+        }
+        for (j, ip) in w.ips.iter().enumerate() {
+            if let Some(other) = ip_owner.insert(*ip, i) {
+                errs.push(
+                    at(&format!("ips[{j}]")),
+                    format!("{ip} already belongs to workloads[{other}]"),
+                );
+            }
+        }
+        let uid = w
+            .uid
+            .clone()
+            .unwrap_or_else(|| format!("{}/{}", w.namespace, w.name));
+        if !uids.insert(uid.clone()) {
+            errs.push(at("uid"), format!("uid {uid:?} is used twice"));
+        }
+        if !keys.insert((w.namespace.clone(), w.name.clone())) {
+            errs.push(
+                at("name"),
+                format!("workload {}/{} is listed twice", w.namespace, w.name),
+            );
+        }
+        let identity = match SpiffeId::new(&mesh.trust_domain, &w.namespace, &w.service_account)
+        {
+            Ok(id) => id,
+            Err(e) => {
+                // Name the field that is wrong, not the identity built from it.
+                let field = if SpiffeId::new(&mesh.trust_domain, &w.namespace, "default").is_err()
+                {
+                    "namespace"
+                } else {
+                    "serviceAccount"
+                };
+                errs.push(at(field), e.to_string());
+                continue;
+            }
+        };
+        out.push(Arc::new(Workload {
+            uid,
+            name: w.name.clone(),
+            namespace: w.namespace.clone(),
+            service_account: w.service_account.clone(),
+            ips: w.ips.clone(),
+            node: w.node.clone(),
+            labels: w.labels.clone(),
+            mode: w.mode,
+            tunnel: w.tunnel,
+            inbound: w.inbound,
+            waypoint: w.waypoint.clone(),
+            netns: w.netns.clone(),
+            identity,
+        }));
+    }
+    out
+}
+
+fn build_services(mesh: &MeshFile, workloads: &[Arc<Workload>], errs: &mut Errors) -> Vec<Service> {
+    let by_key: HashMap<(&str, &str), usize> = workloads
+        .iter()
+        .enumerate()
+        .map(|(i, w)| ((w.namespace.as_str(), w.name.as_str()), i))
+        .collect();
+    let mut vip_owner: HashMap<SocketAddr, usize> = HashMap::new();
+    let mut keys = HashSet::new();
+    let mut out = Vec::with_capacity(mesh.services.len());
+    for (i, s) in mesh.services.iter().enumerate() {
+        let at = |field: &str| format!("services[{i}].{field}");
+        if !is_name(&s.name) {
+            errs.push(at("name"), format!("{:?} is not a valid service name", s.name));
+        }
+        if !keys.insert((s.namespace.as_str(), s.name.as_str())) {
+            errs.push(
+                at("name"),
+                format!("service {}/{} is listed twice", s.namespace, s.name),
+            );
+        }
+        if s.vips.is_empty() {
+            errs.push(at("vips"), "a service needs at least one VIP");
+        }
+        if s.ports.is_empty() {
+            errs.push(at("ports"), "a service needs at least one port");
+        }
+        let mut seen_ports = HashSet::new();
+        for (j, p) in s.ports.iter().enumerate() {
+            if p.port == 0 {
+                errs.push(at(&format!("ports[{j}].port")), "must be between 1 and 65535");
+            } else if !seen_ports.insert(p.port) {
+                errs.push(at(&format!("ports[{j}].port")), format!("port {} is listed twice", p.port));
+            }
+            if p.target_port == Some(0) {
+                errs.push(
+                    at(&format!("ports[{j}].targetPort")),
+                    "must be between 1 and 65535",
+                );
+            }
+            for vip in &s.vips {
+                if let Some(other) = vip_owner.insert(SocketAddr::new(*vip, p.port), i) {
+                    if other != i {
+                        errs.push(
+                            at(&format!("ports[{j}].port")),
+                            format!("{vip}:{} already belongs to services[{other}]", p.port),
+                        );
+                    }
+                }
+            }
+        }
+        for (j, vip) in s.vips.iter().enumerate() {
+            if let Some(w) = workloads.iter().position(|w| w.ips.contains(vip)) {
+                errs.push(
+                    at(&format!("vips[{j}]")),
+                    format!("{vip} is an IP of workloads[{w}]"),
+                );
+            }
+        }
+        let endpoints = match (&s.selector, &s.endpoints) {
+            (Some(_), Some(_)) => {
+                errs.push(at("endpoints"), "set either selector or endpoints, not both");
+                Vec::new()
+            }
+            (Some(sel), None) => select(workloads, &s.namespace, sel),
+            (None, Some(names)) => {
+                let mut eps = Vec::with_capacity(names.len());
+                for (j, n) in names.iter().enumerate() {
+                    let (ns, name) = n.split_once('/').unwrap_or((s.namespace.as_str(), n));
+                    match by_key.get(&(ns, name)) {
+                        Some(&w) => eps.push(w),
+                        None => errs.push(
+                            at(&format!("endpoints[{j}]")),
+                            format!("there is no workload {ns}/{name}"),
+                        ),
+                    }
+                }
+                eps
+            }
+            (None, None) => Vec::new(),
+        };
+        out.push(Service {
+            name: s.name.clone(),
+            namespace: s.namespace.clone(),
+            hostname: s.hostname.clone().unwrap_or_else(|| {
+                format!("{}.{}.svc.{}", s.name, s.namespace, mesh.trust_domain)
+            }),
+            vips: s.vips.clone(),
+            ports: s.ports.clone(),
+            selector: s.selector.clone(),
+            waypoint: s.waypoint.clone(),
+            endpoint_names: endpoints.iter().map(|&w| workloads[w].key()).collect(),
+            endpoints,
+        });
+    }
+    out
+}
+
+fn select(workloads: &[Arc<Workload>], ns: &str, sel: &BTreeMap<String, String>) -> Vec<usize> {
+    workloads
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| {
+            w.namespace == ns && sel.iter().all(|(k, v)| w.labels.get(k) == Some(v))
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Kubernetes object names: DNS-1123 subdomains.
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !s.starts_with(['-', '.'])
+        && !s.ends_with(['-', '.'])
+}

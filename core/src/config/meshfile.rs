@@ -1,0 +1,220 @@
+//! The standalone mesh file as written by users: YAML, camelCase keys, unknown keys refused so
+//! that a typo is an error and not a silently ignored setting.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::model::policy::AuthorizationPolicy;
+use crate::model::{CaptureMode, InboundMode, ServicePort, TunnelProtocol};
+
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+pub const DEFAULT_ROOT_NAMESPACE: &str = "weft-system";
+pub const DEFAULT_HBONE_PORT: u16 = 15008;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshFile {
+    #[serde(default = "default_trust_domain")]
+    pub trust_domain: String,
+    /// Policies in this namespace with no selector apply to the whole mesh.
+    #[serde(default = "default_root_namespace")]
+    pub root_namespace: String,
+    #[serde(default = "default_hbone_port")]
+    pub hbone_port: u16,
+    #[serde(default)]
+    pub ca: Option<CaFile>,
+    #[serde(default)]
+    pub nodes: Vec<NodeFile>,
+    #[serde(default)]
+    pub workloads: Vec<WorkloadFile>,
+    #[serde(default)]
+    pub services: Vec<ServiceFile>,
+    #[serde(default)]
+    pub policies: Vec<AuthorizationPolicy>,
+}
+
+/// Where the standalone CA lives. Relative paths are relative to the mesh file's directory.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CaFile {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Intermediates between the issuing certificate and the root, when it is an intermediate.
+    #[serde(default)]
+    pub chain_file: Option<PathBuf>,
+    /// Trust anchors; defaults to the issuing certificate when it is a root.
+    #[serde(default)]
+    pub bundle_file: Option<PathBuf>,
+    #[serde(default = "default_leaf_lifetime", with = "duration")]
+    pub leaf_lifetime: Duration,
+}
+
+/// Per-node settings, so that several weftd sharing one mesh file on one host (tests, the demo)
+/// can each find their own listen addresses.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeFile {
+    pub name: String,
+    #[serde(default)]
+    pub listen: ListenFile,
+    #[serde(default)]
+    pub capture: CaptureKind,
+    /// How long open connections may run after SIGTERM before they are closed.
+    #[serde(default = "default_drain", with = "duration")]
+    pub drain_period: Duration,
+}
+
+/// How weftd learns where a captured connection was going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CaptureKind {
+    /// No transparent capture: the client states the destination with a PROXY protocol header
+    /// on the outbound and plaintext-inbound listeners, and the HBONE server binds each local
+    /// workload's address. For tests, and for hosts where eBPF capture is not installed.
+    #[default]
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenFile {
+    #[serde(default = "default_outbound")]
+    pub outbound: SocketAddr,
+    #[serde(default = "default_plaintext_port")]
+    pub inbound_plaintext_port: u16,
+    #[serde(default = "default_admin")]
+    pub admin: SocketAddr,
+    #[serde(default = "default_metrics")]
+    pub metrics: SocketAddr,
+    #[serde(default = "default_readiness")]
+    pub readiness: SocketAddr,
+}
+
+impl Default for ListenFile {
+    fn default() -> Self {
+        ListenFile {
+            outbound: default_outbound(),
+            inbound_plaintext_port: default_plaintext_port(),
+            admin: default_admin(),
+            metrics: default_metrics(),
+            readiness: default_readiness(),
+        }
+    }
+}
+
+impl NodeFile {
+    pub fn with_defaults(name: &str) -> Self {
+        NodeFile {
+            name: name.to_string(),
+            listen: ListenFile::default(),
+            capture: CaptureKind::default(),
+            drain_period: default_drain(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadFile {
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    #[serde(default = "default_namespace")]
+    pub service_account: String,
+    /// Defaults to `namespace/name`.
+    #[serde(default)]
+    pub uid: Option<String>,
+    pub ips: Vec<IpAddr>,
+    pub node: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub mode: CaptureMode,
+    #[serde(default)]
+    pub tunnel: TunnelProtocol,
+    #[serde(default)]
+    pub inbound: InboundMode,
+    #[serde(default)]
+    pub waypoint: Option<String>,
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceFile {
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Defaults to `<name>.<namespace>.svc.<trust domain>`.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    pub vips: Vec<IpAddr>,
+    pub ports: Vec<ServicePort>,
+    /// Endpoints are the workloads of the service's namespace carrying all these labels...
+    #[serde(default)]
+    pub selector: Option<BTreeMap<String, String>>,
+    /// ...or are listed by name (`name` in the service's namespace, or `namespace/name`).
+    #[serde(default)]
+    pub endpoints: Option<Vec<String>>,
+    #[serde(default)]
+    pub waypoint: Option<String>,
+}
+
+fn default_trust_domain() -> String {
+    DEFAULT_TRUST_DOMAIN.into()
+}
+fn default_root_namespace() -> String {
+    DEFAULT_ROOT_NAMESPACE.into()
+}
+fn default_hbone_port() -> u16 {
+    DEFAULT_HBONE_PORT
+}
+fn default_namespace() -> String {
+    "default".into()
+}
+fn default_leaf_lifetime() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_drain() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_outbound() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15001))
+}
+fn default_plaintext_port() -> u16 {
+    15006
+}
+fn default_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15000))
+}
+fn default_metrics() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 15020))
+}
+fn default_readiness() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 15021))
+}
+
+/// Parses `24h`, `10s`, `500ms`, `3650days`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// Durations are written the human way: `24h`, `10s`, `500ms`.
+mod duration {
+    use super::*;
+    use serde::Serializer;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}

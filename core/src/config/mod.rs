@@ -1,0 +1,9 @@
+//! The standalone mesh file: its schema, validation into the mesh state, and reloading on edit.
+
+pub mod load;
+pub mod meshfile;
+pub mod watch;
+
+pub use load::{ConfigError, FieldError, LoadedMesh, load_file, load_str};
+pub use meshfile::{CaFile, CaptureKind, ListenFile, MeshFile, NodeFile};
+pub use watch::MeshWatcher;

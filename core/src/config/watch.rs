@@ -1,0 +1,77 @@
+//! Picks up mesh-file edits without a restart.
+//!
+//! It polls the file's metadata instead of using inotify: editors replace files by rename and
+//! Kubernetes ConfigMaps swap symlinks, and both defeat a watch on the original inode, while a
+//! (modified time, length, inode) fingerprint catches every one of them at the cost of one
+//! `stat` per interval.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::load::{ConfigError, LoadedMesh, load_file};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    modified_ns: i128,
+    len: u64,
+    inode: u64,
+}
+
+fn fingerprint(path: &Path) -> Option<Fingerprint> {
+    let md = std::fs::metadata(path).ok()?;
+    Some(Fingerprint {
+        modified_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
+        len: md.len(),
+        inode: md.ino(),
+    })
+}
+
+/// Watches one mesh file. `apply` receives each valid new version; invalid versions go to
+/// `refused`, and the state built from the last valid one keeps running.
+pub struct MeshWatcher {
+    pub path: PathBuf,
+    pub interval: Duration,
+    /// Forces a reload at once (SIGHUP).
+    pub trigger: std::sync::Arc<Notify>,
+}
+
+impl MeshWatcher {
+    pub fn new(path: PathBuf, interval: Duration) -> Self {
+        MeshWatcher {
+            path,
+            interval,
+            trigger: Default::default(),
+        }
+    }
+
+    /// Runs until `cancel` fires. The file as it was when the caller loaded it is the baseline,
+    /// so the first poll does not reload it again.
+    pub async fn run(
+        self,
+        cancel: CancellationToken,
+        mut apply: impl FnMut(LoadedMesh),
+        mut refused: impl FnMut(&ConfigError),
+    ) {
+        let mut last = fingerprint(&self.path);
+        loop {
+            let forced = tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(self.interval) => false,
+                _ = self.trigger.notified() => true,
+            };
+            let now = fingerprint(&self.path);
+            if !forced && now == last {
+                continue;
+            }
+            last = now;
+            match load_file(&self.path) {
+                Ok(mesh) => apply(mesh),
+                Err(e) => refused(&e),
+            }
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Shares HBONE connections between proxied TCP connections.
+//!
+//! Connections are keyed by (source identity, destination identity, destination address): a
+//! connection authenticated as one workload must never carry another's traffic. Each carries at
+//! most `max_streams` streams; callers for a key queue behind one handshake instead of each
+//! opening their own, so a burst of N connections opens ceil(N / max_streams) tunnels.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use h2::{RecvStream, SendStream};
+use tokio_util::sync::CancellationToken;
+
+use super::client::{ClientTlsProvider, ConnectRequest, establish};
+use super::{HboneError, Settings};
+use crate::identity::SpiffeId;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub source: SpiffeId,
+    pub destination: SpiffeId,
+    pub address: SocketAddr,
+}
+
+struct Conn {
+    send: SendRequest<Bytes>,
+    closed: CancellationToken,
+    active: AtomicUsize,
+    idle_since: Mutex<Instant>,
+}
+
+#[derive(Default)]
+struct Slot {
+    conns: tokio::sync::Mutex<Vec<Arc<Conn>>>,
+}
+
+struct Inner {
+    settings: Settings,
+    tls: Arc<dyn ClientTlsProvider>,
+    mark: Option<u32>,
+    slots: Mutex<HashMap<PoolKey, Arc<Slot>>>,
+    opened: AtomicU64,
+}
+
+/// Handle to the pool; clones share it.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+/// An open CONNECT stream. Dropping it gives its slot back to the pooled connection.
+pub struct PooledStream {
+    pub send: SendStream<Bytes>,
+    pub recv: RecvStream,
+    _lease: Lease,
+}
+
+struct Lease(Arc<Conn>);
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Ok(mut t) = self.0.idle_since.lock() {
+                *t = Instant::now();
+            }
+        }
+    }
+}
+
+impl Pool {
+    /// Must be called inside a tokio runtime: it starts the task that closes idle connections.
+    pub fn new(settings: Settings, tls: Arc<dyn ClientTlsProvider>, mark: Option<u32>) -> Self {
+        let inner = Arc::new(Inner {
+            settings,
+            tls,
+            mark,
+            slots: Mutex::new(HashMap::new()),
+            opened: AtomicU64::new(0),
+        });
+        let every = (inner.settings.idle_timeout / 4).max(Duration::from_millis(250));
+        tokio::spawn(reap(Arc::downgrade(&inner), every));
+        Pool { inner }
+    }
+
+    /// Opens a CONNECT stream to `key.address` and waits for the peer's 200.
+    pub async fn connect(
+        &self,
+        key: &PoolKey,
+        req: &ConnectRequest,
+    ) -> Result<PooledStream, HboneError> {
+        let request = req.to_http()?;
+        let authority = req.authority.to_string();
+        // A pooled connection can die between checkout and use (GOAWAY, peer restart); one
+        // retry on a fresh connection hides that from the application.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let conn = self.checkout(key).await?;
+            let lease = Lease(conn.clone());
+            let sent = async {
+                let mut send = conn.send.clone().ready().await?;
+                let (response, stream) = send.send_request(request.clone(), false)?;
+                Ok::<_, h2::Error>((response, stream))
+            }
+            .await;
+            let (response, stream) = match sent {
+                Ok(v) => v,
+                Err(e) if attempt < 2 && (e.is_go_away() || e.is_io() || e.is_library()) => {
+                    conn.closed.cancel();
+                    continue;
+                }
+                Err(source) => {
+                    return Err(HboneError::H2 {
+                        addr: key.address,
+                        source,
+                    });
+                }
+            };
+            let response = tokio::time::timeout(self.inner.settings.connect_timeout, response)
+                .await
+                .map_err(|_| HboneError::Timeout { addr: key.address })?
+                .map_err(|source| HboneError::H2 {
+                    addr: key.address,
+                    source,
+                })?;
+            if response.status() != http::StatusCode::OK {
+                return Err(HboneError::Status {
+                    status: response.status(),
+                    authority,
+                });
+            }
+            return Ok(PooledStream {
+                send: stream,
+                recv: response.into_body(),
+                _lease: lease,
+            });
+        }
+    }
+
+    /// Reserves a stream slot on a live connection for `key`, opening one if none has room.
+    async fn checkout(&self, key: &PoolKey) -> Result<Arc<Conn>, HboneError> {
+        let slot = {
+            let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.entry(key.clone()).or_default().clone()
+        };
+        let mut conns = slot.conns.lock().await;
+        conns.retain(|c| !c.closed.is_cancelled());
+        let max = self.inner.settings.max_streams as usize;
+        for c in conns.iter() {
+            if c.active.load(Ordering::Acquire) < max {
+                c.active.fetch_add(1, Ordering::AcqRel);
+                return Ok(c.clone());
+            }
+        }
+        let tls = self
+            .inner
+            .tls
+            .client_config(&key.source, &key.destination)
+            .await?;
+        let est = establish(key.address, tls, &self.inner.settings, self.inner.mark).await?;
+        self.inner.opened.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(Conn {
+            send: est.send,
+            closed: est.closed,
+            active: AtomicUsize::new(1),
+            idle_since: Mutex::new(Instant::now()),
+        });
+        conns.push(conn.clone());
+        Ok(conn)
+    }
+
+    /// Live pooled connections, all keys together.
+    pub fn connections(&self) -> usize {
+        let slots: Vec<_> = {
+            let slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.values().cloned().collect()
+        };
+        slots
+            .iter()
+            .filter_map(|s| s.conns.try_lock().ok().map(|c| c.iter().filter(|c| !c.closed.is_cancelled()).count()))
+            .sum()
+    }
+
+    /// Connections opened since start.
+    pub fn opened_total(&self) -> u64 {
+        self.inner.opened.load(Ordering::Relaxed)
+    }
+}
+
+/// Drops connections that have carried no stream for `idle_timeout`; dropping the last handle
+/// makes h2 send GOAWAY and close. Stops when the pool is gone.
+async fn reap(inner: Weak<Inner>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let idle = inner.settings.idle_timeout;
+        let mut slots = inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.retain(|_, slot| {
+            let Ok(mut conns) = slot.conns.try_lock() else {
+                return true; // a checkout is in progress
+            };
+            conns.retain(|c| {
+                if c.closed.is_cancelled() {
+                    return false;
+                }
+                let idle_for = c
+                    .idle_since
+                    .lock()
+                    .map(|t| t.elapsed())
+                    .unwrap_or_default();
+                c.active.load(Ordering::Acquire) > 0 || idle_for < idle
+            });
+            !conns.is_empty()
+        });
+    }
+}

@@ -1,0 +1,129 @@
+//! Accepting HBONE: the HTTP/2 server side of one mutual-TLS connection, and the parsing of
+//! each CONNECT into a target the node can check.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::{RecvStream, SendStream};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{Settings, headers};
+
+/// A CONNECT request, checked for shape.
+#[derive(Debug, Clone)]
+pub struct ConnectTarget {
+    /// `:authority`
+    pub target: SocketAddr,
+    /// From `forwarded: for=`; advisory.
+    pub client: Option<IpAddr>,
+    pub baggage: Option<HeaderValue>,
+    pub traceparent: Option<HeaderValue>,
+}
+
+/// Checks that `req` is a CONNECT to `ip:port`. The error is the status to answer with.
+pub fn parse_connect<B>(req: &Request<B>) -> Result<ConnectTarget, (StatusCode, String)> {
+    if req.method() != Method::CONNECT {
+        return Err((
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{} is not CONNECT", req.method()),
+        ));
+    }
+    let authority = req
+        .uri()
+        .authority()
+        .ok_or((StatusCode::BAD_REQUEST, "CONNECT without :authority".to_string()))?;
+    let target: SocketAddr = authority.as_str().parse().map_err(|_| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("authority {:?} is not ip:port", authority.as_str()),
+        )
+    })?;
+    if target.port() == 0 {
+        return Err((StatusCode::BAD_REQUEST, "port 0".to_string()));
+    }
+    let h = req.headers();
+    Ok(ConnectTarget {
+        target,
+        client: h.get("forwarded").and_then(headers::parse_forwarded_for),
+        baggage: h.get("baggage").cloned(),
+        traceparent: h.get("traceparent").cloned(),
+    })
+}
+
+/// Answers a CONNECT. A 200 keeps the stream open for data and returns its send half; any other
+/// status ends the stream.
+pub fn respond(
+    mut respond: SendResponse<Bytes>,
+    status: StatusCode,
+) -> Result<Option<SendStream<Bytes>>, h2::Error> {
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    let ok = status == StatusCode::OK;
+    let stream = respond.send_response(resp, !ok)?;
+    Ok(ok.then_some(stream))
+}
+
+/// Serves one HBONE connection until the peer closes it, it fails, or `shutdown` fires (then
+/// GOAWAY lets open streams finish). Each request is handed to `handle` in its own task on
+/// `tracker`, so a drain can wait for them.
+pub async fn serve<IO, F, Fut>(
+    io: IO,
+    settings: &Settings,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+    handle: F,
+) -> Result<(), h2::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<RecvStream>, SendResponse<Bytes>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut conn = h2::server::Builder::new()
+        .initial_window_size(settings.stream_window)
+        .initial_connection_window_size(settings.connection_window)
+        .max_frame_size(settings.max_frame_size)
+        .max_concurrent_streams(settings.max_streams)
+        .handshake::<_, Bytes>(io)
+        .await?;
+    let ping = conn.ping_pong();
+    let (interval, timeout) = (settings.keepalive_interval, settings.keepalive_timeout);
+    let keepalive = async move {
+        let Some(mut ping) = ping else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(interval).await;
+            match tokio::time::timeout(timeout, ping.ping(h2::Ping::opaque())).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => break e,
+                Err(_) => break h2::Error::from(h2::Reason::NO_ERROR),
+            }
+        }
+    };
+    tokio::pin!(keepalive);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            next = conn.accept() => match next {
+                Some(Ok((req, resp))) => {
+                    tracker.spawn(handle(req, resp));
+                }
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            },
+            _ = shutdown.cancelled(), if !draining => {
+                draining = true;
+                conn.graceful_shutdown();
+            }
+            e = &mut keepalive => {
+                tracing::warn!("HBONE client stopped answering PING; closing its connection");
+                return Err(e);
+            }
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Moves bytes between a TCP socket and an HTTP/2 stream until both directions are done.
+//!
+//! Half-close and resets cross the tunnel: a FIN read from TCP becomes END_STREAM, END_STREAM
+//! becomes a FIN; a TCP reset becomes RST_STREAM(CONNECT_ERROR) and an RST_STREAM becomes a TCP
+//! reset. The copy path reuses one read buffer per connection and frees it while the
+//! connection is idle, so idle tunnels cost no buffer memory.
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::net::Shutdown;
+use std::pin::pin;
+
+use bytes::{Bytes, BytesMut};
+use h2::{Reason, RecvStream, SendStream};
+use tokio::net::TcpStream;
+
+/// Read size when data is flowing: large enough to fill TLS records and HTTP/2 frames, small
+/// enough to stay below malloc's mmap threshold.
+const READ_CHUNK: usize = 64 * 1024;
+const MIN_READ: usize = 4 * 1024;
+
+/// How a spliced connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpliceEnd {
+    /// Both directions were closed in order.
+    Closed,
+    /// The TCP side failed or was reset; the stream was reset.
+    Tcp(io::ErrorKind),
+    /// The stream was reset by the peer (or its connection died); the TCP side was reset.
+    Stream(String),
+    /// The caller cancelled (e.g. policy now denies it); both sides were reset.
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpliceOutcome {
+    /// Bytes read from TCP and sent into the stream.
+    pub sent: u64,
+    /// Bytes received from the stream and written to TCP.
+    pub received: u64,
+    pub end: SpliceEnd,
+}
+
+enum Failure {
+    Tcp(io::Error),
+    Stream(h2::Error),
+}
+
+/// Splices `tcp` with the stream (`send`, `recv`) until both directions end, either side fails,
+/// or `cancel` completes.
+pub async fn splice(
+    tcp: TcpStream,
+    mut send: SendStream<Bytes>,
+    mut recv: RecvStream,
+    cancel: impl Future<Output = ()>,
+) -> SpliceOutcome {
+    let mut sent = 0u64;
+    let mut received = 0u64;
+    let end = {
+        let mut up = pin!(tcp_to_stream(&tcp, &mut send, &mut sent));
+        let mut down = pin!(stream_to_tcp(&tcp, &mut recv, &mut received));
+        let mut cancel = pin!(cancel);
+        let (mut up_done, mut down_done) = (false, false);
+        loop {
+            tokio::select! {
+                r = &mut up, if !up_done => match r {
+                    Ok(()) => up_done = true,
+                    Err(f) => break Err(f),
+                },
+                r = &mut down, if !down_done => match r {
+                    Ok(()) => down_done = true,
+                    Err(f) => break Err(f),
+                },
+                _ = &mut cancel => break Ok(false),
+            }
+            if up_done && down_done {
+                break Ok(true);
+            }
+        }
+    };
+    let end = match end {
+        Ok(true) => SpliceEnd::Closed,
+        Ok(false) => {
+            send.send_reset(Reason::CANCEL);
+            reset_tcp(&tcp);
+            SpliceEnd::Cancelled
+        }
+        Err(Failure::Tcp(e)) => {
+            send.send_reset(Reason::CONNECT_ERROR);
+            SpliceEnd::Tcp(e.kind())
+        }
+        Err(Failure::Stream(e)) => {
+            reset_tcp(&tcp);
+            SpliceEnd::Stream(e.to_string())
+        }
+    };
+    SpliceOutcome {
+        sent,
+        received,
+        end,
+    }
+}
+
+/// Closing with SO_LINGER 0 sends RST instead of FIN, which is how a stream reset must look to
+/// the TCP peer.
+pub fn reset_tcp(tcp: &TcpStream) {
+    let _ = socket2::SockRef::from(tcp).set_linger(Some(std::time::Duration::ZERO));
+}
+
+async fn tcp_to_stream(
+    tcp: &TcpStream,
+    send: &mut SendStream<Bytes>,
+    total: &mut u64,
+) -> Result<(), Failure> {
+    let mut buf = BytesMut::new();
+    loop {
+        if buf.capacity() - buf.len() < MIN_READ {
+            buf.reserve(READ_CHUNK);
+        }
+        let n = match tcp.try_read_buf(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if buf.is_empty() {
+                    // Let go of the buffer while waiting: an idle connection holds no memory.
+                    buf = BytesMut::new();
+                }
+                tcp.readable().await.map_err(Failure::Tcp)?;
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Failure::Tcp(e)),
+        };
+        if n == 0 {
+            return send
+                .send_data(Bytes::new(), true)
+                .map_err(Failure::Stream);
+        }
+        *total += n as u64;
+        let mut chunk = buf.split().freeze();
+        while !chunk.is_empty() {
+            send.reserve_capacity(chunk.len());
+            match poll_fn(|cx| send.poll_capacity(cx)).await {
+                Some(Ok(0)) => tokio::task::yield_now().await,
+                Some(Ok(cap)) => {
+                    let part = chunk.split_to(cap.min(chunk.len()));
+                    send.send_data(part, false).map_err(Failure::Stream)?;
+                }
+                Some(Err(e)) => return Err(Failure::Stream(e)),
+                None => {
+                    return Err(Failure::Stream(h2::Error::from(Reason::STREAM_CLOSED)));
+                }
+            }
+        }
+    }
+}
+
+async fn stream_to_tcp(
+    tcp: &TcpStream,
+    recv: &mut RecvStream,
+    total: &mut u64,
+) -> Result<(), Failure> {
+    loop {
+        match recv.data().await {
+            Some(Ok(chunk)) => {
+                write_all(tcp, &chunk).await.map_err(Failure::Tcp)?;
+                *total += chunk.len() as u64;
+                recv.flow_control()
+                    .release_capacity(chunk.len())
+                    .map_err(Failure::Stream)?;
+            }
+            Some(Err(e)) => return Err(Failure::Stream(e)),
+            None => {
+                return match socket2::SockRef::from(tcp).shutdown(Shutdown::Write) {
+                    // The peer may already be gone; that ends this direction just the same.
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+                    Err(e) => Err(Failure::Tcp(e)),
+                };
+            }
+        }
+    }
+}
+
+async fn write_all(tcp: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match tcp.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => tcp.writable().await?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! The indexed mesh state: one immutable snapshot per configuration version, shared by every
+//! connection. Lookups on the per-connection path are hash lookups; nothing here allocates.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::service::{Service, ServicePort};
+use super::workload::Workload;
+use crate::authz::PolicyIndex;
+
+/// One consistent view of the mesh. Rebuilt whole on every reload, so readers never see half of
+/// an update.
+#[derive(Debug)]
+pub struct MeshState {
+    pub trust_domain: String,
+    pub root_namespace: String,
+    /// The port every node's HBONE server listens on for its workloads' addresses.
+    pub hbone_port: u16,
+    pub workloads: Vec<Arc<Workload>>,
+    pub services: Vec<Service>,
+    pub policies: PolicyIndex,
+    by_ip: HashMap<IpAddr, usize>,
+    by_vip: HashMap<SocketAddr, (usize, usize)>,
+    /// Round-robin cursors, one per service. They restart at each reload, which is harmless.
+    cursors: Vec<AtomicUsize>,
+}
+
+/// What an original destination turned out to be.
+#[derive(Debug)]
+pub enum Destination<'a> {
+    /// A service VIP and port, with the chosen endpoint (None when it has no endpoint).
+    Service {
+        service: &'a Service,
+        port: &'a ServicePort,
+        endpoint: Option<&'a Arc<Workload>>,
+    },
+    /// A workload addressed directly by one of its IPs.
+    Workload(&'a Arc<Workload>),
+    /// Not part of the mesh.
+    External,
+}
+
+impl MeshState {
+    /// Builds the indexes. `services[i].endpoints` must already hold indexes into `workloads`.
+    pub fn new(
+        trust_domain: String,
+        root_namespace: String,
+        hbone_port: u16,
+        workloads: Vec<Arc<Workload>>,
+        services: Vec<Service>,
+        policies: PolicyIndex,
+    ) -> Self {
+        let mut by_ip = HashMap::with_capacity(workloads.len());
+        for (i, w) in workloads.iter().enumerate() {
+            for ip in &w.ips {
+                by_ip.insert(*ip, i);
+            }
+        }
+        let mut by_vip = HashMap::new();
+        for (si, s) in services.iter().enumerate() {
+            for vip in &s.vips {
+                for (pi, p) in s.ports.iter().enumerate() {
+                    by_vip.insert(SocketAddr::new(*vip, p.port), (si, pi));
+                }
+            }
+        }
+        let cursors = services.iter().map(|_| AtomicUsize::new(0)).collect();
+        MeshState {
+            trust_domain,
+            root_namespace,
+            hbone_port,
+            workloads,
+            services,
+            policies,
+            by_ip,
+            by_vip,
+            cursors,
+        }
+    }
+
+    /// An empty mesh, used before the first configuration is loaded.
+    pub fn empty() -> Self {
+        Self::new(
+            "cluster.local".into(),
+            "weft-system".into(),
+            15008,
+            Vec::new(),
+            Vec::new(),
+            PolicyIndex::new(Vec::new(), "weft-system"),
+        )
+    }
+
+    pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
+        self.by_ip.get(&ip).map(|&i| &self.workloads[i])
+    }
+
+    /// The workloads scheduled on `node`.
+    pub fn local_workloads<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Arc<Workload>> {
+        self.workloads.iter().filter(move |w| w.node == node)
+    }
+
+    /// Classifies an original destination, picking a service endpoint round robin.
+    pub fn resolve(&self, dst: SocketAddr) -> Destination<'_> {
+        if let Some(&(si, pi)) = self.by_vip.get(&dst) {
+            let service = &self.services[si];
+            let endpoint = if service.endpoints.is_empty() {
+                None
+            } else {
+                let n = self.cursors[si].fetch_add(1, Ordering::Relaxed);
+                Some(&self.workloads[service.endpoints[n % service.endpoints.len()]])
+            };
+            return Destination::Service {
+                service,
+                port: &service.ports[pi],
+                endpoint,
+            };
+        }
+        match self.workload_by_ip(dst.ip()) {
+            Some(w) => Destination::Workload(w),
+            None => Destination::External,
+        }
+    }
+
+    /// A JSON-able view for `/config_dump`.
+    pub fn dump(&self) -> StateDump<'_> {
+        StateDump {
+            trust_domain: &self.trust_domain,
+            root_namespace: &self.root_namespace,
+            hbone_port: self.hbone_port,
+            workloads: &self.workloads,
+            services: &self.services,
+            policies: self.policies.policies(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateDump<'a> {
+    pub trust_domain: &'a str,
+    pub root_namespace: &'a str,
+    pub hbone_port: u16,
+    pub workloads: &'a [Arc<Workload>],
+    pub services: &'a [Service],
+    pub policies: &'a [crate::model::policy::AuthorizationPolicy],
+}
+
+/// The one place the current state lives. Readers take a cheap `Arc` snapshot per connection;
+/// long-lived connections subscribe to learn about policy changes.
+#[derive(Clone)]
+pub struct StateStore {
+    tx: Arc<watch::Sender<Arc<MeshState>>>,
+}
+
+impl StateStore {
+    pub fn new(initial: MeshState) -> Self {
+        let (tx, _) = watch::channel(Arc::new(initial));
+        StateStore { tx: Arc::new(tx) }
+    }
+
+    pub fn current(&self) -> Arc<MeshState> {
+        self.tx.borrow().clone()
+    }
+
+    pub fn replace(&self, state: MeshState) {
+        self.tx.send_replace(Arc::new(state));
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<MeshState>> {
+        self.tx.subscribe()
+    }
+}

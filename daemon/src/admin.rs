@@ -1,0 +1,193 @@
+//! The daemon's HTTP surfaces: admin (loopback: readiness, config dump, log level), metrics
+//! (Prometheus text) and readiness, each on its own configurable address.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::proxy::Proxy;
+
+/// Changes the log filter at run time; returns the error text for a bad filter.
+pub type LogControl = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// What the last mesh-file reload did, for `/config_dump`.
+#[derive(Debug, Default, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigStatus {
+    pub file: String,
+    pub reloads: u64,
+    pub refused: u64,
+    pub last_error: Option<String>,
+}
+
+pub struct Admin {
+    pub px: Arc<Proxy>,
+    pub registry: Registry,
+    pub log: LogControl,
+    pub log_level: Mutex<String>,
+    pub config: Mutex<ConfigStatus>,
+    pub listeners: Mutex<Vec<String>>,
+    /// All listeners bound.
+    pub listening: AtomicBool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    Admin,
+    Metrics,
+    Readiness,
+}
+
+pub async fn serve(admin: Arc<Admin>, listener: TcpListener, surface: Surface, stop: CancellationToken) {
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("{surface:?} accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, std::convert::Infallible>(route(&admin, surface, req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn route(admin: &Admin, surface: Surface, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    match (surface, path) {
+        (_, "/healthz/ready") => {
+            let (ready, why) = readiness(admin);
+            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            reply(status, "text/plain", why)
+        }
+        (Surface::Metrics | Surface::Admin, "/metrics") => {
+            let mut out = String::new();
+            match prometheus_client::encoding::text::encode(&mut out, &admin.registry) {
+                Ok(()) => reply(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", out),
+                Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e.to_string()),
+            }
+        }
+        (Surface::Admin, "/config_dump") => match serde_json::to_vec_pretty(&config_dump(admin)) {
+            Ok(body) => reply(StatusCode::OK, "application/json", body),
+            Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e.to_string()),
+        },
+        (Surface::Admin, "/logging") => logging(admin, &req),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}
+
+/// Ready when every listener is bound and every local identity has a valid certificate.
+fn readiness(admin: &Admin) -> (bool, String) {
+    if !admin.listening.load(Ordering::Acquire) {
+        return (false, "listeners not bound\n".into());
+    }
+    let pending: Vec<String> = admin
+        .px
+        .certs
+        .snapshot()
+        .into_iter()
+        .filter(|c| c.state != "valid")
+        .map(|c| format!("{}: {}", c.identity, c.state))
+        .collect();
+    if pending.is_empty() {
+        (true, "ready\n".into())
+    } else {
+        (false, format!("certificates not ready: {}\n", pending.join(", ")))
+    }
+}
+
+fn logging(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let level = req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("level="))
+            .map(|v| v.replace("%2C", ",").replace("%3D", "="))
+    });
+    let mut current = admin.log_level.lock().unwrap_or_else(|p| p.into_inner());
+    match (req.method(), level) {
+        (&Method::POST | &Method::PUT, Some(level)) => match (admin.log)(&level) {
+            Ok(()) => {
+                tracing::info!("log level set to {level:?}");
+                *current = level.clone();
+                reply(StatusCode::OK, "text/plain", format!("level={level}\n"))
+            }
+            Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("bad level {level:?}: {e}\n")),
+        },
+        (&Method::GET, None) => reply(StatusCode::OK, "text/plain", format!("level={current}\n")),
+        _ => reply(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "GET /logging shows the level; POST /logging?level=<filter> sets it\n",
+        ),
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Dump<'a> {
+    node: &'a str,
+    config: ConfigStatus,
+    listeners: Vec<String>,
+    hbone_pool: PoolDump,
+    certificates: Vec<weft_core::identity::CertificateStatus>,
+    #[serde(flatten)]
+    state: weft_core::model::state::StateDump<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PoolDump {
+    connections: usize,
+    opened_total: u64,
+}
+
+fn config_dump(admin: &Admin) -> serde_json::Value {
+    let state = admin.px.state.current();
+    let dump = Dump {
+        node: &admin.px.node,
+        config: admin.config.lock().map(|c| c.clone()).unwrap_or_default(),
+        listeners: admin.listeners.lock().map(|l| l.clone()).unwrap_or_default(),
+        hbone_pool: PoolDump {
+            connections: admin.px.pool.connections(),
+            opened_total: admin.px.pool.opened_total(),
+        },
+        certificates: admin.px.certs.snapshot(),
+        state: state.dump(),
+    };
+    serde_json::to_value(&dump).unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
+}
+
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    crate::proxy::listeners::bind(addr)
+}

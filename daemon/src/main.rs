@@ -1,0 +1,158 @@
+//! weftd, the weft node agent.
+
+mod admin;
+mod capture;
+mod proxy;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, reload};
+
+#[derive(Parser)]
+#[command(name = "weftd", version, about = "weft node agent: carries workload traffic over mutual-TLS HBONE tunnels")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node agent.
+    Run {
+        /// The standalone mesh file (YAML).
+        #[arg(long, env = "WEFT_MESH")]
+        mesh: PathBuf,
+        /// This node's name, as workloads in the mesh file name it.
+        #[arg(long, env = "WEFT_NODE")]
+        node: String,
+        /// Log filter (tracing EnvFilter syntax), e.g. `info` or `info,weft::access=off`.
+        #[arg(long, env = "WEFT_LOG", default_value = "info")]
+        log: String,
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+        /// How often to look for mesh-file edits.
+        #[arg(long, default_value = "500ms", value_parser = humantime_duration)]
+        reload_interval: Duration,
+    },
+    /// Validate a mesh file and exit: 0 when valid, 1 with the bad fields listed.
+    Check {
+        #[arg(long)]
+        mesh: PathBuf,
+    },
+    /// Certificate authority for standalone mode.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Make a self-signed root CA (root-cert.pem, root-key.pem) in DIR, for local use.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Root certificate lifetime.
+        #[arg(long, default_value = "3650days", value_parser = humantime_duration)]
+        lifetime: Duration,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn humantime_duration(s: &str) -> Result<Duration, String> {
+    weft_core::config::meshfile::parse_duration(s)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { mesh } => match weft_core::config::load_file(&mesh) {
+            Ok(m) => {
+                println!(
+                    "{}: valid ({} workloads, {} services, {} policies)",
+                    mesh.display(),
+                    m.state.workloads.len(),
+                    m.state.services.len(),
+                    m.state.policies.policies().len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Ca {
+            command: CaCommand::Init { dir, lifetime },
+        } => match weft_core::identity::init_root_dir(&dir, lifetime) {
+            Ok(files) => {
+                println!("wrote {} and {}", files.cert_path.display(), files.key_path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("weftd ca init: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run {
+            mesh,
+            node,
+            log,
+            log_format,
+            reload_interval,
+        } => {
+            let filter = match EnvFilter::try_new(&log) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("bad --log filter {log:?}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let (filter, handle) = reload::Layer::new(filter);
+            let registry = tracing_subscriber::registry().with(filter);
+            match log_format {
+                LogFormat::Text => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).init(),
+                LogFormat::Json => registry
+                    .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+                    .init(),
+            }
+            let control: admin::LogControl = Box::new(move |level: &str| {
+                let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+                handle.reload(f).map_err(|e| e.to_string())
+            });
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let opts = run::RunOptions {
+                mesh,
+                node,
+                reload_interval,
+                log: control,
+                log_level: log,
+            };
+            match runtime.block_on(run::run(opts)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("weftd: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

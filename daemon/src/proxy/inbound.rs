@@ -1,0 +1,197 @@
+//! Inbound HBONE: mutual TLS as the destination workload, then one CONNECT per proxied
+//! connection, each checked (target is a workload here, policy allows the source) before the
+//! workload is dialled.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::RecvStream;
+use h2::server::SendResponse;
+use http::{Request, StatusCode};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use weft_core::hbone::client::connect_tcp;
+use weft_core::hbone::server::{parse_connect, respond, serve};
+use weft_core::hbone::{headers, splice};
+use weft_core::identity::{SpiffeId, peer_identity};
+use weft_core::telemetry::{AccessLog, ConnectionLabels, FailureReason, Reporter, SecurityPolicy};
+
+use super::revocation::{ConnectionFacts, revoked};
+use super::{Proxy, outbound::outcome, set_destination, set_source};
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one TCP connection accepted on a workload's HBONE address. The address it arrived on
+/// names the workload, and so the certificate to present.
+pub async fn handle_connection(
+    px: Arc<Proxy>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let Ok(local) = tcp.local_addr() else { return };
+    let Some(served) = px
+        .state
+        .current()
+        .workload_by_ip(local.ip())
+        .filter(|w| w.node == px.node)
+        .map(|w| w.identity.clone())
+    else {
+        tracing::debug!(%peer, %local, "HBONE connection to an address that is no workload here");
+        return;
+    };
+    let cert = match px.certs.get(&served).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(%peer, identity = %served, "no certificate to serve HBONE: {e}");
+            return;
+        }
+    };
+    let accept = TlsAcceptor::from(cert.server_config()).accept(tcp);
+    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, %local, "refused HBONE TLS handshake: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, %local, "HBONE TLS handshake timed out");
+            return;
+        }
+    };
+    // The verifier already required exactly one SPIFFE id in our trust domain.
+    let source = match tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(peer_identity)
+    {
+        Some(Ok(id)) => id,
+        _ => return,
+    };
+    let handler = {
+        let px = px.clone();
+        move |req, resp| stream(px.clone(), peer, source.clone(), served.clone(), req, resp)
+    };
+    if let Err(e) = serve(tls, &px.hbone, shutdown, &px.tracker, handler).await {
+        tracing::debug!(%peer, "HBONE connection ended: {e}");
+    }
+}
+
+/// One CONNECT stream.
+async fn stream(
+    px: Arc<Proxy>,
+    peer: SocketAddr,
+    source: SpiffeId,
+    served: SpiffeId,
+    req: Request<RecvStream>,
+    resp: SendResponse<Bytes>,
+) {
+    let start = Instant::now();
+    // Subscribe before deciding, so a policy change between the two is not missed.
+    let changes = px.state.subscribe();
+    let state = px.state.current();
+    let mut labels = ConnectionLabels::new(Reporter::Destination);
+    labels.connection_security_policy = SecurityPolicy::MutualTls;
+    labels.source_principal = source.to_string();
+    let refuse = |resp: SendResponse<Bytes>, status: StatusCode, why: &str, labels: &ConnectionLabels, reason| {
+        let _ = respond(resp, status);
+        px.metrics.failed(labels, reason);
+        tracing::info!(%peer, source = %source, status = status.as_u16(), "refused CONNECT: {why}");
+    };
+
+    let connect = match parse_connect(&req) {
+        Ok(c) => c,
+        Err((status, why)) => return refuse(resp, status, &why, &labels, FailureReason::BadRequest),
+    };
+    let client_ip = connect.client.unwrap_or(peer.ip());
+    match state.workload_by_ip(client_ip).filter(|w| w.identity == source) {
+        Some(w) => set_source(&mut labels, w),
+        None => {
+            if let Some(b) = &connect.baggage {
+                if let Some(v) = headers::baggage_get(b, "k8s.pod.name") {
+                    labels.source_workload = v.to_string();
+                }
+                labels.source_workload_namespace = source.namespace().to_string();
+            }
+        }
+    }
+    let Some(dst) = state
+        .workload_by_ip(connect.target.ip())
+        .filter(|w| w.node == px.node && w.identity == served)
+        .cloned()
+    else {
+        let why = format!("{} is not a workload served here", connect.target);
+        return refuse(resp, StatusCode::BAD_REQUEST, &why, &labels, FailureReason::BadRequest);
+    };
+    set_destination(&mut labels, &dst);
+    let log = |sent, received, outcome: &str, labels: &ConnectionLabels| {
+        AccessLog {
+            direction: "inbound",
+            src_addr: Some(SocketAddr::new(client_ip, 0)),
+            src_workload: &format!("{}/{}", labels.source_workload_namespace, labels.source_workload),
+            src_identity: &labels.source_principal,
+            dst_addr: Some(connect.target),
+            dst_workload: &dst.key(),
+            dst_identity: &labels.destination_principal,
+            dst_service: "",
+            bytes_sent: sent,
+            bytes_received: received,
+            duration: start.elapsed(),
+            outcome,
+        }
+        .emit();
+    };
+
+    let facts = ConnectionFacts {
+        source_principal: Some(source.to_string()),
+        source_namespace: Some(source.namespace().to_string()),
+        source_ip: client_ip,
+        destination_ip: connect.target.ip(),
+        destination_port: connect.target.port(),
+    };
+    let Some(decision) = facts.decide(&state) else { return };
+    for audit in &decision.audited {
+        tracing::info!(target: "weft::audit", policy = %audit, src = %source, dst = %connect.target, "audit policy matched");
+    }
+    if !decision.allowed {
+        let why = decision.to_string();
+        refuse(resp, StatusCode::UNAUTHORIZED, &why, &labels, FailureReason::Denied);
+        return log(0, 0, &format!("denied: {why}"), &labels);
+    }
+
+    let app = match tokio::time::timeout(px.hbone.connect_timeout, connect_tcp(connect.target, px.mark)).await {
+        Ok(Ok(app)) => app,
+        Ok(Err(e)) => {
+            let why = format!("connect {}: {e}", connect.target);
+            refuse(resp, StatusCode::SERVICE_UNAVAILABLE, &why, &labels, FailureReason::Unreachable);
+            return log(0, 0, &why, &labels);
+        }
+        Err(_) => {
+            let why = format!("connect {}: timed out", connect.target);
+            refuse(resp, StatusCode::SERVICE_UNAVAILABLE, &why, &labels, FailureReason::Unreachable);
+            return log(0, 0, &why, &labels);
+        }
+    };
+    let send = match respond(resp, StatusCode::OK) {
+        Ok(Some(send)) => send,
+        _ => return,
+    };
+    px.metrics.opened(&labels);
+    let cancel = async {
+        tokio::select! {
+            _ = px.force_close.cancelled() => {}
+            d = revoked(changes, facts.clone()) => {
+                tracing::info!(src = %source, dst = %connect.target, "closing connection that policy now denies: {d}");
+            }
+        }
+    };
+    // On this side the TCP peer is the server: what splice sends is the response.
+    let out = splice(app, send, req.into_body(), cancel).await;
+    px.metrics.closed(&labels, out.received, out.sent);
+    log(out.sent, out.received, &outcome(&out.end), &labels);
+}

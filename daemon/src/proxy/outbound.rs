@@ -1,0 +1,172 @@
+//! Outbound: a local workload opened a connection; find out who it is and where it was going,
+//! then carry it over HBONE (meshed destination) or as plain TCP (anything else).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpStream;
+use weft_core::hbone::client::connect_tcp;
+use weft_core::hbone::{ConnectRequest, HboneError, PoolKey, SpliceEnd, headers, splice};
+use weft_core::model::{Destination, Workload};
+use weft_core::telemetry::{AccessLog, ConnectionLabels, FailureReason, Reporter, SecurityPolicy};
+
+use super::{Proxy, set_destination, set_source};
+
+/// Handles one connection accepted on the outbound listener. `peer` is the workload's address,
+/// `original` where it was going (from the capture layer).
+pub async fn handle(px: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, original: SocketAddr) {
+    let start = Instant::now();
+    let state = px.state.current();
+    let mut labels = ConnectionLabels::new(Reporter::Source);
+    let Some(src) = state
+        .workload_by_ip(peer.ip())
+        .filter(|w| w.node == px.node)
+        .cloned()
+    else {
+        tracing::warn!(%peer, dst = %original, "refused outbound connection from an address that is no workload of this node");
+        px.metrics.failed(&labels, FailureReason::UnknownSource);
+        weft_core::hbone::splice::reset_tcp(&tcp);
+        return;
+    };
+    set_source(&mut labels, &src);
+
+    let (target, dst, service) = match state.resolve(original) {
+        Destination::Service {
+            service,
+            port,
+            endpoint,
+        } => {
+            labels.destination_service = service.hostname.clone();
+            let Some(ep) = endpoint else {
+                tracing::warn!(src = %src.key(), service = %service.key(), "service has no endpoints");
+                px.metrics.failed(&labels, FailureReason::Unreachable);
+                weft_core::hbone::splice::reset_tcp(&tcp);
+                return;
+            };
+            let ip = ep
+                .ips
+                .iter()
+                .find(|ip| ip.is_ipv4() == original.is_ipv4())
+                .unwrap_or(&ep.ips[0]);
+            (SocketAddr::new(*ip, port.target()), Some(ep.clone()), service.hostname.clone())
+        }
+        Destination::Workload(w) => (original, Some(w.clone()), String::new()),
+        Destination::External => (original, None, String::new()),
+    };
+    if let Some(d) = &dst {
+        set_destination(&mut labels, d);
+    }
+    let src_key = src.key();
+    let dst_key = dst.as_ref().map(|d| d.key()).unwrap_or_default();
+    let log = |sent: u64, received: u64, outcome: &str, labels: &ConnectionLabels| {
+        AccessLog {
+            direction: "outbound",
+            src_addr: Some(peer),
+            src_workload: &src_key,
+            src_identity: &labels.source_principal,
+            dst_addr: Some(target),
+            dst_workload: &dst_key,
+            dst_identity: if dst_key.is_empty() { "" } else { &labels.destination_principal },
+            dst_service: &service,
+            bytes_sent: sent,
+            bytes_received: received,
+            duration: start.elapsed(),
+            outcome,
+        }
+        .emit();
+    };
+
+    match dst.filter(|d| d.is_meshed()) {
+        Some(d) => {
+            labels.connection_security_policy = SecurityPolicy::MutualTls;
+            hbone(&px, tcp, peer, target, &src, &d, labels, log).await
+        }
+        None => passthrough(&px, tcp, target, labels, log).await,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn hbone(
+    px: &Proxy,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    target: SocketAddr,
+    src: &Workload,
+    dst: &Workload,
+    labels: ConnectionLabels,
+    log: impl Fn(u64, u64, &str, &ConnectionLabels),
+) {
+    let key = PoolKey {
+        source: src.identity.clone(),
+        destination: dst.identity.clone(),
+        address: SocketAddr::new(target.ip(), px.state.current().hbone_port),
+    };
+    let req = ConnectRequest {
+        authority: target,
+        client: peer,
+        baggage: headers::baggage(
+            &src.namespace,
+            &src.name,
+            src.labels.get("app").map(String::as_str).unwrap_or(&src.name),
+            src.labels.get("version").map(String::as_str).unwrap_or("latest"),
+        ),
+        traceparent: None,
+    };
+    let stream = match px.pool.connect(&key, &req).await {
+        Ok(s) => s,
+        Err(e) => {
+            let reason = match &e {
+                HboneError::Status { status, .. } if status.as_u16() == 401 => FailureReason::Denied,
+                HboneError::Status { status, .. } if status.as_u16() == 400 => FailureReason::BadRequest,
+                HboneError::Identity { .. } => FailureReason::Identity,
+                _ => FailureReason::Unreachable,
+            };
+            px.metrics.failed(&labels, reason);
+            weft_core::hbone::splice::reset_tcp(&tcp);
+            log(0, 0, &e.to_string(), &labels);
+            return;
+        }
+    };
+    px.metrics.opened(&labels);
+    let out = splice(tcp, stream.send, stream.recv, px.force_close.cancelled()).await;
+    px.metrics.closed(&labels, out.sent, out.received);
+    log(out.sent, out.received, &outcome(&out.end), &labels);
+}
+
+async fn passthrough(
+    px: &Proxy,
+    mut tcp: TcpStream,
+    target: SocketAddr,
+    labels: ConnectionLabels,
+    log: impl Fn(u64, u64, &str, &ConnectionLabels),
+) {
+    let mut upstream = match connect_tcp(target, px.mark).await {
+        Ok(u) => u,
+        Err(e) => {
+            px.metrics.failed(&labels, FailureReason::Unreachable);
+            weft_core::hbone::splice::reset_tcp(&tcp);
+            log(0, 0, &format!("connect {target}: {e}"), &labels);
+            return;
+        }
+    };
+    px.metrics.opened(&labels);
+    let (sent, received, outcome) = tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut tcp, &mut upstream) => match r {
+            Ok((up, down)) => (up, down, "ok".to_string()),
+            Err(e) => (0, 0, e.to_string()),
+        },
+        _ = px.force_close.cancelled() => (0, 0, "closed at shutdown".to_string()),
+    };
+    px.metrics.closed(&labels, sent, received);
+    log(sent, received, &outcome, &labels);
+}
+
+pub(crate) fn outcome(end: &SpliceEnd) -> String {
+    match end {
+        SpliceEnd::Closed => "ok".into(),
+        SpliceEnd::Tcp(kind) => format!("tcp: {kind}"),
+        SpliceEnd::Stream(e) => format!("stream: {e}"),
+        SpliceEnd::Cancelled => "closed by weftd".into(),
+    }
+}

@@ -1,0 +1,209 @@
+//! `weftd run`: load the mesh file, start the proxies and the admin servers, follow mesh-file
+//! edits, and drain on SIGTERM.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use prometheus_client::registry::Registry;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use weft_core::config::{self, ConfigError, LoadedMesh, MeshWatcher};
+use weft_core::hbone::{self, ClientTlsProvider, Pool};
+use weft_core::identity::{CertificateAuthority, CertificateManager, LocalCa};
+use weft_core::model::{MeshState, StateStore};
+use weft_core::telemetry::ConnectionMetrics;
+
+use crate::admin::{self, Admin, ConfigStatus, LogControl, Surface};
+use crate::capture::DestinationSource;
+use crate::proxy::Proxy;
+use crate::proxy::listeners::{self, WorkloadListeners};
+
+pub struct RunOptions {
+    pub mesh: PathBuf,
+    pub node: String,
+    pub reload_interval: Duration,
+    pub log: LogControl,
+    pub log_level: String,
+}
+
+fn local_identities(state: &MeshState, node: &str) -> Vec<weft_core::identity::SpiffeId> {
+    let mut ids: Vec<_> = state
+        .local_workloads(node)
+        .filter(|w| w.is_meshed())
+        .map(|w| w.identity.clone())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let loaded = config::load_file(&opts.mesh)?;
+    let node = loaded.node(&opts.node);
+    let Some(ca_files) = loaded.ca.clone() else {
+        bail!("{}: the mesh file has no `ca` section; weftd needs a CA to issue workload certificates (make one with `weftd ca init --dir DIR`)", opts.mesh.display());
+    };
+    let ca = CertificateAuthority::load(
+        &ca_files.cert_file,
+        &ca_files.key_file,
+        ca_files.chain_file.as_deref(),
+        ca_files.bundle_file.as_deref(),
+    )
+    .context("loading the CA named in the mesh file")?;
+    let roots = ca.trust_bundle().to_vec();
+    let trust_domain = loaded.state.trust_domain.clone();
+    let certs = CertificateManager::new(
+        Arc::new(LocalCa::new(ca, ca_files.leaf_lifetime)),
+        roots,
+        trust_domain.clone(),
+    );
+    certs.set_identities(local_identities(&loaded.state, &node.name));
+
+    let mut registry = Registry::default();
+    let metrics = ConnectionMetrics::register(&mut registry);
+    let settings = hbone::Settings::default();
+    let pool = Pool::new(
+        settings.clone(),
+        Arc::new(certs.clone()) as Arc<dyn ClientTlsProvider>,
+        None,
+    );
+    let workload_count = loaded.state.workloads.len();
+    let state = StateStore::new(loaded.state);
+    let shutdown = CancellationToken::new();
+    let px = Arc::new(Proxy {
+        node: node.name.clone(),
+        state: state.clone(),
+        certs,
+        pool,
+        metrics,
+        hbone: settings,
+        mark: None,
+        destinations: DestinationSource::ProxyProtocol {
+            timeout: Duration::from_secs(5),
+        },
+        tracker: TaskTracker::new(),
+        force_close: CancellationToken::new(),
+    });
+
+    let admin = Arc::new(Admin {
+        px: px.clone(),
+        registry,
+        log: opts.log,
+        log_level: Mutex::new(opts.log_level),
+        config: Mutex::new(ConfigStatus {
+            file: opts.mesh.display().to_string(),
+            ..Default::default()
+        }),
+        listeners: Mutex::new(Vec::new()),
+        listening: Default::default(),
+    });
+    let l = &node.listen;
+    for (addr, surface) in [
+        (l.admin, Surface::Admin),
+        (l.metrics, Surface::Metrics),
+        (l.readiness, Surface::Readiness),
+    ] {
+        let listener = admin::bind(addr).with_context(|| format!("listening on {addr} ({surface:?})"))?;
+        tokio::spawn(admin::serve(admin.clone(), listener, surface, shutdown.clone()));
+    }
+    let outbound = listeners::bind(l.outbound).with_context(|| format!("listening on {} (outbound)", l.outbound))?;
+    tokio::spawn(listeners::serve_outbound(px.clone(), outbound, shutdown.clone()));
+    let mut workload_listeners = WorkloadListeners::new(px.clone(), shutdown.clone(), l.inbound_plaintext_port);
+    let failed = workload_listeners.reconcile(&state.current());
+    set_listeners(&admin, &workload_listeners, l.outbound, failed);
+    tracing::info!(
+        node = %node.name,
+        mesh = %opts.mesh.display(),
+        workloads = workload_count,
+        outbound = %l.outbound,
+        admin = %l.admin,
+        "weftd started"
+    );
+
+    // Mesh-file edits.
+    let watcher = MeshWatcher::new(opts.mesh.clone(), opts.reload_interval);
+    let reload_now = watcher.trigger.clone();
+    {
+        let admin = admin.clone();
+        let px = px.clone();
+        let node_settings = node.clone();
+        let ca_files = ca_files.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let apply = |mesh: LoadedMesh| {
+                if mesh.state.trust_domain != trust_domain || mesh.ca.as_ref() != Some(&ca_files) {
+                    tracing::warn!("trust domain or CA changed in the mesh file; they take effect at the next restart");
+                }
+                if mesh.node(&node_settings.name) != node_settings {
+                    tracing::warn!("this node's settings changed in the mesh file; they take effect at the next restart");
+                }
+                let summary = format!(
+                    "{} workloads, {} services, {} policies",
+                    mesh.state.workloads.len(),
+                    mesh.state.services.len(),
+                    mesh.state.policies.policies().len()
+                );
+                px.certs.set_identities(local_identities(&mesh.state, &px.node));
+                px.state.replace(mesh.state);
+                let state = px.state.current();
+                px.metrics.retain_workloads(|ns, name| {
+                    state.workloads.iter().any(|w| w.namespace == ns && w.name == name)
+                });
+                let failed = workload_listeners.reconcile(&state);
+                set_listeners(&admin, &workload_listeners, node_settings.listen.outbound, failed);
+                if let Ok(mut c) = admin.config.lock() {
+                    c.reloads += 1;
+                    c.last_error = None;
+                }
+                tracing::info!("mesh file reloaded: {summary}");
+            };
+            let refused = |e: &ConfigError| {
+                tracing::error!("{e}\nkeeping the last good mesh state");
+                if let Ok(mut c) = admin.config.lock() {
+                    c.refused += 1;
+                    c.last_error = Some(e.to_string());
+                }
+            };
+            watcher.run(stop, apply, refused).await;
+        });
+    }
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => reload_now.notify_one(),
+        }
+    }
+    drain(&px, &shutdown, node.drain_period).await;
+    Ok(())
+}
+
+fn set_listeners(admin: &Admin, wl: &WorkloadListeners, outbound: std::net::SocketAddr, failed: usize) {
+    let mut all = vec![format!("{outbound} Outbound")];
+    all.extend(wl.addresses());
+    if let Ok(mut l) = admin.listeners.lock() {
+        *l = all;
+    }
+    admin.listening.store(failed == 0, Ordering::Release);
+}
+
+/// Stop accepting, let open connections finish for `period`, then close what is left.
+async fn drain(px: &Proxy, shutdown: &CancellationToken, period: Duration) {
+    tracing::info!("shutting down: no new connections, draining open ones for up to {period:?}");
+    shutdown.cancel();
+    px.tracker.close();
+    if tokio::time::timeout(period, px.tracker.wait()).await.is_err() {
+        tracing::info!("drain period over; closing the connections still open");
+        px.force_close.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), px.tracker.wait()).await;
+    }
+    tracing::info!("weftd stopped");
+}
