@@ -1,1 +1,272 @@
+//! Harness for the end-to-end tests: a mesh file with its own CA in a temporary directory,
+//! real `weftd` processes as nodes, real TCP servers and clients as workloads.
+//!
+//! Every address is on loopback: test `id` owns `127.<id>.0.0/16`, node `n` owns
+//! `127.<id>.<n>.0/24` (pods at `.1`.., the node's own listeners at `.250`), so tests run in
+//! parallel without sharing a port.
 
+pub mod traffic;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpSocket, TcpStream};
+
+/// The weftd binary under test: `$WEFTD`, else the workspace's debug build.
+pub fn weftd_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("WEFTD") {
+        return p.into();
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("debug/weftd");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build -p weftd` (or set WEFTD)",
+        bin.display()
+    );
+    bin
+}
+
+pub fn ip(id: u8, node: u8, host: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, id, node, host))
+}
+
+/// The listen addresses of node `n` of test `id`.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeAddrs {
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+    pub metrics: SocketAddr,
+    pub readiness: SocketAddr,
+}
+
+impl NodeAddrs {
+    pub fn new(id: u8, n: u8) -> Self {
+        let a = ip(id, n, 250);
+        NodeAddrs {
+            outbound: SocketAddr::new(a, 15001),
+            admin: SocketAddr::new(a, 15000),
+            metrics: SocketAddr::new(a, 15020),
+            readiness: SocketAddr::new(a, 15021),
+        }
+    }
+}
+
+/// A workload entry for the mesh file.
+pub fn workload(name: &str, sa: &str, ip: IpAddr, node: &str) -> Value {
+    json!({"name": name, "namespace": "default", "serviceAccount": sa, "ips": [ip.to_string()],
+           "node": node, "labels": {"app": name}})
+}
+
+/// A test mesh: a directory holding the CA and the mesh file.
+pub struct Mesh {
+    pub id: u8,
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<String>,
+    pub leaf_lifetime: String,
+    pub workloads: Vec<Value>,
+    pub services: Vec<Value>,
+    pub policies: Vec<Value>,
+}
+
+impl Mesh {
+    /// A mesh with nodes `node1..=nodeN` and a fresh root CA.
+    pub fn new(id: u8, nodes: u8) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let (cert, key) =
+            weft_core::identity::generate_root("weft test root", Duration::from_secs(86400))?;
+        std::fs::write(dir.path().join("root-cert.pem"), cert)?;
+        std::fs::write(dir.path().join("root-key.pem"), key)?;
+        Ok(Mesh {
+            id,
+            dir,
+            nodes: (1..=nodes).map(|n| format!("node{n}")).collect(),
+            leaf_lifetime: "24h".into(),
+            workloads: Vec::new(),
+            services: Vec::new(),
+            policies: Vec::new(),
+        })
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("mesh.yaml")
+    }
+
+    pub fn to_value(&self) -> Value {
+        let nodes: Vec<Value> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let a = NodeAddrs::new(self.id, i as u8 + 1);
+                json!({"name": name, "drainPeriod": "2s", "listen": {
+                    "outbound": a.outbound.to_string(), "admin": a.admin.to_string(),
+                    "metrics": a.metrics.to_string(), "readiness": a.readiness.to_string()}})
+            })
+            .collect();
+        json!({
+            "trustDomain": "cluster.local",
+            "ca": {"certFile": "root-cert.pem", "keyFile": "root-key.pem", "leafLifetime": self.leaf_lifetime},
+            "nodes": nodes,
+            "workloads": self.workloads,
+            "services": self.services,
+            "policies": self.policies,
+        })
+    }
+
+    /// Writes the mesh file atomically (write + rename), as an editor or a ConfigMap would.
+    pub fn write(&self) -> anyhow::Result<()> {
+        self.write_text(&serde_yaml_ng::to_string(&self.to_value())?)
+    }
+
+    pub fn write_text(&self, text: &str) -> anyhow::Result<()> {
+        let tmp = self.dir.path().join(".mesh.yaml.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, self.path())?;
+        Ok(())
+    }
+
+    /// Starts weftd for node `n` (1-based) and waits until it is ready.
+    pub fn start(&self, n: u8) -> anyhow::Result<Weftd> {
+        let name = &self.nodes[n as usize - 1];
+        let log = self.dir.path().join(format!("{name}.log"));
+        let child = Command::new(weftd_bin())
+            .args(["run", "--mesh"])
+            .arg(self.path())
+            .args(["--node", name, "--log", "info,weft::access=info", "--reload-interval", "100ms"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting weftd")?;
+        let mut w = Weftd {
+            child,
+            addrs: NodeAddrs::new(self.id, n),
+            log,
+        };
+        w.wait_ready(Duration::from_secs(15))?;
+        Ok(w)
+    }
+}
+
+/// A running weftd; killed when dropped.
+pub struct Weftd {
+    pub child: Child,
+    pub addrs: NodeAddrs,
+    pub log: PathBuf,
+}
+
+impl Weftd {
+    pub fn wait_ready(&mut self, limit: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("weftd exited ({status}) before it was ready:\n{}", self.logs());
+            }
+            if let Ok((200, _)) = http(self.addrs.readiness, "GET", "/healthz/ready") {
+                return Ok(());
+            }
+            if start.elapsed() > limit {
+                bail!("weftd not ready after {limit:?}:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> String {
+        http(self.addrs.metrics, "GET", "/metrics").map(|r| r.1).unwrap_or_default()
+    }
+
+    pub fn config_dump(&self) -> anyhow::Result<Value> {
+        let (status, body) = http(self.addrs.admin, "GET", "/config_dump")?;
+        if status != 200 {
+            bail!("config_dump answered {status}: {body}");
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// Sends SIGTERM and waits for the exit, at most `limit`.
+    pub fn terminate(&mut self, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s);
+            }
+            if start.elapsed() > limit {
+                bail!("weftd still running {limit:?} after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Weftd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.0 request, enough for the admin endpoints; returns (status, body).
+pub fn http(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: weftd\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status line")?;
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// What a workload at `src` does when it connects to `dst` through its node: connect from
+/// its own address to the node's outbound listener and state the destination.
+pub async fn connect_via(node: &NodeAddrs, src: IpAddr, dst: SocketAddr) -> anyhow::Result<TcpStream> {
+    let sock = if src.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    sock.bind(SocketAddr::new(src, 0))?;
+    let mut tcp = sock.connect(node.outbound).await?;
+    let local = tcp.local_addr()?;
+    let proto = if dst.is_ipv4() { "TCP4" } else { "TCP6" };
+    let header = format!("PROXY {proto} {} {} {} {}\r\n", local.ip(), dst.ip(), local.port(), dst.port());
+    tcp.write_all(header.as_bytes()).await?;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
+}
+
+/// Sums the values of the series of `name` whose labels contain every `label="value"` given.
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Polls `f` until it returns true or `limit` passes.
+pub async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f()
+}

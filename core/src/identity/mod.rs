@@ -2,14 +2,22 @@
 //! mesh CA, rotated before they expire), and how peers check that proof (mTLS verifiers that
 //! compare SPIFFE ids instead of host names).
 //!
-//! The node agent holds certificates only for workloads running on its node; everything here
-//! is built so that a certificate never outlives the reason to hold it.
+//! - [`spiffe`](SpiffeId): the identity type and its strict parser.
+//! - [`CertificateAuthority`]: standalone-mode CA loaded from PEM files.
+//! - [`SpiffeServerVerifier`] / [`SpiffeClientVerifier`] and [`client_config`] /
+//!   [`server_config`]: the HBONE mTLS profile.
+//! - [`CertificateManager`]: per-node certificate cache with renewal at half-life.
+//!
+//! The node agent holds certificates only for workloads running on its node, and drops them
+//! when those workloads leave.
 
 mod ca;
+mod manager;
 mod pem;
 mod spiffe;
 mod tls;
 mod verify;
+mod workload;
 
 #[cfg(test)]
 mod test_support;
@@ -18,6 +26,10 @@ pub use ca::{
     CLOCK_SKEW_ALLOWANCE, CaError, CertificateAuthority, IssuedCertificate, RootFiles,
     generate_intermediate, generate_root, init_root_dir,
 };
+pub use manager::{
+    CertificateManager, CertificateProvider, CertificateStatus, FIRST_ISSUANCE_TIMEOUT,
+    INITIAL_RETRY_DELAY, IdentityError, IssueFuture, LocalCa, MAX_RETRY_DELAY, ProviderError,
+};
 pub use pem::PemError;
 pub use spiffe::{SpiffeError, SpiffeId, validate_trust_domain};
 pub use tls::{ALPN_H2, client_config, server_config};
@@ -25,3 +37,4 @@ pub use verify::{
     SpiffeClientVerifier, SpiffeServerVerifier, TrustAnchors, VerifyError,
     connection_peer_identity, peer_identity,
 };
+pub use workload::WorkloadCertificate;

@@ -32,7 +32,11 @@ pub(crate) struct TestCa {
 
 impl TestCa {
     pub fn root() -> Self {
-        let (cert_pem, key_pem) = generate_root("test root", Duration::from_secs(3600)).unwrap();
+        Self::root_named("test root")
+    }
+
+    pub fn root_named(common_name: &str) -> Self {
+        let (cert_pem, key_pem) = generate_root(common_name, Duration::from_secs(3600)).unwrap();
         let ca = CertificateAuthority::from_pem(&cert_pem, &key_pem, None, None).unwrap();
         Self {
             ca,

@@ -79,3 +79,7 @@ pub(crate) fn server_config_with_key(
     config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
+
+#[cfg(test)]
+#[path = "tls_tests.rs"]
+mod tests;
