@@ -49,7 +49,12 @@ pub enum Surface {
     Readiness,
 }
 
-pub async fn serve(admin: Arc<Admin>, listener: TcpListener, surface: Surface, stop: CancellationToken) {
+pub async fn serve(
+    admin: Arc<Admin>,
+    listener: TcpListener,
+    surface: Surface,
+    stop: CancellationToken,
+) {
     loop {
         let (tcp, _) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -89,19 +94,35 @@ fn route(admin: &Admin, surface: Surface, req: Request<Incoming>) -> Response<Fu
     match (surface, path) {
         (_, "/healthz/ready") => {
             let (ready, why) = readiness(admin);
-            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
             reply(status, "text/plain", why)
         }
         (Surface::Metrics | Surface::Admin, "/metrics") => {
             let mut out = String::new();
             match prometheus_client::encoding::text::encode(&mut out, &admin.registry) {
-                Ok(()) => reply(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", out),
-                Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e.to_string()),
+                Ok(()) => reply(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    out,
+                ),
+                Err(e) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    e.to_string(),
+                ),
             }
         }
         (Surface::Admin, "/config_dump") => match serde_json::to_vec_pretty(&config_dump(admin)) {
             Ok(body) => reply(StatusCode::OK, "application/json", body),
-            Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e.to_string()),
+            Err(e) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                e.to_string(),
+            ),
         },
         (Surface::Admin, "/logging") => logging(admin, &req),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
@@ -124,7 +145,10 @@ fn readiness(admin: &Admin) -> (bool, String) {
     if pending.is_empty() {
         (true, "ready\n".into())
     } else {
-        (false, format!("certificates not ready: {}\n", pending.join(", ")))
+        (
+            false,
+            format!("certificates not ready: {}\n", pending.join(", ")),
+        )
     }
 }
 
@@ -142,7 +166,11 @@ fn logging(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 *current = level.clone();
                 reply(StatusCode::OK, "text/plain", format!("level={level}\n"))
             }
-            Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("bad level {level:?}: {e}\n")),
+            Err(e) => reply(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                format!("bad level {level:?}: {e}\n"),
+            ),
         },
         (&Method::GET, None) => reply(StatusCode::OK, "text/plain", format!("level={current}\n")),
         _ => reply(
@@ -177,7 +205,11 @@ fn config_dump(admin: &Admin) -> serde_json::Value {
     let dump = Dump {
         node: &admin.px.node,
         config: admin.config.lock().map(|c| c.clone()).unwrap_or_default(),
-        listeners: admin.listeners.lock().map(|l| l.clone()).unwrap_or_default(),
+        listeners: admin
+            .listeners
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default(),
         hbone_pool: PoolDump {
             connections: admin.px.pool.connections(),
             opened_total: admin.px.pool.opened_total(),

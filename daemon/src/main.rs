@@ -15,7 +15,11 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, reload};
 
 #[derive(Parser)]
-#[command(name = "weftd", version, about = "weft node agent: carries workload traffic over mutual-TLS HBONE tunnels")]
+#[command(
+    name = "weftd",
+    version,
+    about = "weft node agent: carries workload traffic over mutual-TLS HBONE tunnels"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -97,7 +101,11 @@ fn main() -> ExitCode {
             command: CaCommand::Init { dir, lifetime },
         } => match weft_core::identity::init_root_dir(&dir, lifetime) {
             Ok(files) => {
-                println!("wrote {} and {}", files.cert_path.display(), files.key_path.display());
+                println!(
+                    "wrote {} and {}",
+                    files.cert_path.display(),
+                    files.key_path.display()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -122,16 +130,25 @@ fn main() -> ExitCode {
             let (filter, handle) = reload::Layer::new(filter);
             let registry = tracing_subscriber::registry().with(filter);
             match log_format {
-                LogFormat::Text => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).init(),
+                LogFormat::Text => registry
+                    .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                    .init(),
                 LogFormat::Json => registry
-                    .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+                    .with(
+                        tracing_subscriber::fmt::layer()
+                            .json()
+                            .with_writer(std::io::stderr),
+                    )
                     .init(),
             }
             let control: admin::LogControl = Box::new(move |level: &str| {
                 let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
                 handle.reload(f).map_err(|e| e.to_string())
             });
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");

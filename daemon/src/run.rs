@@ -45,7 +45,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let loaded = config::load_file(&opts.mesh)?;
     let node = loaded.node(&opts.node);
     let Some(ca_files) = loaded.ca.clone() else {
-        bail!("{}: the mesh file has no `ca` section; weftd needs a CA to issue workload certificates (make one with `weftd ca init --dir DIR`)", opts.mesh.display());
+        bail!(
+            "{}: the mesh file has no `ca` section; weftd needs a CA to issue workload certificates (make one with `weftd ca init --dir DIR`)",
+            opts.mesh.display()
+        );
     };
     let ca = CertificateAuthority::load(
         &ca_files.cert_file,
@@ -57,10 +60,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let roots = ca.trust_bundle().to_vec();
     let trust_domain = loaded.state.trust_domain.clone();
     let certs = CertificateManager::new(
-        Arc::new(LocalCa::new(ca, ca_files.leaf_lifetime)),
+        Arc::new(LocalCa::new(Arc::new(ca), ca_files.leaf_lifetime)),
         roots,
         trust_domain.clone(),
-    );
+    )
+    .context("building the trust bundle")?;
     certs.set_identities(local_identities(&loaded.state, &node.name));
 
     let mut registry = Registry::default();
@@ -107,12 +111,24 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         (l.metrics, Surface::Metrics),
         (l.readiness, Surface::Readiness),
     ] {
-        let listener = admin::bind(addr).with_context(|| format!("listening on {addr} ({surface:?})"))?;
-        tokio::spawn(admin::serve(admin.clone(), listener, surface, shutdown.clone()));
+        let listener =
+            admin::bind(addr).with_context(|| format!("listening on {addr} ({surface:?})"))?;
+        tokio::spawn(admin::serve(
+            admin.clone(),
+            listener,
+            surface,
+            shutdown.clone(),
+        ));
     }
-    let outbound = listeners::bind(l.outbound).with_context(|| format!("listening on {} (outbound)", l.outbound))?;
-    tokio::spawn(listeners::serve_outbound(px.clone(), outbound, shutdown.clone()));
-    let mut workload_listeners = WorkloadListeners::new(px.clone(), shutdown.clone(), l.inbound_plaintext_port);
+    let outbound = listeners::bind(l.outbound)
+        .with_context(|| format!("listening on {} (outbound)", l.outbound))?;
+    tokio::spawn(listeners::serve_outbound(
+        px.clone(),
+        outbound,
+        shutdown.clone(),
+    ));
+    let mut workload_listeners =
+        WorkloadListeners::new(px.clone(), shutdown.clone(), l.inbound_plaintext_port);
     let failed = workload_listeners.reconcile(&state.current());
     set_listeners(&admin, &workload_listeners, l.outbound, failed);
     tracing::info!(
@@ -136,10 +152,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let apply = |mesh: LoadedMesh| {
                 if mesh.state.trust_domain != trust_domain || mesh.ca.as_ref() != Some(&ca_files) {
-                    tracing::warn!("trust domain or CA changed in the mesh file; they take effect at the next restart");
+                    tracing::warn!(
+                        "trust domain or CA changed in the mesh file; they take effect at the next restart"
+                    );
                 }
                 if mesh.node(&node_settings.name) != node_settings {
-                    tracing::warn!("this node's settings changed in the mesh file; they take effect at the next restart");
+                    tracing::warn!(
+                        "this node's settings changed in the mesh file; they take effect at the next restart"
+                    );
                 }
                 let summary = format!(
                     "{} workloads, {} services, {} policies",
@@ -147,14 +167,23 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     mesh.state.services.len(),
                     mesh.state.policies.policies().len()
                 );
-                px.certs.set_identities(local_identities(&mesh.state, &px.node));
+                px.certs
+                    .set_identities(local_identities(&mesh.state, &px.node));
                 px.state.replace(mesh.state);
                 let state = px.state.current();
                 px.metrics.retain_workloads(|ns, name| {
-                    state.workloads.iter().any(|w| w.namespace == ns && w.name == name)
+                    state
+                        .workloads
+                        .iter()
+                        .any(|w| w.namespace == ns && w.name == name)
                 });
                 let failed = workload_listeners.reconcile(&state);
-                set_listeners(&admin, &workload_listeners, node_settings.listen.outbound, failed);
+                set_listeners(
+                    &admin,
+                    &workload_listeners,
+                    node_settings.listen.outbound,
+                    failed,
+                );
                 if let Ok(mut c) = admin.config.lock() {
                     c.reloads += 1;
                     c.last_error = None;
@@ -186,7 +215,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn set_listeners(admin: &Admin, wl: &WorkloadListeners, outbound: std::net::SocketAddr, failed: usize) {
+fn set_listeners(
+    admin: &Admin,
+    wl: &WorkloadListeners,
+    outbound: std::net::SocketAddr,
+    failed: usize,
+) {
     let mut all = vec![format!("{outbound} Outbound")];
     all.extend(wl.addresses());
     if let Ok(mut l) = admin.listeners.lock() {
@@ -200,7 +234,10 @@ async fn drain(px: &Proxy, shutdown: &CancellationToken, period: Duration) {
     tracing::info!("shutting down: no new connections, draining open ones for up to {period:?}");
     shutdown.cancel();
     px.tracker.close();
-    if tokio::time::timeout(period, px.tracker.wait()).await.is_err() {
+    if tokio::time::timeout(period, px.tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::info!("drain period over; closing the connections still open");
         px.force_close.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), px.tracker.wait()).await;

@@ -141,7 +141,14 @@ impl Mesh {
         let child = Command::new(weftd_bin())
             .args(["run", "--mesh"])
             .arg(self.path())
-            .args(["--node", name, "--log", "info,weft::access=info", "--reload-interval", "100ms"])
+            .args([
+                "--node",
+                name,
+                "--log",
+                "info,weft::access=info",
+                "--reload-interval",
+                "100ms",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
@@ -169,7 +176,10 @@ impl Weftd {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait()? {
-                bail!("weftd exited ({status}) before it was ready:\n{}", self.logs());
+                bail!(
+                    "weftd exited ({status}) before it was ready:\n{}",
+                    self.logs()
+                );
             }
             if let Ok((200, _)) = http(self.addrs.readiness, "GET", "/healthz/ready") {
                 return Ok(());
@@ -186,7 +196,9 @@ impl Weftd {
     }
 
     pub fn metrics(&self) -> String {
-        http(self.addrs.metrics, "GET", "/metrics").map(|r| r.1).unwrap_or_default()
+        http(self.addrs.metrics, "GET", "/metrics")
+            .map(|r| r.1)
+            .unwrap_or_default()
     }
 
     pub fn config_dump(&self) -> anyhow::Result<Value> {
@@ -232,19 +244,36 @@ pub fn http(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, 
         .nth(1)
         .and_then(|c| c.parse().ok())
         .context("no status line")?;
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
 /// What a workload at `src` does when it connects to `dst` through its node: connect from
 /// its own address to the node's outbound listener and state the destination.
-pub async fn connect_via(node: &NodeAddrs, src: IpAddr, dst: SocketAddr) -> anyhow::Result<TcpStream> {
-    let sock = if src.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+pub async fn connect_via(
+    node: &NodeAddrs,
+    src: IpAddr,
+    dst: SocketAddr,
+) -> anyhow::Result<TcpStream> {
+    let sock = if src.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     sock.bind(SocketAddr::new(src, 0))?;
     let mut tcp = sock.connect(node.outbound).await?;
     let local = tcp.local_addr()?;
     let proto = if dst.is_ipv4() { "TCP4" } else { "TCP6" };
-    let header = format!("PROXY {proto} {} {} {} {}\r\n", local.ip(), dst.ip(), local.port(), dst.port());
+    let header = format!(
+        "PROXY {proto} {} {} {} {}\r\n",
+        local.ip(),
+        dst.ip(),
+        local.port(),
+        dst.port()
+    );
     tcp.write_all(header.as_bytes()).await?;
     tcp.set_nodelay(true)?;
     Ok(tcp)

@@ -42,7 +42,11 @@ where
             tokio::spawn(f(s));
         }
     });
-    Ok(Server { addr, accepted, task })
+    Ok(Server {
+        addr,
+        accepted,
+        task,
+    })
 }
 
 /// Echoes until EOF, then closes its side.
@@ -75,7 +79,11 @@ impl Pattern {
 }
 
 /// Writes `len` pattern bytes, then half-closes.
-pub async fn send_pattern<W: AsyncWrite + Unpin>(w: &mut W, len: usize, seed: u64) -> anyhow::Result<()> {
+pub async fn send_pattern<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    len: usize,
+    seed: u64,
+) -> anyhow::Result<()> {
     let mut p = Pattern::new(seed);
     let mut buf = vec![0u8; 64 * 1024];
     let mut left = len;
@@ -90,7 +98,11 @@ pub async fn send_pattern<W: AsyncWrite + Unpin>(w: &mut W, len: usize, seed: u6
 }
 
 /// Reads to EOF and checks that exactly `len` pattern bytes arrived.
-pub async fn expect_pattern<R: AsyncRead + Unpin>(r: &mut R, len: usize, seed: u64) -> anyhow::Result<()> {
+pub async fn expect_pattern<R: AsyncRead + Unpin>(
+    r: &mut R,
+    len: usize,
+    seed: u64,
+) -> anyhow::Result<()> {
     let mut p = Pattern::new(seed);
     let mut got = vec![0u8; 64 * 1024];
     let mut want = vec![0u8; 64 * 1024];
@@ -104,7 +116,11 @@ pub async fn expect_pattern<R: AsyncRead + Unpin>(r: &mut R, len: usize, seed: u
         }
         pending.extend_from_slice(&got[..n]);
         let aligned = pending.len() / 8 * 8;
-        let aligned = if total + pending.len() == len { pending.len() } else { aligned };
+        let aligned = if total + pending.len() == len {
+            pending.len()
+        } else {
+            aligned
+        };
         if aligned == 0 {
             continue;
         }

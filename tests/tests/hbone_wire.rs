@@ -20,9 +20,12 @@ use weft_tests::{Mesh, Weftd, connect_via, ip, workload};
 
 fn mesh(id: u8) -> Mesh {
     let mut m = Mesh::new(id, 2).unwrap();
-    m.workloads.push(workload("sleep", "sleep", ip(id, 1, 1), "node1"));
-    m.workloads.push(workload("echo", "echo", ip(id, 2, 1), "node2"));
-    m.services.push(json!({"name": "echo", "vips": [ip(id, 0, 100).to_string()],
+    m.workloads
+        .push(workload("sleep", "sleep", ip(id, 1, 1), "node1"));
+    m.workloads
+        .push(workload("echo", "echo", ip(id, 2, 1), "node2"));
+    m.services
+        .push(json!({"name": "echo", "vips": [ip(id, 0, 100).to_string()],
         "ports": [{"port": 80, "targetPort": 8080}], "selector": {"app": "echo"}}));
     m
 }
@@ -52,10 +55,15 @@ fn client_tls(m: &Mesh, ca: Option<&CertificateAuthority>, sa: &str) -> Arc<rust
 
 /// Checks the daemon still serves a normal connection end to end.
 async fn still_serving(n1: &Weftd, id: u8) {
-    let mut c = connect_via(&n1.addrs, ip(id, 1, 1), SocketAddr::new(ip(id, 0, 100), 80)).await.unwrap();
+    let mut c = connect_via(&n1.addrs, ip(id, 1, 1), SocketAddr::new(ip(id, 0, 100), 80))
+        .await
+        .unwrap();
     c.write_all(b"ping\n").await.unwrap();
     let mut got = [0u8; 5];
-    timeout(Duration::from_secs(5), c.read_exact(&mut got)).await.unwrap().unwrap();
+    timeout(Duration::from_secs(5), c.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&got, b"ping\n");
 }
 
@@ -65,7 +73,11 @@ fn openssl(args: &[&str]) -> String {
         .stdin(std::process::Stdio::null())
         .output()
         .expect("openssl must be installed for this test");
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -74,46 +86,87 @@ async fn tls_refuses_missing_and_foreign_client_certificates() {
     let m = mesh(id);
     m.write().unwrap();
     let (n1, n2) = (m.start(1).unwrap(), m.start(2).unwrap());
-    let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080)).await.unwrap();
+    let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
+        .await
+        .unwrap();
     let addr = hbone_addr(id).to_string();
 
     // No client certificate at all.
-    let out = openssl(&["s_client", "-connect", &addr, "-tls1_3", "-alpn", "h2", "-ign_eof"]);
-    assert!(out.contains("alert certificate required"), "openssl without a certificate:\n{out}");
+    let out = openssl(&[
+        "s_client", "-connect", &addr, "-tls1_3", "-alpn", "h2", "-ign_eof",
+    ]);
+    assert!(
+        out.contains("alert certificate required"),
+        "openssl without a certificate:\n{out}"
+    );
 
     // A certificate for the right identity, from another CA.
-    let (other_cert, other_key) = identity::generate_root("not the mesh root", Duration::from_secs(3600)).unwrap();
+    let (other_cert, other_key) =
+        identity::generate_root("not the mesh root", Duration::from_secs(3600)).unwrap();
     let other = CertificateAuthority::from_pem(&other_cert, &other_key, None, None).unwrap();
-    let leaf = other.issue(&id_of("sleep"), Duration::from_secs(3600)).unwrap();
+    let leaf = other
+        .issue(&id_of("sleep"), Duration::from_secs(3600))
+        .unwrap();
     let dir = m.dir.path();
     let mut chain = String::new();
     for c in &leaf.chain {
         chain.push_str(&pem_block("CERTIFICATE", c.as_ref()));
     }
     std::fs::write(dir.join("other.pem"), chain).unwrap();
-    std::fs::write(dir.join("other.key"), pem_block("PRIVATE KEY", leaf.key.secret_der())).unwrap();
+    std::fs::write(
+        dir.join("other.key"),
+        pem_block("PRIVATE KEY", leaf.key.secret_der()),
+    )
+    .unwrap();
     let cert_path = dir.join("other.pem");
     let key_path = dir.join("other.key");
     let out = openssl(&[
-        "s_client", "-connect", &addr, "-tls1_3", "-alpn", "h2", "-ign_eof",
-        "-cert", cert_path.to_str().unwrap(), "-key", key_path.to_str().unwrap(),
+        "s_client",
+        "-connect",
+        &addr,
+        "-tls1_3",
+        "-alpn",
+        "h2",
+        "-ign_eof",
+        "-cert",
+        cert_path.to_str().unwrap(),
+        "-key",
+        key_path.to_str().unwrap(),
     ]);
-    assert!(out.contains("alert unknown ca") || out.contains("alert bad certificate"), "openssl with a foreign certificate:\n{out}");
+    assert!(
+        out.contains("alert unknown ca") || out.contains("alert bad certificate"),
+        "openssl with a foreign certificate:\n{out}"
+    );
 
     // The same with a real HBONE client: the handshake or the first request fails.
     let tls = client_tls(&m, Some(&other), "sleep");
     let tcp = TcpStream::connect(hbone_addr(id)).await.unwrap();
     let refused = async {
-        let tls = TlsConnector::from(tls).connect(ServerName::IpAddress(ip(id, 2, 1).into()), tcp).await?;
+        let tls = TlsConnector::from(tls)
+            .connect(ServerName::IpAddress(ip(id, 2, 1).into()), tcp)
+            .await?;
         let (mut h2, conn) = h2::client::handshake(tls).await?;
         tokio::spawn(conn);
-        let req = Request::builder().method(Method::CONNECT).uri(format!("{}:8080", ip(id, 2, 1))).body(()).unwrap();
+        let req = Request::builder()
+            .method(Method::CONNECT)
+            .uri(format!("{}:8080", ip(id, 2, 1)))
+            .body(())
+            .unwrap();
         let (resp, _) = h2.send_request(req, false)?;
         resp.await?;
         Ok::<_, anyhow::Error>(())
     };
-    assert!(timeout(Duration::from_secs(5), refused).await.unwrap().is_err());
-    assert!(n2.logs().contains("refused HBONE TLS handshake"), "{}", n2.logs());
+    assert!(
+        timeout(Duration::from_secs(5), refused)
+            .await
+            .unwrap()
+            .is_err()
+    );
+    assert!(
+        n2.logs().contains("refused HBONE TLS handshake"),
+        "{}",
+        n2.logs()
+    );
     still_serving(&n1, id).await;
 }
 
@@ -123,7 +176,9 @@ fn pem_block(label: &str, der: &[u8]) -> String {
     let mut b64 = String::new();
     for chunk in der.chunks(3) {
         let n = chunk.len();
-        let v = (chunk[0] as u32) << 16 | (*chunk.get(1).unwrap_or(&0) as u32) << 8 | *chunk.get(2).unwrap_or(&0) as u32;
+        let v = (chunk[0] as u32) << 16
+            | (*chunk.get(1).unwrap_or(&0) as u32) << 8
+            | *chunk.get(2).unwrap_or(&0) as u32;
         for i in 0..4 {
             if i <= n {
                 b64.push(T[(v >> (18 - 6 * i) & 63) as usize] as char);
@@ -132,8 +187,15 @@ fn pem_block(label: &str, der: &[u8]) -> String {
             }
         }
     }
-    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
-    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -142,28 +204,42 @@ async fn garbage_non_connect_and_bad_authority_are_refused_and_daemon_keeps_serv
     let m = mesh(id);
     m.write().unwrap();
     let (n1, _n2) = (m.start(1).unwrap(), m.start(2).unwrap());
-    let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080)).await.unwrap();
+    let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
+        .await
+        .unwrap();
 
     // Garbage instead of a TLS ClientHello: the connection is closed.
     let mut raw = TcpStream::connect(hbone_addr(id)).await.unwrap();
-    raw.write_all(b"\x00\x01garbage garbage garbage\r\n\r\n").await.unwrap();
+    raw.write_all(b"\x00\x01garbage garbage garbage\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = [0u8; 256];
-    let r = timeout(Duration::from_secs(5), raw.read(&mut buf)).await.expect("garbage connection left hanging");
+    let r = timeout(Duration::from_secs(5), raw.read(&mut buf))
+        .await
+        .expect("garbage connection left hanging");
     assert!(matches!(r, Ok(n) if n < 256) || r.is_err());
     still_serving(&n1, id).await;
 
     // Valid mutual TLS, then garbage instead of the HTTP/2 preface.
     let tls = client_tls(&m, None, "sleep");
     let tcp = TcpStream::connect(hbone_addr(id)).await.unwrap();
-    let mut s = TlsConnector::from(tls.clone()).connect(ServerName::IpAddress(ip(id, 2, 1).into()), tcp).await.unwrap();
-    s.write_all(b"this is not http/2 at all\r\n\r\n").await.unwrap();
+    let mut s = TlsConnector::from(tls.clone())
+        .connect(ServerName::IpAddress(ip(id, 2, 1).into()), tcp)
+        .await
+        .unwrap();
+    s.write_all(b"this is not http/2 at all\r\n\r\n")
+        .await
+        .unwrap();
     let r = timeout(Duration::from_secs(5), s.read_to_end(&mut Vec::new())).await;
     assert!(r.is_ok(), "HTTP/2 garbage connection left hanging");
     still_serving(&n1, id).await;
 
     // Valid HTTP/2, bad requests: each stream refused, the connection stays usable.
     let tcp = TcpStream::connect(hbone_addr(id)).await.unwrap();
-    let s = TlsConnector::from(tls).connect(ServerName::IpAddress(ip(id, 2, 1).into()), tcp).await.unwrap();
+    let s = TlsConnector::from(tls)
+        .connect(ServerName::IpAddress(ip(id, 2, 1).into()), tcp)
+        .await
+        .unwrap();
     let (h2, conn) = h2::client::handshake(s).await.unwrap();
     tokio::spawn(conn);
     let ask = |method: Method, uri: String| {
@@ -177,15 +253,38 @@ async fn garbage_non_connect_and_bad_authority_are_refused_and_daemon_keeps_serv
     };
     let target = ip(id, 2, 1);
     let cases = [
-        (Method::GET, format!("https://{target}:8080/"), StatusCode::METHOD_NOT_ALLOWED),
-        (Method::CONNECT, "example.com:80".to_string(), StatusCode::BAD_REQUEST),
-        (Method::CONNECT, format!("{}:8080", ip(id, 2, 99)), StatusCode::BAD_REQUEST),
-        (Method::CONNECT, format!("{}:8080", ip(id, 1, 1)), StatusCode::BAD_REQUEST),
-        (Method::CONNECT, format!("{target}:9"), StatusCode::SERVICE_UNAVAILABLE),
+        (
+            Method::GET,
+            format!("https://{target}:8080/"),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            Method::CONNECT,
+            "example.com:80".to_string(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::CONNECT,
+            format!("{}:8080", ip(id, 2, 99)),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::CONNECT,
+            format!("{}:8080", ip(id, 1, 1)),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::CONNECT,
+            format!("{target}:9"),
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
         (Method::CONNECT, format!("{target}:8080"), StatusCode::OK),
     ];
     for (method, uri, want) in cases {
-        let got = timeout(Duration::from_secs(5), ask(method.clone(), uri.clone())).await.unwrap().unwrap();
+        let got = timeout(Duration::from_secs(5), ask(method.clone(), uri.clone()))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(got, want, "{method} {uri}");
     }
     still_serving(&n1, id).await;

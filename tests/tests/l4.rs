@@ -18,9 +18,12 @@ const MIB: usize = 1024 * 1024;
 /// 8080).
 fn mesh(id: u8) -> Mesh {
     let mut m = Mesh::new(id, 2).unwrap();
-    m.workloads.push(workload("sleep", "sleep", ip(id, 1, 1), "node1"));
-    m.workloads.push(workload("echo", "echo", ip(id, 2, 1), "node2"));
-    m.services.push(json!({"name": "echo", "vips": [vip(id).ip().to_string()],
+    m.workloads
+        .push(workload("sleep", "sleep", ip(id, 1, 1), "node1"));
+    m.workloads
+        .push(workload("echo", "echo", ip(id, 2, 1), "node2"));
+    m.services
+        .push(json!({"name": "echo", "vips": [vip(id).ip().to_string()],
         "ports": [{"port": 80, "targetPort": 8080}], "selector": {"app": "echo"}}));
     m
 }
@@ -84,7 +87,8 @@ async fn bulk_100_mib_each_way_with_half_close_both_directions() {
         let mut c = connect_via(&n1.addrs, ip(id, 1, 1), vip(id)).await?;
         send_pattern(&mut c, 100 * MIB, 1).await?;
         expect_pattern(&mut c, 100 * MIB, 2).await?;
-        let mut c = connect_via(&n1.addrs, ip(id, 1, 1), SocketAddr::new(ip(id, 2, 1), 8081)).await?;
+        let mut c =
+            connect_via(&n1.addrs, ip(id, 1, 1), SocketAddr::new(ip(id, 2, 1), 8081)).await?;
         expect_pattern(&mut c, 100 * MIB, 3).await?;
         send_pattern(&mut c, 100 * MIB, 4).await?;
         let mut rest = Vec::new();
@@ -92,9 +96,15 @@ async fn bulk_100_mib_each_way_with_half_close_both_directions() {
         anyhow::ensure!(rest.is_empty());
         Ok::<_, anyhow::Error>(())
     };
-    timeout(Duration::from_secs(120), work).await.unwrap().unwrap();
+    timeout(Duration::from_secs(120), work)
+        .await
+        .unwrap()
+        .unwrap();
     for _ in 0..2 {
-        let server = timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+        let server = timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
         server.unwrap();
     }
 }
@@ -104,7 +114,9 @@ async fn two_hundred_concurrent_connections_share_two_hbone_connections() {
     let id = 12;
     let m = mesh(id);
     let (n1, n2) = start(&m);
-    let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080)).await.unwrap();
+    let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     let release = Arc::new(tokio::sync::Notify::new());
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel(200);
@@ -121,13 +133,23 @@ async fn two_hundred_concurrent_connections_share_two_hbone_connections() {
         }));
     }
     for _ in 0..200 {
-        timeout(Duration::from_secs(30), done_rx.recv()).await.unwrap().unwrap();
+        timeout(Duration::from_secs(30), done_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
     }
     // All 200 are open at once now.
     let dump = n1.config_dump().unwrap();
     let opened = dump["hbonePool"]["openedTotal"].as_u64().unwrap();
-    assert!((1..=2).contains(&opened), "200 connections opened {opened} HBONE connections");
-    let open_now = metric_sum(&n2.metrics(), "weft_tcp_connections_opened_total", &["reporter=\"destination\""]);
+    assert!(
+        (1..=2).contains(&opened),
+        "200 connections opened {opened} HBONE connections"
+    );
+    let open_now = metric_sum(
+        &n2.metrics(),
+        "weft_tcp_connections_opened_total",
+        &["reporter=\"destination\""],
+    );
     assert_eq!(open_now, 200.0);
     release.notify_waiters();
     for t in tasks {
@@ -146,18 +168,42 @@ async fn deny_policy_closes_client_and_server_never_sees_it() {
     let mut m = mesh(id);
     m.policies.push(deny_sleep_to_echo());
     let (n1, n2) = start(&m);
-    let server = echo_server(SocketAddr::new(ip(id, 2, 1), 8080)).await.unwrap();
+    let server = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
+        .await
+        .unwrap();
     let start = Instant::now();
     let mut c = connect_via(&n1.addrs, ip(id, 1, 1), vip(id)).await.unwrap();
     let _ = c.write_all(b"should not arrive\n").await;
     let mut buf = [0u8; 64];
-    let r = timeout(Duration::from_secs(5), c.read(&mut buf)).await.expect("client hung on a denied connection");
-    assert!(matches!(r, Ok(0) | Err(_)), "denied connection delivered data: {r:?}");
-    assert!(start.elapsed() < Duration::from_secs(2), "denial took {:?}", start.elapsed());
+    let r = timeout(Duration::from_secs(5), c.read(&mut buf))
+        .await
+        .expect("client hung on a denied connection");
+    assert!(
+        matches!(r, Ok(0) | Err(_)),
+        "denied connection delivered data: {r:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "denial took {:?}",
+        start.elapsed()
+    );
     assert_eq!(server.accepted(), 0, "the server saw a denied connection");
-    let denied = |w: &Weftd| metric_sum(&w.metrics(), "weft_tcp_connections_failed_total", &["reason=\"denied\""]);
-    assert!(eventually(Duration::from_secs(2), || denied(&n2) >= 1.0).await, "{}", n2.metrics());
-    assert!(denied(&n1) >= 1.0, "the source node did not count the denial");
+    let denied = |w: &Weftd| {
+        metric_sum(
+            &w.metrics(),
+            "weft_tcp_connections_failed_total",
+            &["reason=\"denied\""],
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(2), || denied(&n2) >= 1.0).await,
+        "{}",
+        n2.metrics()
+    );
+    assert!(
+        denied(&n1) >= 1.0,
+        "the source node did not count the denial"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -165,17 +211,24 @@ async fn policy_change_closes_open_connection_within_one_second() {
     let id = 14;
     let mut m = mesh(id);
     let (n1, _n2) = start(&m);
-    let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080)).await.unwrap();
+    let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
+        .await
+        .unwrap();
     let mut c = connect_via(&n1.addrs, ip(id, 1, 1), vip(id)).await.unwrap();
     round_trip(&mut c, b"before\n").await.unwrap();
     m.policies.push(deny_sleep_to_echo());
     let written = Instant::now();
     m.write().unwrap();
     let mut buf = [0u8; 64];
-    let r = timeout(Duration::from_secs(5), c.read(&mut buf)).await.expect("connection still open 5 s after the DENY");
+    let r = timeout(Duration::from_secs(5), c.read(&mut buf))
+        .await
+        .expect("connection still open 5 s after the DENY");
     let took = written.elapsed();
     assert!(matches!(r, Ok(0) | Err(_)), "read data after deny: {r:?}");
-    assert!(took <= Duration::from_secs(1), "closing the denied connection took {took:?}");
+    assert!(
+        took <= Duration::from_secs(1),
+        "closing the denied connection took {took:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -183,7 +236,9 @@ async fn metrics_show_principals_and_mutual_tls_and_drop_removed_workloads() {
     let id = 17;
     let mut m = mesh(id);
     let (n1, n2) = start(&m);
-    let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080)).await.unwrap();
+    let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
+        .await
+        .unwrap();
     let mut c = connect_via(&n1.addrs, ip(id, 1, 1), vip(id)).await.unwrap();
     round_trip(&mut c, b"0123456789").await.unwrap();
     c.shutdown().await.unwrap();
@@ -197,7 +252,10 @@ async fn metrics_show_principals_and_mutual_tls_and_drop_removed_workloads() {
         "destination_principal=\"spiffe://cluster.local/ns/default/sa/echo\"",
         "connection_security_policy=\"mutual_tls\"",
     ];
-    for (node, reporter) in [(&n1, "reporter=\"source\""), (&n2, "reporter=\"destination\"")] {
+    for (node, reporter) in [
+        (&n1, "reporter=\"source\""),
+        (&n2, "reporter=\"destination\""),
+    ] {
         let mut labels = want.to_vec();
         labels.push(reporter);
         let ok = eventually(Duration::from_secs(3), || {
@@ -210,11 +268,18 @@ async fn metrics_show_principals_and_mutual_tls_and_drop_removed_workloads() {
         .await;
         assert!(ok, "{reporter}:\n{}", node.metrics());
     }
-    assert!(n2.logs().contains("connection complete"), "no access log line:\n{}", n2.logs());
+    assert!(
+        n2.logs().contains("connection complete"),
+        "no access log line:\n{}",
+        n2.logs()
+    );
     // Remove the echo workload: its series go.
     m.workloads.retain(|w| w["name"] != "echo");
     m.write().unwrap();
-    let gone = eventually(Duration::from_secs(3), || !n2.metrics().contains("destination_workload=\"echo\"")).await;
+    let gone = eventually(Duration::from_secs(3), || {
+        !n2.metrics().contains("destination_workload=\"echo\"")
+    })
+    .await;
     assert!(gone, "series of a removed workload kept:\n{}", n2.metrics());
 }
 
@@ -224,7 +289,9 @@ async fn connection_survives_certificate_renewals() {
     let mut m = mesh(id);
     m.leaf_lifetime = "10s".into();
     let (n1, n2) = start(&m);
-    let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080)).await.unwrap();
+    let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
+        .await
+        .unwrap();
     let expiry = |w: &Weftd| w.config_dump().unwrap()["certificates"][0]["notAfter"].clone();
     let first = (expiry(&n1), expiry(&n2));
     let mut c = connect_via(&n1.addrs, ip(id, 1, 1), vip(id)).await.unwrap();
@@ -232,7 +299,9 @@ async fn connection_survives_certificate_renewals() {
     let mut renewals = 0;
     let mut last = first.clone();
     while start.elapsed() < Duration::from_secs(30) {
-        round_trip(&mut c, b"still here\n").await.expect("connection broke across a renewal");
+        round_trip(&mut c, b"still here\n")
+            .await
+            .expect("connection broke across a renewal");
         let now = (expiry(&n1), expiry(&n2));
         if now != last {
             renewals += 1;
@@ -240,7 +309,10 @@ async fn connection_survives_certificate_renewals() {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    assert!(renewals >= 4, "certificates renewed only {renewals} times in 30 s with a 10 s lifetime");
+    assert!(
+        renewals >= 4,
+        "certificates renewed only {renewals} times in 30 s with a 10 s lifetime"
+    );
     // And new connections use the renewed certificates.
     let mut c2 = connect_via(&n1.addrs, ip(id, 1, 1), vip(id)).await.unwrap();
     round_trip(&mut c2, b"new\n").await.unwrap();
@@ -251,13 +323,16 @@ async fn invalid_mesh_edit_is_refused_and_traffic_keeps_flowing() {
     let id = 19;
     let m = mesh(id);
     let (n1, _n2) = start(&m);
-    let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080)).await.unwrap();
+    let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
+        .await
+        .unwrap();
     let mut open = connect_via(&n1.addrs, ip(id, 1, 1), vip(id)).await.unwrap();
     round_trip(&mut open, b"before\n").await.unwrap();
 
     let mut bad = m.to_value();
     bad["services"][0]["ports"][0]["targetPort"] = json!(0);
-    m.write_text(&serde_yaml_ng::to_string(&bad).unwrap()).unwrap();
+    m.write_text(&serde_yaml_ng::to_string(&bad).unwrap())
+        .unwrap();
     let refused = eventually(Duration::from_secs(3), || {
         n1.config_dump().unwrap()["config"]["lastError"]
             .as_str()
@@ -268,16 +343,25 @@ async fn invalid_mesh_edit_is_refused_and_traffic_keeps_flowing() {
     assert!(n1.logs().contains("services[0].ports[0].targetPort"));
     // A syntax-level error names its path too.
     bad["services"][0]["ports"][0]["targetPort"] = json!("eighty");
-    m.write_text(&serde_yaml_ng::to_string(&bad).unwrap()).unwrap();
+    m.write_text(&serde_yaml_ng::to_string(&bad).unwrap())
+        .unwrap();
     let refused = eventually(Duration::from_secs(3), || {
         n1.config_dump().unwrap()["config"]["refused"].as_u64() == Some(2)
     })
     .await;
     assert!(refused, "{}", n1.logs());
-    assert!(n1.config_dump().unwrap()["config"]["lastError"].as_str().unwrap().contains("services[0].ports[0].targetPort"));
+    assert!(
+        n1.config_dump().unwrap()["config"]["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("services[0].ports[0].targetPort")
+    );
 
     round_trip(&mut open, b"after\n").await.unwrap();
     let mut fresh = connect_via(&n1.addrs, ip(id, 1, 1), vip(id)).await.unwrap();
     round_trip(&mut fresh, b"fresh\n").await.unwrap();
-    assert_eq!(n1.config_dump().unwrap()["services"][0]["ports"][0]["targetPort"], json!(8080));
+    assert_eq!(
+        n1.config_dump().unwrap()["services"][0]["ports"][0]["targetPort"],
+        json!(8080)
+    );
 }

@@ -61,7 +61,11 @@ fn tempdir() -> anyhow::Result<PathBuf> {
 }
 
 fn demo(weftd: &Path, dir: &Path, once: bool) -> anyhow::Result<()> {
-    let status = Command::new(weftd).args(["ca", "init", "--dir"]).arg(dir).stdout(Stdio::null()).status()?;
+    let status = Command::new(weftd)
+        .args(["ca", "init", "--dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .status()?;
     if !status.success() {
         bail!("weftd ca init failed");
     }
@@ -70,14 +74,20 @@ fn demo(weftd: &Path, dir: &Path, once: bool) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .context("installing the Ctrl-C handler")?;
     }
     for (ip, name) in [("127.0.2.1", "echo-1"), ("127.0.2.2", "echo-2")] {
         http_server(format!("{ip}:8080").parse()?, name)?;
     }
-    let nodes = [start(weftd, &mesh, dir, "node1", "127.0.1.250")?, start(weftd, &mesh, dir, "node2", "127.0.2.250")?];
+    let nodes = [
+        start(weftd, &mesh, dir, "node1", "127.0.1.250")?,
+        start(weftd, &mesh, dir, "node2", "127.0.2.250")?,
+    ];
 
-    println!("\n== two weftd nodes on loopback; workload sleep (127.0.1.1, node1) calls service echo (127.0.0.100:80)\n");
+    println!(
+        "\n== two weftd nodes on loopback; workload sleep (127.0.1.1, node1) calls service echo (127.0.0.100:80)\n"
+    );
     for i in 1..=4 {
         let reply = call("127.0.1.1", "127.0.1.250:15001", "127.0.0.100:80")?;
         println!("request {i}: {}", reply.lines().last().unwrap_or(""));
@@ -85,20 +95,39 @@ fn demo(weftd: &Path, dir: &Path, once: bool) -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_millis(300));
     println!("\n== access log (who talked to whom, with which identities)");
     for n in &nodes {
-        for line in std::fs::read_to_string(&n.log)?.lines().filter(|l| l.contains("connection complete")) {
-            println!("{}: {}", n.name, line.split("weft::access: ").last().unwrap_or(line));
+        for line in std::fs::read_to_string(&n.log)?
+            .lines()
+            .filter(|l| l.contains("connection complete"))
+        {
+            println!(
+                "{}: {}",
+                n.name,
+                line.split("weft::access: ").last().unwrap_or(line)
+            );
         }
     }
     println!("\n== metrics (node2, reporter=destination)");
     let metrics = get("127.0.2.250:15020", "/metrics")?;
-    for line in metrics.lines().filter(|l| l.starts_with("weft_tcp_connections_opened_total")) {
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("weft_tcp_connections_opened_total"))
+    {
         println!("{line}");
     }
     println!("\n== try");
-    println!("  curl -s {}/config_dump | less          # node1 state, certificates, HBONE pool", nodes[0].admin);
+    println!(
+        "  curl -s {}/config_dump | less          # node1 state, certificates, HBONE pool",
+        nodes[0].admin
+    );
     println!("  curl -s 127.0.2.250:15020/metrics | grep weft_");
-    println!("  tail -f {}                             # node2 log", nodes[1].log.display());
-    println!("  edit {} (e.g. remove the policy's principal) and watch it reload", mesh.display());
+    println!(
+        "  tail -f {}                             # node2 log",
+        nodes[1].log.display()
+    );
+    println!(
+        "  edit {} (e.g. remove the policy's principal) and watch it reload",
+        mesh.display()
+    );
     if once {
         return Ok(());
     }
@@ -110,7 +139,13 @@ fn demo(weftd: &Path, dir: &Path, once: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn start(weftd: &Path, mesh: &Path, dir: &Path, name: &'static str, ip: &str) -> anyhow::Result<Node> {
+fn start(
+    weftd: &Path,
+    mesh: &Path,
+    dir: &Path,
+    name: &'static str,
+    ip: &str,
+) -> anyhow::Result<Node> {
     let log = dir.join(format!("{name}.log"));
     let child = Command::new(weftd)
         .args(["run", "--mesh"])
@@ -120,11 +155,22 @@ fn start(weftd: &Path, mesh: &Path, dir: &Path, name: &'static str, ip: &str) ->
         .stderr(std::fs::File::create(&log)?)
         .spawn()?;
     let admin: &'static str = Box::leak(format!("{ip}:15000").into_boxed_str());
-    let node = Node { name, child, log, admin };
+    let node = Node {
+        name,
+        child,
+        log,
+        admin,
+    };
     let start = Instant::now();
-    while get(&format!("{ip}:15021"), "/healthz/ready").map(|b| b != "ready\n").unwrap_or(true) {
+    while get(&format!("{ip}:15021"), "/healthz/ready")
+        .map(|b| b != "ready\n")
+        .unwrap_or(true)
+    {
         if start.elapsed() > Duration::from_secs(15) {
-            bail!("{name} did not become ready:\n{}", std::fs::read_to_string(&node.log).unwrap_or_default());
+            bail!(
+                "{name} did not become ready:\n{}",
+                std::fs::read_to_string(&node.log).unwrap_or_default()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -140,7 +186,14 @@ fn call(src: &str, node: &str, dst: &str) -> anyhow::Result<String> {
     let mut s: TcpStream = sock.into();
     let local = s.local_addr()?;
     let dst: SocketAddr = dst.parse()?;
-    write!(s, "PROXY TCP4 {} {} {} {}\r\n", local.ip(), dst.ip(), local.port(), dst.port())?;
+    write!(
+        s,
+        "PROXY TCP4 {} {} {} {}\r\n",
+        local.ip(),
+        dst.ip(),
+        local.port(),
+        dst.port()
+    )?;
     write!(s, "GET / HTTP/1.0\r\nHost: echo\r\n\r\n")?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut out = String::new();
@@ -153,7 +206,10 @@ fn get(addr: &str, path: &str) -> anyhow::Result<String> {
     write!(s, "GET {path} HTTP/1.0\r\n\r\n")?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
-    Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    Ok(out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default())
 }
 
 /// A tiny HTTP server standing in for the `echo` application.
@@ -162,13 +218,23 @@ fn http_server(addr: SocketAddr, name: &'static str) -> anyhow::Result<()> {
     std::thread::spawn(move || {
         for mut s in l.incoming().flatten() {
             let peer = s.peer_addr().ok();
-            let mut r = BufReader::new(match s.try_clone() { Ok(c) => c, Err(_) => continue });
+            let mut r = BufReader::new(match s.try_clone() {
+                Ok(c) => c,
+                Err(_) => continue,
+            });
             let mut line = String::new();
             while r.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
                 line.clear();
             }
-            let body = format!("hello from {name} ({addr}), you are {}\n", peer.map(|p| p.to_string()).unwrap_or_default());
-            let _ = write!(s, "HTTP/1.0 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+            let body = format!(
+                "hello from {name} ({addr}), you are {}\n",
+                peer.map(|p| p.to_string()).unwrap_or_default()
+            );
+            let _ = write!(
+                s,
+                "HTTP/1.0 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
         }
     });
     Ok(())

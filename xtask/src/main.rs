@@ -16,7 +16,9 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("demo") => demo::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <test|demo>\n  test  run formatting, clippy and the whole test suite\n  demo  run a local two-node mesh and send traffic through it");
+            eprintln!(
+                "usage: cargo xtask <test|demo>\n  test  run formatting, clippy and the whole test suite\n  demo  run a local two-node mesh and send traffic through it"
+            );
             return ExitCode::from(2);
         }
     };
@@ -54,7 +56,14 @@ pub fn workspace_root() -> std::path::PathBuf {
 fn test(extra: &[String]) -> anyhow::Result<()> {
     tools::ensure(&[("openssl", "openssl")])?;
     cargo(&["fmt", "--all", "--check"])?;
-    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
     // The end-to-end tests run the real daemon binary.
     cargo(&["build", "-p", "weftd"])?;
     let mut args = vec!["test", "--workspace"];

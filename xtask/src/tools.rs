@@ -14,7 +14,11 @@ fn have(bin: &str) -> bool {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false)
 }
 
 /// `tools` are (binary, Debian package) pairs.
@@ -25,14 +29,26 @@ pub fn ensure(tools: &[(&str, &str)]) -> anyhow::Result<()> {
     }
     let packages: Vec<&str> = missing.iter().map(|(_, p)| *p).collect();
     if !is_root() {
-        bail!("missing tools: {}; install them with: apt-get install -y {}", missing.iter().map(|(b, _)| *b).collect::<Vec<_>>().join(", "), packages.join(" "));
+        bail!(
+            "missing tools: {}; install them with: apt-get install -y {}",
+            missing
+                .iter()
+                .map(|(b, _)| *b)
+                .collect::<Vec<_>>()
+                .join(", "),
+            packages.join(" ")
+        );
     }
     eprintln!("+ apt-get install -y {}", packages.join(" "));
     let ok = Command::new("sh")
         .args(["-c", &format!("(apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {}", packages.join(" "))])
         .status()?
         .success();
-    let still: Vec<_> = missing.iter().filter(|(bin, _)| !have(bin)).map(|(b, _)| *b).collect();
+    let still: Vec<_> = missing
+        .iter()
+        .filter(|(bin, _)| !have(bin))
+        .map(|(b, _)| *b)
+        .collect();
     if !ok || !still.is_empty() {
         bail!("could not install {}", still.join(", "));
     }

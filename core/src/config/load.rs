@@ -110,7 +110,10 @@ fn build(mesh: MeshFile, base: &Path) -> Result<LoadedMesh, Vec<FieldError>> {
         if n.name.is_empty() {
             errs.push(format!("nodes[{i}].name"), "must not be empty");
         } else if !node_names.insert(n.name.as_str()) {
-            errs.push(format!("nodes[{i}].name"), format!("node {:?} is listed twice", n.name));
+            errs.push(
+                format!("nodes[{i}].name"),
+                format!("node {:?} is listed twice", n.name),
+            );
         }
     }
 
@@ -182,7 +185,10 @@ fn build_workloads(mesh: &MeshFile, errs: &mut Errors) -> Vec<Arc<Workload>> {
     for (i, w) in mesh.workloads.iter().enumerate() {
         let at = |field: &str| format!("workloads[{i}].{field}");
         if !is_name(&w.name) {
-            errs.push(at("name"), format!("{:?} is not a valid workload name", w.name));
+            errs.push(
+                at("name"),
+                format!("{:?} is not a valid workload name", w.name),
+            );
         }
         if w.node.is_empty() {
             errs.push(at("node"), "must not be empty");
@@ -211,13 +217,11 @@ fn build_workloads(mesh: &MeshFile, errs: &mut Errors) -> Vec<Arc<Workload>> {
                 format!("workload {}/{} is listed twice", w.namespace, w.name),
             );
         }
-        let identity = match SpiffeId::new(&mesh.trust_domain, &w.namespace, &w.service_account)
-        {
+        let identity = match SpiffeId::new(&mesh.trust_domain, &w.namespace, &w.service_account) {
             Ok(id) => id,
             Err(e) => {
                 // Name the field that is wrong, not the identity built from it.
-                let field = if SpiffeId::new(&mesh.trust_domain, &w.namespace, "default").is_err()
-                {
+                let field = if SpiffeId::new(&mesh.trust_domain, &w.namespace, "default").is_err() {
                     "namespace"
                 } else {
                     "serviceAccount"
@@ -257,7 +261,10 @@ fn build_services(mesh: &MeshFile, workloads: &[Arc<Workload>], errs: &mut Error
     for (i, s) in mesh.services.iter().enumerate() {
         let at = |field: &str| format!("services[{i}].{field}");
         if !is_name(&s.name) {
-            errs.push(at("name"), format!("{:?} is not a valid service name", s.name));
+            errs.push(
+                at("name"),
+                format!("{:?} is not a valid service name", s.name),
+            );
         }
         if !keys.insert((s.namespace.as_str(), s.name.as_str())) {
             errs.push(
@@ -274,9 +281,15 @@ fn build_services(mesh: &MeshFile, workloads: &[Arc<Workload>], errs: &mut Error
         let mut seen_ports = HashSet::new();
         for (j, p) in s.ports.iter().enumerate() {
             if p.port == 0 {
-                errs.push(at(&format!("ports[{j}].port")), "must be between 1 and 65535");
+                errs.push(
+                    at(&format!("ports[{j}].port")),
+                    "must be between 1 and 65535",
+                );
             } else if !seen_ports.insert(p.port) {
-                errs.push(at(&format!("ports[{j}].port")), format!("port {} is listed twice", p.port));
+                errs.push(
+                    at(&format!("ports[{j}].port")),
+                    format!("port {} is listed twice", p.port),
+                );
             }
             if p.target_port == Some(0) {
                 errs.push(
@@ -305,7 +318,10 @@ fn build_services(mesh: &MeshFile, workloads: &[Arc<Workload>], errs: &mut Error
         }
         let endpoints = match (&s.selector, &s.endpoints) {
             (Some(_), Some(_)) => {
-                errs.push(at("endpoints"), "set either selector or endpoints, not both");
+                errs.push(
+                    at("endpoints"),
+                    "set either selector or endpoints, not both",
+                );
                 Vec::new()
             }
             (Some(sel), None) => select(workloads, &s.namespace, sel),
@@ -328,9 +344,10 @@ fn build_services(mesh: &MeshFile, workloads: &[Arc<Workload>], errs: &mut Error
         out.push(Service {
             name: s.name.clone(),
             namespace: s.namespace.clone(),
-            hostname: s.hostname.clone().unwrap_or_else(|| {
-                format!("{}.{}.svc.{}", s.name, s.namespace, mesh.trust_domain)
-            }),
+            hostname: s
+                .hostname
+                .clone()
+                .unwrap_or_else(|| format!("{}.{}.svc.{}", s.name, s.namespace, mesh.trust_domain)),
             vips: s.vips.clone(),
             ports: s.ports.clone(),
             selector: s.selector.clone(),
@@ -346,9 +363,7 @@ fn select(workloads: &[Arc<Workload>], ns: &str, sel: &BTreeMap<String, String>)
     workloads
         .iter()
         .enumerate()
-        .filter(|(_, w)| {
-            w.namespace == ns && sel.iter().all(|(k, v)| w.labels.get(k) == Some(v))
-        })
+        .filter(|(_, w)| w.namespace == ns && sel.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
         .map(|(i, _)| i)
         .collect()
 }
@@ -357,8 +372,7 @@ fn select(workloads: &[Arc<Workload>], ns: &str, sel: &BTreeMap<String, String>)
 fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && !s.starts_with(['-', '.'])
         && !s.ends_with(['-', '.'])

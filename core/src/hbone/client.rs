@@ -138,3 +138,24 @@ pub async fn establish(
     });
     Ok(Established { send, closed })
 }
+
+/// The node's certificate manager is the client's TLS source: it holds the source workload's
+/// certificate, and builds a verifier for the destination identity per new connection.
+impl ClientTlsProvider for crate::identity::CertificateManager {
+    fn client_config<'a>(
+        &'a self,
+        source: &'a SpiffeId,
+        destination: &'a SpiffeId,
+    ) -> Pin<Box<dyn Future<Output = Result<Arc<rustls::ClientConfig>, HboneError>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let failed = |reason: String| HboneError::Identity {
+                identity: source.to_string(),
+                reason,
+            };
+            let cert = self.get(source).await.map_err(|e| failed(e.to_string()))?;
+            cert.client_config(destination)
+                .map_err(|e| failed(e.to_string()))
+        })
+    }
+}

@@ -36,7 +36,12 @@ pub fn parse_forwarded_for(value: &HeaderValue) -> Option<IpAddr> {
 
 /// Source workload metadata, W3C baggage with the keys Istio uses, so a receiving Istio node
 /// labels our metrics the same way.
-pub fn baggage(namespace: &str, workload: &str, service: &str, version: &str) -> Option<HeaderValue> {
+pub fn baggage(
+    namespace: &str,
+    workload: &str,
+    service: &str,
+    version: &str,
+) -> Option<HeaderValue> {
     let v = format!(
         "k8s.namespace.name={namespace},k8s.pod.name={workload},service.name={service},service.version={version}"
     );
@@ -63,7 +68,10 @@ mod tests {
         }
         let h = HeaderValue::from_static("by=x;For=192.0.2.60, for=10.0.0.1");
         assert_eq!(parse_forwarded_for(&h), Some("192.0.2.60".parse().unwrap()));
-        assert_eq!(parse_forwarded_for(&HeaderValue::from_static("for=_hidden")), None);
+        assert_eq!(
+            parse_forwarded_for(&HeaderValue::from_static("for=_hidden")),
+            None
+        );
     }
 
     #[test]

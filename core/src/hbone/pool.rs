@@ -182,7 +182,12 @@ impl Pool {
         };
         slots
             .iter()
-            .filter_map(|s| s.conns.try_lock().ok().map(|c| c.iter().filter(|c| !c.closed.is_cancelled()).count()))
+            .filter_map(|s| {
+                s.conns
+                    .try_lock()
+                    .ok()
+                    .map(|c| c.iter().filter(|c| !c.closed.is_cancelled()).count())
+            })
             .sum()
     }
 
@@ -208,11 +213,7 @@ async fn reap(inner: Weak<Inner>, every: Duration) {
                 if c.closed.is_cancelled() {
                     return false;
                 }
-                let idle_for = c
-                    .idle_since
-                    .lock()
-                    .map(|t| t.elapsed())
-                    .unwrap_or_default();
+                let idle_for = c.idle_since.lock().map(|t| t.elapsed()).unwrap_or_default();
                 c.active.load(Ordering::Acquire) > 0 || idle_for < idle
             });
             !conns.is_empty()

@@ -33,10 +33,10 @@ pub fn parse_connect<B>(req: &Request<B>) -> Result<ConnectTarget, (StatusCode, 
             format!("{} is not CONNECT", req.method()),
         ));
     }
-    let authority = req
-        .uri()
-        .authority()
-        .ok_or((StatusCode::BAD_REQUEST, "CONNECT without :authority".to_string()))?;
+    let authority = req.uri().authority().ok_or((
+        StatusCode::BAD_REQUEST,
+        "CONNECT without :authority".to_string(),
+    ))?;
     let target: SocketAddr = authority.as_str().parse().map_err(|_| {
         (
             StatusCode::BAD_REQUEST,

@@ -131,9 +131,7 @@ async fn tcp_to_stream(
             Err(e) => return Err(Failure::Tcp(e)),
         };
         if n == 0 {
-            return send
-                .send_data(Bytes::new(), true)
-                .map_err(Failure::Stream);
+            return send.send_data(Bytes::new(), true).map_err(Failure::Stream);
         }
         *total += n as u64;
         let mut chunk = buf.split().freeze();

@@ -7,14 +7,12 @@
 //! later with "unknown issuer".
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 use time::OffsetDateTime;
@@ -76,8 +74,9 @@ pub struct IssuedCertificate {
     pub chain: Vec<CertificateDer<'static>>,
     /// The leaf's private key (PKCS#8).
     pub key: PrivateKeyDer<'static>,
-    /// Validity as written in the leaf (whole seconds).
+    /// Start of validity as written in the leaf (whole seconds).
     pub not_before: SystemTime,
+    /// End of validity as written in the leaf (whole seconds).
     pub not_after: SystemTime,
 }
 
@@ -111,13 +110,6 @@ impl IssuedCertificate {
     pub fn is_valid_at(&self, now: SystemTime) -> bool {
         self.not_before <= now && now < self.not_after
     }
-}
-
-/// Where `init_root_dir` wrote the new root.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RootFiles {
-    pub cert_path: PathBuf,
-    pub key_path: PathBuf,
 }
 
 /// A loaded, self-checked CA that signs workload certificates.
@@ -221,20 +213,18 @@ impl CertificateAuthority {
         };
         let mut intermediates: Vec<CertificateDer<'static>> = Vec::new();
         for cert in std::iter::once(issuing.clone()).chain(chain_certs) {
-            let keep = !is_self_signed(&cert)
-                && !bundle.contains(&cert)
-                && !intermediates.contains(&cert);
+            let keep =
+                !is_self_signed(&cert) && !bundle.contains(&cert) && !intermediates.contains(&cert);
             if keep {
                 intermediates.push(cert);
             }
         }
 
-        let issuer = Issuer::from_ca_cert_der(&issuing, key).map_err(|e| {
-            CaError::BadCertificate {
+        let issuer =
+            Issuer::from_ca_cert_der(&issuing, key).map_err(|e| CaError::BadCertificate {
                 source_name: cert_name.clone(),
                 reason: format!("cannot sign with this certificate: {e}"),
-            }
-        })?;
+            })?;
         let ca = Self {
             issuer,
             issuing_not_after: info.not_after,
@@ -269,7 +259,11 @@ impl CertificateAuthority {
             .subject()
             .as_raw()
             .to_vec();
-        if parse(probe.der(), "self-test certificate")?.issuer().as_raw() != issuing_subject {
+        if parse(probe.der(), "self-test certificate")?
+            .issuer()
+            .as_raw()
+            != issuing_subject
+        {
             return Err(CaError::SelfTest(
                 "the CA subject name uses an encoding that cannot be reproduced".to_owned(),
             ));
@@ -341,93 +335,13 @@ impl CertificateAuthority {
     }
 }
 
-/// Generates a self-signed root CA (ECDSA P-256) and returns `(cert_pem, key_pem)`.
-pub fn generate_root(common_name: &str, lifetime: Duration) -> Result<(String, String), CaError> {
-    let params = ca_params(common_name, lifetime, None)?;
-    let key = KeyPair::generate()?;
-    let cert = params.self_signed(&key)?;
-    Ok((cert.pem(), key.serialize_pem()))
-}
-
-/// Generates an intermediate CA signed by the given parent and returns `(cert_pem, key_pem)`.
-/// Its lifetime is capped at the parent's expiry.
-pub fn generate_intermediate(
-    parent_cert_pem: &str,
-    parent_key_pem: &str,
-    common_name: &str,
-    lifetime: Duration,
-) -> Result<(String, String), CaError> {
-    let parent = pem::certificates(parent_cert_pem, "parent CA certificate")?.remove(0);
-    let parent_key = pem::key_pair(parent_key_pem, "parent CA key")?;
-    let info = check_ca_cert(
-        &parent,
-        "parent CA certificate",
-        &parent_key,
-        "parent CA key",
-    )?;
-    let issuer = Issuer::from_ca_cert_der(&parent, parent_key)?;
-    let mut params = ca_params(common_name, lifetime, Some(info.not_after))?;
-    params.use_authority_key_identifier_extension = true;
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &issuer)?;
-    Ok((cert.pem(), key.serialize_pem()))
-}
-
-/// Creates a new root in `dir` as `root-cert.pem` and `root-key.pem` (mode 0600). Refuses to
-/// overwrite either file: replacing a root silently would cut every workload off the mesh.
-pub fn init_root_dir(dir: &Path, lifetime: Duration) -> Result<RootFiles, CaError> {
-    let files = RootFiles {
-        cert_path: dir.join("root-cert.pem"),
-        key_path: dir.join("root-key.pem"),
-    };
-    for path in [&files.cert_path, &files.key_path] {
-        if path.exists() {
-            return Err(CaError::AlreadyExists(path.clone()));
-        }
-    }
-    let (cert_pem, key_pem) = generate_root("weft root CA", lifetime)?;
-    fs::create_dir_all(dir).map_err(|source| CaError::Write {
-        path: dir.to_owned(),
-        source,
-    })?;
-    write_new(&files.key_path, &key_pem, 0o600)?;
-    if let Err(e) = write_new(&files.cert_path, &cert_pem, 0o644) {
-        // A key without its certificate is useless and would block the next attempt.
-        let _ = fs::remove_file(&files.key_path);
-        return Err(e);
-    }
-    Ok(files)
-}
-
-// create_new closes the race between the exists() check and the write.
-fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), CaError> {
-    let err = |source| CaError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|source| {
-            if source.kind() == std::io::ErrorKind::AlreadyExists {
-                CaError::AlreadyExists(path.to_owned())
-            } else {
-                err(source)
-            }
-        })?;
-    file.write_all(contents.as_bytes()).map_err(err)?;
-    file.sync_all().map_err(err)
-}
-
-struct CaInfo {
-    self_signed: bool,
-    not_after: SystemTime,
+pub(super) struct CaInfo {
+    pub(super) self_signed: bool,
+    pub(super) not_after: SystemTime,
 }
 
 /// Checks that `cert` can act as a CA with `key`, before rcgen (which trusts its input) sees it.
-fn check_ca_cert(
+pub(super) fn check_ca_cert(
     cert: &CertificateDer<'_>,
     cert_name: &str,
     key: &KeyPair,
@@ -519,39 +433,9 @@ fn leaf_params(
     Ok(params)
 }
 
-fn ca_params(
-    common_name: &str,
-    lifetime: Duration,
-    cap: Option<SystemTime>,
-) -> Result<CertificateParams, CaError> {
-    let now = SystemTime::now();
-    let mut not_after = now
-        .checked_add(lifetime)
-        .ok_or_else(|| CaError::InvalidValidity(format!("lifetime {lifetime:?} too large")))?;
-    if let Some(cap) = cap {
-        not_after = not_after.min(cap);
-    }
-    let (not_before, not_after) = validity(now - CLOCK_SKEW_ALLOWANCE, not_after)?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, common_name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    params.serial_number = Some(random_serial()?);
-    params.not_before = not_before;
-    params.not_after = not_after;
-    Ok(params)
-}
-
 /// Converts to whole-second X.509 times. `not_after` rounds up so a requested lifetime is
 /// never shortened by truncation.
-fn validity(
+pub(super) fn validity(
     not_before: SystemTime,
     not_after: SystemTime,
 ) -> Result<(OffsetDateTime, OffsetDateTime), CaError> {
@@ -586,7 +470,7 @@ fn system_time(t: OffsetDateTime) -> SystemTime {
 
 /// 128 random bits: unique serials matter for revocation lists and for telling certificates
 /// apart in logs; deriving them from the key (rcgen's default) is unique too but not obviously so.
-fn random_serial() -> Result<SerialNumber, CaError> {
+pub(super) fn random_serial() -> Result<SerialNumber, CaError> {
     let mut bytes = [0u8; 16];
     super::verify::provider()
         .secure_random

@@ -1,8 +1,7 @@
-use std::os::unix::fs::PermissionsExt;
-
 use x509_parser::extensions::GeneralName;
 
 use super::*;
+use crate::identity::bootstrap::{generate_intermediate, generate_root, init_root_dir};
 use crate::identity::test_support::{TestCa, id};
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -17,7 +16,11 @@ fn issued_leaf_follows_the_workload_profile() {
     let before = SystemTime::now();
     let issued = ca.ca.issue(&id("reviews"), HOUR).unwrap();
     assert_eq!(issued.identity, id("reviews"));
-    assert_eq!(issued.chain.len(), 1, "a root CA adds nothing after the leaf");
+    assert_eq!(
+        issued.chain.len(),
+        1,
+        "a root CA adds nothing after the leaf"
+    );
 
     let (_, leaf) = x509_parser::parse_x509_certificate(&issued.chain[0]).unwrap();
     assert_eq!(leaf.subject().iter().count(), 0, "subject must be empty");
@@ -26,7 +29,9 @@ fn issued_leaf_follows_the_workload_profile() {
     assert!(san.critical, "SAN is critical when the subject is empty");
     assert_eq!(
         san.value.general_names,
-        vec![GeneralName::URI("spiffe://cluster.local/ns/default/sa/reviews")]
+        vec![GeneralName::URI(
+            "spiffe://cluster.local/ns/default/sa/reviews"
+        )]
     );
     let ku = leaf.key_usage().unwrap().unwrap().value;
     assert!(ku.digital_signature() && ku.key_encipherment() && !ku.key_cert_sign());
@@ -56,7 +61,10 @@ fn issued_key_matches_leaf_and_serials_are_random() {
     assert!(serial(&a).len() >= 16);
     let key = KeyPair::try_from(&a.key).unwrap();
     let (_, leaf) = x509_parser::parse_x509_certificate(&a.chain[0]).unwrap();
-    assert_eq!(leaf.public_key().subject_public_key.data.as_ref(), key.der_bytes());
+    assert_eq!(
+        leaf.public_key().subject_public_key.data.as_ref(),
+        key.der_bytes()
+    );
 }
 
 #[test]
@@ -96,8 +104,8 @@ fn istio_style_chain_file_is_deduplicated() {
     let (ca_pem, ca_key) = generate_intermediate(&mid_pem, &mid_key, "issuing", HOUR).unwrap();
     // cert-chain.pem: issuing cert, then intermediates, then the root.
     let chain = format!("{ca_pem}{mid_pem}{root_pem}");
-    let ca = CertificateAuthority::from_pem(&ca_pem, &ca_key, Some(&chain), Some(&root_pem))
-        .unwrap();
+    let ca =
+        CertificateAuthority::from_pem(&ca_pem, &ca_key, Some(&chain), Some(&root_pem)).unwrap();
     let issued = ca.issue(&id("a"), HOUR).unwrap();
     let expected: Vec<_> = [&ca_pem, &mid_pem]
         .iter()
@@ -121,8 +129,8 @@ fn refuses_certificate_that_is_not_a_ca() {
         .unwrap()
         .self_signed(&key)
         .unwrap();
-    let err = CertificateAuthority::from_pem(&cert.pem(), &key.serialize_pem(), None, None)
-        .unwrap_err();
+    let err =
+        CertificateAuthority::from_pem(&cert.pem(), &key.serialize_pem(), None, None).unwrap_err();
     assert!(matches!(err, CaError::NotCa(_)), "{err}");
 }
 
@@ -175,29 +183,10 @@ fn load_names_the_file_that_is_wrong() {
     fs::write(&other, other_key).unwrap();
     let err = CertificateAuthority::load(&files.cert_path, &other, None, None).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("other-key.pem") && msg.contains("root-cert.pem"), "{msg}");
-}
-
-#[test]
-fn init_root_dir_writes_private_key_0600_and_never_overwrites() {
-    let dir = tempfile::tempdir().unwrap();
-    let target = dir.path().join("ca");
-    let files = init_root_dir(&target, HOUR).unwrap();
-    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(&files.key_path), 0o600);
-    assert_eq!(files.cert_path, target.join("root-cert.pem"));
-    let before = fs::read(&files.key_path).unwrap();
-
-    let err = init_root_dir(&target, HOUR).unwrap_err();
-    assert!(matches!(err, CaError::AlreadyExists(_)), "{err}");
-    assert_eq!(fs::read(&files.key_path).unwrap(), before);
-
-    // A lone leftover key also blocks initialization.
-    fs::remove_file(&files.cert_path).unwrap();
-    assert!(matches!(
-        init_root_dir(&target, HOUR),
-        Err(CaError::AlreadyExists(p)) if p == files.key_path
-    ));
+    assert!(
+        msg.contains("other-key.pem") && msg.contains("root-cert.pem"),
+        "{msg}"
+    );
 }
 
 #[test]

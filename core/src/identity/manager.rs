@@ -86,10 +86,12 @@ impl CertificateProvider for LocalCa {
 
 /// One identity's state as shown in the config dump.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CertificateStatus {
     pub identity: SpiffeId,
     /// RFC 3339; absent until a certificate was issued.
     pub not_before: Option<String>,
+    /// RFC 3339; absent until a certificate was issued.
     pub not_after: Option<String>,
     /// `valid`, `pending` (first issuance in flight) or `error: <reason>`.
     pub state: String,
@@ -286,10 +288,7 @@ impl std::fmt::Debug for CertificateManager {
 }
 
 /// `Some` when the slot settles the request, `None` when the first issuance is still running.
-fn usable(
-    id: &SpiffeId,
-    slot: &Slot,
-) -> Option<Result<Arc<WorkloadCertificate>, IdentityError>> {
+fn usable(id: &SpiffeId, slot: &Slot) -> Option<Result<Arc<WorkloadCertificate>, IdentityError>> {
     let now = SystemTime::now();
     match (&slot.cert, &slot.last_error) {
         (Some(cert), _) if cert.is_valid_at(now) => Some(Ok(cert.clone())),
@@ -318,11 +317,7 @@ fn invalid_reason(c: &IssuedCertificate, now: SystemTime) -> String {
 /// the backdated minute would renew short-lived certificates almost at once).
 fn renewal_delay(issued: &IssuedCertificate, received: SystemTime, now: SystemTime) -> Duration {
     let start = issued.not_before.max(received);
-    let half = issued
-        .not_after
-        .duration_since(start)
-        .unwrap_or_default()
-        / 2;
+    let half = issued.not_after.duration_since(start).unwrap_or_default() / 2;
     (start + half)
         .duration_since(now)
         .unwrap_or_default()

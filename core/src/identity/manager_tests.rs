@@ -106,9 +106,11 @@ async fn failing_provider_keeps_the_valid_certificate_and_recovers() {
         provider.calls(&id("a")) >= 2
     })
     .await;
-    eventually(Duration::from_secs(1), "the failure to be recorded", async || {
-        mgr.snapshot()[0].last_error.is_some()
-    })
+    eventually(
+        Duration::from_secs(1),
+        "the failure to be recorded",
+        async || mgr.snapshot()[0].last_error.is_some(),
+    )
     .await;
     // ...and the still-valid certificate keeps being served.
     assert!(Arc::ptr_eq(&first, &mgr.get(&id("a")).await.unwrap()));
@@ -133,7 +135,10 @@ async fn unknown_identity_is_not_local() {
     let mgr = manager(&ca, TestProvider::new(&ca, Duration::from_secs(60)));
     mgr.set_identities([id("a")]);
     let err = mgr.get(&id("stranger")).await.unwrap_err();
-    assert!(matches!(err, IdentityError::NotLocal(ref i) if *i == id("stranger")), "{err}");
+    assert!(
+        matches!(err, IdentityError::NotLocal(ref i) if *i == id("stranger")),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -227,11 +232,17 @@ async fn snapshot_serializes_times_as_rfc3339() {
     mgr.set_identities([id("a")]);
     let cert = mgr.get(&id("a")).await.unwrap();
     let json = serde_json::to_value(mgr.snapshot()).unwrap();
-    assert_eq!(json[0]["identity"], "spiffe://cluster.local/ns/default/sa/a");
+    assert_eq!(
+        json[0]["identity"],
+        "spiffe://cluster.local/ns/default/sa/a"
+    );
     assert_eq!(json[0]["state"], "valid");
-    assert_eq!(json[0]["not_after"], rfc3339(cert.issued.not_after));
-    let not_after = json[0]["not_after"].as_str().unwrap();
-    assert!(not_after.ends_with('Z') && not_after.len() == 20, "{not_after}");
+    assert_eq!(json[0]["notAfter"], rfc3339(cert.issued.not_after));
+    let not_after = json[0]["notAfter"].as_str().unwrap();
+    assert!(
+        not_after.ends_with('Z') && not_after.len() == 20,
+        "{not_after}"
+    );
 }
 
 #[tokio::test]
@@ -257,16 +268,23 @@ async fn established_connection_survives_certificate_renewal() {
     let mut server = accept.await.unwrap();
     ping_pong(&mut client, &mut server).await;
 
-    eventually(Duration::from_secs(4), "renewal of both certificates", async || {
-        let c = mgr.get(&id("client")).await.unwrap();
-        let s = mgr.get(&id("server")).await.unwrap();
-        !Arc::ptr_eq(&c, &client_cert) && !Arc::ptr_eq(&s, &server_cert)
-    })
+    eventually(
+        Duration::from_secs(4),
+        "renewal of both certificates",
+        async || {
+            let c = mgr.get(&id("client")).await.unwrap();
+            let s = mgr.get(&id("server")).await.unwrap();
+            !Arc::ptr_eq(&c, &client_cert) && !Arc::ptr_eq(&s, &server_cert)
+        },
+    )
     .await;
     ping_pong(&mut client, &mut server).await;
 
     // Even once the certificates it was established with have expired.
-    let expiry = client_cert.issued.not_after.max(server_cert.issued.not_after);
+    let expiry = client_cert
+        .issued
+        .not_after
+        .max(server_cert.issued.not_after);
     if let Ok(wait) = expiry.duration_since(SystemTime::now()) {
         tokio::time::sleep(wait + Duration::from_millis(100)).await;
     }

@@ -11,6 +11,7 @@
 //! The node agent holds certificates only for workloads running on its node, and drops them
 //! when those workloads leave.
 
+mod bootstrap;
 mod ca;
 mod manager;
 mod pem;
@@ -22,10 +23,8 @@ mod workload;
 #[cfg(test)]
 mod test_support;
 
-pub use ca::{
-    CLOCK_SKEW_ALLOWANCE, CaError, CertificateAuthority, IssuedCertificate, RootFiles,
-    generate_intermediate, generate_root, init_root_dir,
-};
+pub use bootstrap::{RootFiles, generate_intermediate, generate_root, init_root_dir};
+pub use ca::{CLOCK_SKEW_ALLOWANCE, CaError, CertificateAuthority, IssuedCertificate};
 pub use manager::{
     CertificateManager, CertificateProvider, CertificateStatus, FIRST_ISSUANCE_TIMEOUT,
     INITIAL_RETRY_DELAY, IdentityError, IssueFuture, LocalCa, MAX_RETRY_DELAY, ProviderError,

@@ -16,13 +16,13 @@ pub enum PemError {
     NoCertificate { source_name: String },
     #[error("{source_name}: no private key found")]
     NoKey { source_name: String },
-    #[error(
-        "{source_name}: the private key is encrypted; provide it unencrypted (file mode 0600)"
-    )]
+    #[error("{source_name}: the private key is encrypted; provide it unencrypted (file mode 0600)")]
     EncryptedKey { source_name: String },
     #[error("{source_name}: holds more than one private key; expected exactly one")]
     MultipleKeys { source_name: String },
-    #[error("{source_name}: unsupported private key ({reason}); use ECDSA P-256/P-384, Ed25519 or RSA")]
+    #[error(
+        "{source_name}: unsupported private key ({reason}); use ECDSA P-256/P-384, Ed25519 or RSA"
+    )]
     UnsupportedKey { source_name: String, reason: String },
 }
 
@@ -68,9 +68,7 @@ pub(crate) fn key_pair(pem: &str, source_name: &str) -> Result<rcgen::KeyPair, P
     let key = match keys.len() {
         1 => keys.remove(0),
         0 if pem.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") => {
-            return Err(PemError::EncryptedKey {
-                source_name: src(),
-            });
+            return Err(PemError::EncryptedKey { source_name: src() });
         }
         0 => return Err(PemError::NoKey { source_name: src() }),
         _ => return Err(PemError::MultipleKeys { source_name: src() }),
@@ -110,13 +108,12 @@ const OID_RSA_ENCRYPTION_ALG: &[u8] = &[
 ];
 /// AlgorithmIdentifier contents: id-ecPublicKey with the prime256v1 curve.
 const OID_EC_P256_ALG: &[u8] = &[
-    0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce,
-    0x3d, 0x03, 0x01, 0x07,
+    0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d,
+    0x03, 0x01, 0x07,
 ];
 /// AlgorithmIdentifier contents: id-ecPublicKey with the secp384r1 curve.
 const OID_EC_P384_ALG: &[u8] = &[
-    0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00,
-    0x22,
+    0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22,
 ];
 
 /// PrivateKeyInfo ::= SEQUENCE { version 0, AlgorithmIdentifier, OCTET STRING key }
@@ -207,7 +204,11 @@ mod tests {
         const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         let mut s = String::new();
         for chunk in data.chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
             let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
             for i in 0..4 {
                 if i <= chunk.len() {
@@ -247,7 +248,9 @@ mod tests {
         let len = if b[1] < 0x80 {
             usize::from(b[1])
         } else {
-            b[2..h].iter().fold(0usize, |a, x| (a << 8) | usize::from(*x))
+            b[2..h]
+                .iter()
+                .fold(0usize, |a, x| (a << 8) | usize::from(*x))
         };
         (b[0], &b[h..h + len])
     }

@@ -24,7 +24,9 @@ pub enum SpiffeError {
     QueryOrFragment(String),
     #[error("invalid trust domain {value:?}: {reason}")]
     TrustDomain { value: String, reason: &'static str },
-    #[error("SPIFFE id {0:?} does not have the form spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>")]
+    #[error(
+        "SPIFFE id {0:?} does not have the form spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>"
+    )]
     Path(String),
     #[error("invalid namespace {value:?}: {reason}")]
     Namespace { value: String, reason: &'static str },
@@ -316,7 +318,14 @@ mod tests {
     #[test]
     fn rejects_bad_trust_domains() {
         let long = "a".repeat(256);
-        for td in ["Cluster.local", "clu ster", "td%41", "td/x", "", long.as_str()] {
+        for td in [
+            "Cluster.local",
+            "clu ster",
+            "td%41",
+            "td/x",
+            "",
+            long.as_str(),
+        ] {
             assert!(
                 matches!(
                     SpiffeId::new(td, "a", "b"),
@@ -346,7 +355,17 @@ mod tests {
     #[test]
     fn rejects_bad_service_accounts() {
         let long = format!("{}.{}", "a".repeat(200), "b".repeat(53));
-        for sa in ["", ".a", "a.", "a..b", "-a", "a.-b", "A", "a_b", long.as_str()] {
+        for sa in [
+            "",
+            ".a",
+            "a.",
+            "a..b",
+            "-a",
+            "a.-b",
+            "A",
+            "a_b",
+            long.as_str(),
+        ] {
             assert!(
                 matches!(
                     SpiffeId::new("td", "ns", sa),

@@ -11,7 +11,8 @@ use rustls::{ClientConfig, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
-use super::ca::{CertificateAuthority, IssuedCertificate, generate_intermediate, generate_root};
+use super::bootstrap::{generate_intermediate, generate_root};
+use super::ca::{CertificateAuthority, IssuedCertificate};
 use super::spiffe::SpiffeId;
 use super::verify::TrustAnchors;
 
@@ -49,9 +50,13 @@ impl TestCa {
     /// An intermediate CA whose trust bundle is the root above it.
     pub fn intermediate() -> Self {
         let (root_pem, root_key) = generate_root("test root", Duration::from_secs(3600)).unwrap();
-        let (cert_pem, key_pem) =
-            generate_intermediate(&root_pem, &root_key, "test intermediate", Duration::from_secs(3600))
-                .unwrap();
+        let (cert_pem, key_pem) = generate_intermediate(
+            &root_pem,
+            &root_key,
+            "test intermediate",
+            Duration::from_secs(3600),
+        )
+        .unwrap();
         let ca =
             CertificateAuthority::from_pem(&cert_pem, &key_pem, None, Some(&root_pem)).unwrap();
         let intermediates = super::pem::certificates(&cert_pem, "t").unwrap();
@@ -73,8 +78,9 @@ impl TestCa {
 
     /// A leaf signed by this CA with exactly the given SANs, for malformed-identity tests.
     pub fn leaf_with_sans(&self, sans: Vec<SanType>) -> (CertificateDer<'static>, KeyPair) {
-        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, KeyPair::from_pem(&self.key_pem).unwrap())
-            .unwrap();
+        let issuer =
+            Issuer::from_ca_cert_pem(&self.cert_pem, KeyPair::from_pem(&self.key_pem).unwrap())
+                .unwrap();
         let key = KeyPair::generate().unwrap();
         let cert = leaf_params(sans).signed_by(&key, &issuer).unwrap();
         (cert.der().clone(), key)

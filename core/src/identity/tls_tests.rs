@@ -17,7 +17,11 @@ const HOUR: Duration = Duration::from_secs(3600);
 
 /// A server presenting `server_cert`, dialed by a client holding a good certificate for
 /// `client` who expects `expected`; returns the client's error.
-async fn client_refuses(ca: &TestCa, server_cert: &IssuedCertificate, expected: SpiffeId) -> TlsError {
+async fn client_refuses(
+    ca: &TestCa,
+    server_cert: &IssuedCertificate,
+    expected: SpiffeId,
+) -> TlsError {
     let roots = ca.roots();
     let client_cfg = client_config(&ca.issue(&id("client")), &roots, expected).unwrap();
     let server_cfg = server_config(server_cert, &roots, TD).unwrap();
@@ -83,7 +87,7 @@ async fn client_refuses_server_with_other_identity() {
     let err = client_refuses(&ca, &ca.issue(&id("b")), id("a")).await;
     assert!(
         matches!(identity_failure(&err), VerifyError::UnexpectedIdentity { expected, presented }
-            if *expected == id("a") && *presented == id("b")),
+            if **expected == id("a") && **presented == id("b")),
         "{err}"
     );
 }
@@ -94,7 +98,10 @@ async fn client_refuses_server_from_other_trust_domain() {
     let foreign = SpiffeId::new("other.td", "default", "a").unwrap();
     let err = client_refuses(&ca, &ca.issue(&foreign), id("a")).await;
     assert!(
-        matches!(identity_failure(&err), VerifyError::UnexpectedIdentity { .. }),
+        matches!(
+            identity_failure(&err),
+            VerifyError::UnexpectedIdentity { .. }
+        ),
         "{err}"
     );
 }

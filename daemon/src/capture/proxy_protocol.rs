@@ -20,7 +20,9 @@ pub async fn read_destination(tcp: &mut TcpStream) -> Result<SocketAddr, Destina
     loop {
         let n = tcp.peek(&mut peek).await?;
         if n == 0 {
-            return Err(DestinationError::Malformed("connection closed before the header".into()));
+            return Err(DestinationError::Malformed(
+                "connection closed before the header".into(),
+            ));
         }
         let parsed = HeaderResult::parse(&peek[..n]);
         if parsed.is_incomplete() {
@@ -48,24 +50,34 @@ pub async fn read_destination(tcp: &mut TcpStream) -> Result<SocketAddr, Destina
 
 fn v1_destination(a: &v1::Addresses) -> Result<SocketAddr, DestinationError> {
     match a {
-        v1::Addresses::Tcp4(a) => Ok(SocketAddr::from((a.destination_address, a.destination_port))),
-        v1::Addresses::Tcp6(a) => Ok(SocketAddr::from((a.destination_address, a.destination_port))),
-        v1::Addresses::Unknown => Err(DestinationError::Malformed("PROXY UNKNOWN has no destination".into())),
+        v1::Addresses::Tcp4(a) => Ok(SocketAddr::from((
+            a.destination_address,
+            a.destination_port,
+        ))),
+        v1::Addresses::Tcp6(a) => Ok(SocketAddr::from((
+            a.destination_address,
+            a.destination_port,
+        ))),
+        v1::Addresses::Unknown => Err(DestinationError::Malformed(
+            "PROXY UNKNOWN has no destination".into(),
+        )),
     }
 }
 
 fn v2_destination(a: &v2::Addresses) -> Result<SocketAddr, DestinationError> {
     match a {
-        v2::Addresses::IPv4(a) => Ok(SocketAddr::from((a.destination_address, a.destination_port))),
-        v2::Addresses::IPv6(a) => Ok(SocketAddr::from((a.destination_address, a.destination_port))),
-        _ => Err(DestinationError::Malformed("header has no TCP destination".into())),
+        v2::Addresses::IPv4(a) => Ok(SocketAddr::from((
+            a.destination_address,
+            a.destination_port,
+        ))),
+        v2::Addresses::IPv6(a) => Ok(SocketAddr::from((
+            a.destination_address,
+            a.destination_port,
+        ))),
+        _ => Err(DestinationError::Malformed(
+            "header has no TCP destination".into(),
+        )),
     }
-}
-
-/// The v1 header a client sends to reach `dst` (used by tests and the demo client).
-pub fn v1_header(src: SocketAddr, dst: SocketAddr) -> String {
-    let proto = if dst.is_ipv4() { "TCP4" } else { "TCP6" };
-    format!("PROXY {proto} {} {} {} {}\r\n", src.ip(), dst.ip(), src.port(), dst.port())
 }
 
 #[cfg(test)]
@@ -73,6 +85,17 @@ mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
+
+    fn v1_header(src: SocketAddr, dst: SocketAddr) -> String {
+        let proto = if dst.is_ipv4() { "TCP4" } else { "TCP6" };
+        format!(
+            "PROXY {proto} {} {} {} {}\r\n",
+            src.ip(),
+            dst.ip(),
+            src.port(),
+            dst.port()
+        )
+    }
 
     #[tokio::test]
     async fn reads_header_and_leaves_payload() {
@@ -104,6 +127,9 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(1)).await;
         });
         let (mut s, _) = l.accept().await.unwrap();
-        assert!(matches!(read_destination(&mut s).await, Err(DestinationError::Malformed(_))));
+        assert!(matches!(
+            read_destination(&mut s).await,
+            Err(DestinationError::Malformed(_))
+        ));
     }
 }

@@ -98,7 +98,11 @@ async fn stream(
     let mut labels = ConnectionLabels::new(Reporter::Destination);
     labels.connection_security_policy = SecurityPolicy::MutualTls;
     labels.source_principal = source.to_string();
-    let refuse = |resp: SendResponse<Bytes>, status: StatusCode, why: &str, labels: &ConnectionLabels, reason| {
+    let refuse = |resp: SendResponse<Bytes>,
+                  status: StatusCode,
+                  why: &str,
+                  labels: &ConnectionLabels,
+                  reason| {
         let _ = respond(resp, status);
         px.metrics.failed(labels, reason);
         tracing::info!(%peer, source = %source, status = status.as_u16(), "refused CONNECT: {why}");
@@ -106,10 +110,15 @@ async fn stream(
 
     let connect = match parse_connect(&req) {
         Ok(c) => c,
-        Err((status, why)) => return refuse(resp, status, &why, &labels, FailureReason::BadRequest),
+        Err((status, why)) => {
+            return refuse(resp, status, &why, &labels, FailureReason::BadRequest);
+        }
     };
     let client_ip = connect.client.unwrap_or(peer.ip());
-    match state.workload_by_ip(client_ip).filter(|w| w.identity == source) {
+    match state
+        .workload_by_ip(client_ip)
+        .filter(|w| w.identity == source)
+    {
         Some(w) => set_source(&mut labels, w),
         None => {
             if let Some(b) = &connect.baggage {
@@ -126,14 +135,23 @@ async fn stream(
         .cloned()
     else {
         let why = format!("{} is not a workload served here", connect.target);
-        return refuse(resp, StatusCode::BAD_REQUEST, &why, &labels, FailureReason::BadRequest);
+        return refuse(
+            resp,
+            StatusCode::BAD_REQUEST,
+            &why,
+            &labels,
+            FailureReason::BadRequest,
+        );
     };
     set_destination(&mut labels, &dst);
     let log = |sent, received, outcome: &str, labels: &ConnectionLabels| {
         AccessLog {
             direction: "inbound",
             src_addr: Some(SocketAddr::new(client_ip, 0)),
-            src_workload: &format!("{}/{}", labels.source_workload_namespace, labels.source_workload),
+            src_workload: &format!(
+                "{}/{}",
+                labels.source_workload_namespace, labels.source_workload
+            ),
             src_identity: &labels.source_principal,
             dst_addr: Some(connect.target),
             dst_workload: &dst.key(),
@@ -154,26 +172,51 @@ async fn stream(
         destination_ip: connect.target.ip(),
         destination_port: connect.target.port(),
     };
-    let Some(decision) = facts.decide(&state) else { return };
+    let Some(decision) = facts.decide(&state) else {
+        return;
+    };
     for audit in &decision.audited {
         tracing::info!(target: "weft::audit", policy = %audit, src = %source, dst = %connect.target, "audit policy matched");
     }
     if !decision.allowed {
         let why = decision.to_string();
-        refuse(resp, StatusCode::UNAUTHORIZED, &why, &labels, FailureReason::Denied);
+        refuse(
+            resp,
+            StatusCode::UNAUTHORIZED,
+            &why,
+            &labels,
+            FailureReason::Denied,
+        );
         return log(0, 0, &format!("denied: {why}"), &labels);
     }
 
-    let app = match tokio::time::timeout(px.hbone.connect_timeout, connect_tcp(connect.target, px.mark)).await {
+    let app = match tokio::time::timeout(
+        px.hbone.connect_timeout,
+        connect_tcp(connect.target, px.mark),
+    )
+    .await
+    {
         Ok(Ok(app)) => app,
         Ok(Err(e)) => {
             let why = format!("connect {}: {e}", connect.target);
-            refuse(resp, StatusCode::SERVICE_UNAVAILABLE, &why, &labels, FailureReason::Unreachable);
+            refuse(
+                resp,
+                StatusCode::SERVICE_UNAVAILABLE,
+                &why,
+                &labels,
+                FailureReason::Unreachable,
+            );
             return log(0, 0, &why, &labels);
         }
         Err(_) => {
             let why = format!("connect {}: timed out", connect.target);
-            refuse(resp, StatusCode::SERVICE_UNAVAILABLE, &why, &labels, FailureReason::Unreachable);
+            refuse(
+                resp,
+                StatusCode::SERVICE_UNAVAILABLE,
+                &why,
+                &labels,
+                FailureReason::Unreachable,
+            );
             return log(0, 0, &why, &labels);
         }
     };

@@ -27,8 +27,12 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Accepts until `stop` fires, handing each connection to `on_conn` as a tracked task.
-pub async fn accept_loop<F, Fut>(px: Arc<Proxy>, listener: TcpListener, stop: CancellationToken, on_conn: F)
-where
+pub async fn accept_loop<F, Fut>(
+    px: Arc<Proxy>,
+    listener: TcpListener,
+    stop: CancellationToken,
+    on_conn: F,
+) where
     F: Fn(Arc<Proxy>, TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -131,12 +135,19 @@ impl WorkloadListeners {
                     }));
                 }
                 Kind::Plaintext => {
-                    tokio::spawn(accept_loop(px, listener, token, |px, mut tcp, peer| async move {
-                        match px.destinations.original_destination(&mut tcp).await {
-                            Ok(dst) => plaintext::handle(px, tcp, peer, dst).await,
-                            Err(e) => tracing::info!(%peer, "plaintext connection without a destination: {e}"),
-                        }
-                    }));
+                    tokio::spawn(accept_loop(
+                        px,
+                        listener,
+                        token,
+                        |px, mut tcp, peer| async move {
+                            match px.destinations.original_destination(&mut tcp).await {
+                                Ok(dst) => plaintext::handle(px, tcp, peer, dst).await,
+                                Err(e) => {
+                                    tracing::info!(%peer, "plaintext connection without a destination: {e}")
+                                }
+                            }
+                        },
+                    ));
                 }
             }
             tracing::debug!("listening on {addr} ({kind:?})");

@@ -49,7 +49,11 @@ pub async fn handle(px: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, original: 
                 .iter()
                 .find(|ip| ip.is_ipv4() == original.is_ipv4())
                 .unwrap_or(&ep.ips[0]);
-            (SocketAddr::new(*ip, port.target()), Some(ep.clone()), service.hostname.clone())
+            (
+                SocketAddr::new(*ip, port.target()),
+                Some(ep.clone()),
+                service.hostname.clone(),
+            )
         }
         Destination::Workload(w) => (original, Some(w.clone()), String::new()),
         Destination::External => (original, None, String::new()),
@@ -67,7 +71,11 @@ pub async fn handle(px: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, original: 
             src_identity: &labels.source_principal,
             dst_addr: Some(target),
             dst_workload: &dst_key,
-            dst_identity: if dst_key.is_empty() { "" } else { &labels.destination_principal },
+            dst_identity: if dst_key.is_empty() {
+                ""
+            } else {
+                &labels.destination_principal
+            },
             dst_service: &service,
             bytes_sent: sent,
             bytes_received: received,
@@ -108,8 +116,14 @@ async fn hbone(
         baggage: headers::baggage(
             &src.namespace,
             &src.name,
-            src.labels.get("app").map(String::as_str).unwrap_or(&src.name),
-            src.labels.get("version").map(String::as_str).unwrap_or("latest"),
+            src.labels
+                .get("app")
+                .map(String::as_str)
+                .unwrap_or(&src.name),
+            src.labels
+                .get("version")
+                .map(String::as_str)
+                .unwrap_or("latest"),
         ),
         traceparent: None,
     };
@@ -117,8 +131,12 @@ async fn hbone(
         Ok(s) => s,
         Err(e) => {
             let reason = match &e {
-                HboneError::Status { status, .. } if status.as_u16() == 401 => FailureReason::Denied,
-                HboneError::Status { status, .. } if status.as_u16() == 400 => FailureReason::BadRequest,
+                HboneError::Status { status, .. } if status.as_u16() == 401 => {
+                    FailureReason::Denied
+                }
+                HboneError::Status { status, .. } if status.as_u16() == 400 => {
+                    FailureReason::BadRequest
+                }
                 HboneError::Identity { .. } => FailureReason::Identity,
                 _ => FailureReason::Unreachable,
             };
