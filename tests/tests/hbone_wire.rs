@@ -243,7 +243,7 @@ async fn garbage_non_connect_and_bad_authority_are_refused_and_daemon_keeps_serv
     let (h2, conn) = h2::client::handshake(s).await.unwrap();
     tokio::spawn(conn);
     let ask = |method: Method, uri: String| {
-        let mut h2 = h2.clone();
+        let h2 = h2.clone();
         async move {
             let mut h2 = h2.ready().await?;
             let req = Request::builder().method(method).uri(uri).body(()).unwrap();

@@ -298,13 +298,13 @@ fn build_services(mesh: &MeshFile, workloads: &[Arc<Workload>], errs: &mut Error
                 );
             }
             for vip in &s.vips {
-                if let Some(other) = vip_owner.insert(SocketAddr::new(*vip, p.port), i) {
-                    if other != i {
-                        errs.push(
-                            at(&format!("ports[{j}].port")),
-                            format!("{vip}:{} already belongs to services[{other}]", p.port),
-                        );
-                    }
+                if let Some(other) = vip_owner.insert(SocketAddr::new(*vip, p.port), i)
+                    && other != i
+                {
+                    errs.push(
+                        at(&format!("ports[{j}].port")),
+                        format!("{vip}:{} already belongs to services[{other}]", p.port),
+                    );
                 }
             }
         }

@@ -64,10 +64,10 @@ struct Lease(Arc<Conn>);
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            if let Ok(mut t) = self.0.idle_since.lock() {
-                *t = Instant::now();
-            }
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Ok(mut t) = self.0.idle_since.lock()
+        {
+            *t = Instant::now();
         }
     }
 }

@@ -45,10 +45,10 @@ pub async fn revoked(mut rx: watch::Receiver<Arc<MeshState>>, facts: ConnectionF
             return std::future::pending().await;
         }
         let state = rx.borrow_and_update().clone();
-        if let Some(d) = facts.decide(&state) {
-            if !d.allowed {
-                return d;
-            }
+        if let Some(d) = facts.decide(&state)
+            && !d.allowed
+        {
+            return d;
         }
     }
 }
