@@ -84,10 +84,17 @@ pub fn load_str(text: &str, file: &str, base: &Path) -> Result<LoadedMesh, Confi
     let de = serde_yaml_ng::Deserializer::from_str(text);
     let mesh: MeshFile = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
+        let mut message = e.into_inner().to_string();
+        // The YAML parser prefixes its own (coarser) path; ours is the precise one.
+        if let Some((prefix, rest)) = message.split_once(": ")
+            && !prefix.contains(' ')
+        {
+            message = rest.to_string();
+        }
         ConfigError::Syntax {
             file: file.to_string(),
             path: if path == "." { "(top)".into() } else { path },
-            message: e.into_inner().to_string(),
+            message,
         }
     })?;
     build(mesh, base).map_err(|errors| ConfigError::Invalid {

@@ -7,3 +7,6 @@ pub mod watch;
 pub use load::{ConfigError, FieldError, LoadedMesh, load_file, load_str};
 pub use meshfile::{CaFile, CaptureKind, ListenFile, MeshFile, NodeFile};
 pub use watch::MeshWatcher;
+
+#[cfg(test)]
+mod tests;
