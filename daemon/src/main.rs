@@ -5,6 +5,7 @@ mod capture;
 mod proxy;
 mod run;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -131,7 +132,11 @@ fn main() -> ExitCode {
             let registry = tracing_subscriber::registry().with(filter);
             match log_format {
                 LogFormat::Text => registry
-                    .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                    .with(
+                        tracing_subscriber::fmt::layer()
+                            .with_ansi(std::io::stderr().is_terminal())
+                            .with_writer(std::io::stderr),
+                    )
                     .init(),
                 LogFormat::Json => registry
                     .with(

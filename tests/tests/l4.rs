@@ -250,6 +250,7 @@ async fn metrics_show_principals_and_mutual_tls_and_drop_removed_workloads() {
         "source_principal=\"spiffe://cluster.local/ns/default/sa/sleep\"",
         "destination_workload=\"echo\"",
         "destination_principal=\"spiffe://cluster.local/ns/default/sa/echo\"",
+        "destination_service=\"echo.default.svc.cluster.local\"",
         "connection_security_policy=\"mutual_tls\"",
     ];
     for (node, reporter) in [

@@ -26,6 +26,7 @@ services:
   - {name: echo, vips: [127.0.0.100], ports: [{port: 80, targetPort: 8080}], selector: {app: echo}}
 policies:
   - name: echo-allow-sleep
+    namespace: default
     selector: {matchLabels: {app: echo}}
     rules: [{from: [{source: {principals: ["cluster.local/ns/default/sa/sleep"]}}]}]
 "#;

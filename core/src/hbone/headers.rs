@@ -15,9 +15,9 @@ pub fn forwarded_for(addr: SocketAddr) -> HeaderValue {
     HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("for=unknown"))
 }
 
-/// Reads the client address of the first `for=` element. Anything unparsable is `None`: the
-/// header is advisory, never a reason to refuse.
-pub fn parse_forwarded_for(value: &HeaderValue) -> Option<IpAddr> {
+/// Reads the client address of the first `for=` element (port 0 when it has none). Anything
+/// unparsable is `None`: the header is advisory, never a reason to refuse.
+pub fn parse_forwarded_for(value: &HeaderValue) -> Option<SocketAddr> {
     let s = value.to_str().ok()?;
     let first = s.split(',').next()?;
     let param = first
@@ -25,13 +25,14 @@ pub fn parse_forwarded_for(value: &HeaderValue) -> Option<IpAddr> {
         .map(str::trim)
         .find(|p| p.len() > 4 && p[..4].eq_ignore_ascii_case("for="))?;
     let v = param[4..].trim_matches('"');
-    if let Some(rest) = v.strip_prefix('[') {
-        return rest.split(']').next()?.parse().ok();
-    }
     if let Ok(sa) = v.parse::<SocketAddr>() {
-        return Some(sa.ip());
+        return Some(sa);
     }
-    v.parse().ok()
+    let ip = v
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(v);
+    ip.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 0))
 }
 
 /// Source workload metadata, W3C baggage with the keys Istio uses, so a receiving Istio node
@@ -64,10 +65,18 @@ mod tests {
     fn forwarded_round_trips() {
         for a in ["10.1.2.3:80", "[fd00::1]:443"] {
             let sa: SocketAddr = a.parse().unwrap();
-            assert_eq!(parse_forwarded_for(&forwarded_for(sa)), Some(sa.ip()));
+            assert_eq!(parse_forwarded_for(&forwarded_for(sa)), Some(sa));
         }
         let h = HeaderValue::from_static("by=x;For=192.0.2.60, for=10.0.0.1");
-        assert_eq!(parse_forwarded_for(&h), Some("192.0.2.60".parse().unwrap()));
+        assert_eq!(
+            parse_forwarded_for(&h),
+            Some("192.0.2.60:0".parse().unwrap())
+        );
+        let h = HeaderValue::from_static("for=\"[fd00::1]\"");
+        assert_eq!(
+            parse_forwarded_for(&h),
+            Some("[fd00::1]:0".parse().unwrap())
+        );
         assert_eq!(
             parse_forwarded_for(&HeaderValue::from_static("for=_hidden")),
             None

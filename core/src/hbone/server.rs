@@ -2,7 +2,7 @@
 //! each CONNECT into a target the node can check.
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -20,7 +20,7 @@ pub struct ConnectTarget {
     /// `:authority`
     pub target: SocketAddr,
     /// From `forwarded: for=`; advisory.
-    pub client: Option<IpAddr>,
+    pub client: Option<SocketAddr>,
     pub baggage: Option<HeaderValue>,
     pub traceparent: Option<HeaderValue>,
 }

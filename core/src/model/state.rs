@@ -26,6 +26,8 @@ pub struct MeshState {
     pub policies: PolicyIndex,
     by_ip: HashMap<IpAddr, usize>,
     by_vip: HashMap<SocketAddr, (usize, usize)>,
+    /// Workload index -> the services it is an endpoint of.
+    by_endpoint: HashMap<usize, Vec<usize>>,
     /// Round-robin cursors, one per service. They restart at each reload, which is harmless.
     cursors: Vec<AtomicUsize>,
 }
@@ -69,6 +71,12 @@ impl MeshState {
                 }
             }
         }
+        let mut by_endpoint: HashMap<usize, Vec<usize>> = HashMap::new();
+        for (si, s) in services.iter().enumerate() {
+            for &w in &s.endpoints {
+                by_endpoint.entry(w).or_default().push(si);
+            }
+        }
         let cursors = services.iter().map(|_| AtomicUsize::new(0)).collect();
         MeshState {
             trust_domain,
@@ -79,6 +87,7 @@ impl MeshState {
             policies,
             by_ip,
             by_vip,
+            by_endpoint,
             cursors,
         }
     }
@@ -97,6 +106,18 @@ impl MeshState {
 
     pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
         self.by_ip.get(&ip).map(|&i| &self.workloads[i])
+    }
+
+    /// The service a connection to a workload address belongs to: the first service that has
+    /// the workload as an endpoint and `target.port()` as a target port. The destination side
+    /// of a tunnel only sees the workload address, so this is how it names the service.
+    pub fn service_of(&self, target: SocketAddr) -> Option<&Service> {
+        let w = *self.by_ip.get(&target.ip())?;
+        self.by_endpoint
+            .get(&w)?
+            .iter()
+            .map(|&si| &self.services[si])
+            .find(|s| s.ports.iter().any(|p| p.target() == target.port()))
     }
 
     /// The workloads scheduled on `node`.

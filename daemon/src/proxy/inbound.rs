@@ -114,7 +114,8 @@ async fn stream(
             return refuse(resp, status, &why, &labels, FailureReason::BadRequest);
         }
     };
-    let client_ip = connect.client.unwrap_or(peer.ip());
+    let client = connect.client.unwrap_or(SocketAddr::new(peer.ip(), 0));
+    let client_ip = client.ip();
     match state
         .workload_by_ip(client_ip)
         .filter(|w| w.identity == source)
@@ -144,10 +145,17 @@ async fn stream(
         );
     };
     set_destination(&mut labels, &dst);
+    let service = state
+        .service_of(connect.target)
+        .map(|s| s.hostname.clone())
+        .unwrap_or_default();
+    if !service.is_empty() {
+        labels.destination_service = service.clone();
+    }
     let log = |sent, received, outcome: &str, labels: &ConnectionLabels| {
         AccessLog {
             direction: "inbound",
-            src_addr: Some(SocketAddr::new(client_ip, 0)),
+            src_addr: Some(client),
             src_workload: &format!(
                 "{}/{}",
                 labels.source_workload_namespace, labels.source_workload
@@ -156,7 +164,7 @@ async fn stream(
             dst_addr: Some(connect.target),
             dst_workload: &dst.key(),
             dst_identity: &labels.destination_principal,
-            dst_service: "",
+            dst_service: &service,
             bytes_sent: sent,
             bytes_received: received,
             duration: start.elapsed(),
