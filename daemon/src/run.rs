@@ -69,7 +69,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     let mut registry = Registry::default();
     let metrics = ConnectionMetrics::register(&mut registry);
-    let settings = hbone::Settings::default();
+    let settings = hbone::Settings {
+        idle_timeout: node.hbone.idle_timeout,
+        keepalive_interval: node.hbone.keepalive_interval,
+        keepalive_timeout: node.hbone.keepalive_timeout,
+        connect_timeout: node.hbone.connect_timeout,
+        ..hbone::Settings::default()
+    };
     let pool = Pool::new(
         settings.clone(),
         Arc::new(certs.clone()) as Arc<dyn ClientTlsProvider>,

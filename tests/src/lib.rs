@@ -75,6 +75,8 @@ pub struct Mesh {
     pub workloads: Vec<Value>,
     pub services: Vec<Value>,
     pub policies: Vec<Value>,
+    /// Each node's `hbone` timers (`{}`: the defaults).
+    pub hbone: Value,
 }
 
 impl Mesh {
@@ -93,6 +95,7 @@ impl Mesh {
             workloads: Vec::new(),
             services: Vec::new(),
             policies: Vec::new(),
+            hbone: json!({}),
         })
     }
 
@@ -107,7 +110,7 @@ impl Mesh {
             .enumerate()
             .map(|(i, name)| {
                 let a = NodeAddrs::new(self.id, i as u8 + 1);
-                json!({"name": name, "drainPeriod": "2s", "listen": {
+                json!({"name": name, "drainPeriod": "2s", "hbone": self.hbone, "listen": {
                     "outbound": a.outbound.to_string(), "admin": a.admin.to_string(),
                     "metrics": a.metrics.to_string(), "readiness": a.readiness.to_string()}})
             })
@@ -225,8 +228,18 @@ impl Weftd {
     }
 }
 
+impl Weftd {
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the process: a peer that stops answering without
+    /// closing anything, as a hung or partitioned node does.
+    pub fn freeze(&self, frozen: bool) {
+        let sig = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
 impl Drop for Weftd {
     fn drop(&mut self) {
+        self.freeze(false);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -401,3 +401,69 @@ async fn sigterm_stops_accepting_drains_then_closes() {
     let status = n1.terminate(Duration::from_secs(5)).unwrap();
     assert!(status.success(), "weftd exited with {status}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_hbone_connections_are_closed() {
+    let id = 28;
+    let mut m = mesh(id);
+    m.hbone = json!({"idleTimeout": "1s"});
+    let (n1, _n2) = start(&m);
+    let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
+        .await
+        .unwrap();
+    let pool = |w: &Weftd| {
+        w.config_dump().unwrap()["hbonePool"]["connections"]
+            .as_u64()
+            .unwrap()
+    };
+    let mut c = connect_via(&n1.addrs, ip(id, 1, 1), SocketAddr::new(ip(id, 0, 100), 80))
+        .await
+        .unwrap();
+    exchange(&mut c, b"x").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        pool(&n1),
+        1,
+        "a connection with an open stream was closed as idle"
+    );
+    drop(c);
+    assert!(
+        eventually(Duration::from_secs(3), || pool(&n1) == 0).await,
+        "idle HBONE connection kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keepalive_detects_a_peer_that_stops_answering() {
+    let id = 29;
+    let mut m = mesh(id);
+    m.hbone = json!({"keepaliveInterval": "300ms", "keepaliveTimeout": "300ms"});
+    let (n1, n2) = start(&m);
+    let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
+        .await
+        .unwrap();
+    let vip = SocketAddr::new(ip(id, 0, 100), 80);
+    let mut c = connect_via(&n1.addrs, ip(id, 1, 1), vip).await.unwrap();
+    exchange(&mut c, b"x").await.unwrap();
+    n2.freeze(true);
+    let frozen = Instant::now();
+    let mut b = [0u8; 8];
+    let r = timeout(Duration::from_secs(5), c.read(&mut b))
+        .await
+        .expect("client hung on a dead peer");
+    assert!(matches!(r, Ok(0) | Err(_)));
+    assert!(
+        frozen.elapsed() < Duration::from_secs(2),
+        "dead peer noticed after {:?}",
+        frozen.elapsed()
+    );
+    assert!(n1.logs().contains("no PING answer"), "{}", n1.logs());
+    n2.freeze(false);
+    // A fresh tunnel replaces the dead one.
+    let mut c = connect_via(&n1.addrs, ip(id, 1, 1), vip).await.unwrap();
+    exchange(&mut c, b"back\n").await.unwrap();
+    assert_eq!(
+        n1.config_dump().unwrap()["hbonePool"]["openedTotal"],
+        json!(2)
+    );
+}

@@ -114,6 +114,20 @@ fn build(mesh: MeshFile, base: &Path) -> Result<LoadedMesh, Vec<FieldError>> {
 
     let mut node_names = HashSet::new();
     for (i, n) in mesh.nodes.iter().enumerate() {
+        let zero = |d: std::time::Duration| d.is_zero();
+        for (field, d) in [
+            ("idleTimeout", n.hbone.idle_timeout),
+            ("keepaliveInterval", n.hbone.keepalive_interval),
+            ("keepaliveTimeout", n.hbone.keepalive_timeout),
+            ("connectTimeout", n.hbone.connect_timeout),
+        ] {
+            if zero(d) {
+                errs.push(
+                    format!("nodes[{i}].hbone.{field}"),
+                    "must be longer than zero",
+                );
+            }
+        }
         if n.name.is_empty() {
             errs.push(format!("nodes[{i}].name"), "must not be empty");
         } else if !node_names.insert(n.name.as_str()) {

@@ -66,6 +66,37 @@ pub struct NodeFile {
     /// How long open connections may run after SIGTERM before they are closed.
     #[serde(default = "default_drain", with = "duration")]
     pub drain_period: Duration,
+    #[serde(default)]
+    pub hbone: HboneFile,
+}
+
+/// Tunnel timers. The defaults suit production; tests shorten them to watch them work.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HboneFile {
+    /// A pooled connection with no stream for this long is closed.
+    #[serde(default = "default_idle", with = "duration")]
+    pub idle_timeout: Duration,
+    /// How often an HBONE connection is PINGed...
+    #[serde(default = "default_keepalive", with = "duration")]
+    pub keepalive_interval: Duration,
+    /// ...and how long a PONG may take before the peer is declared dead.
+    #[serde(default = "default_keepalive", with = "duration")]
+    pub keepalive_timeout: Duration,
+    /// TCP + TLS + HTTP/2 handshake, and the wait for a CONNECT's answer.
+    #[serde(default = "default_connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for HboneFile {
+    fn default() -> Self {
+        HboneFile {
+            idle_timeout: default_idle(),
+            keepalive_interval: default_keepalive(),
+            keepalive_timeout: default_keepalive(),
+            connect_timeout: default_connect_timeout(),
+        }
+    }
 }
 
 /// How weftd learns where a captured connection was going.
@@ -113,6 +144,7 @@ impl NodeFile {
             listen: ListenFile::default(),
             capture: CaptureKind::default(),
             drain_period: default_drain(),
+            hbone: HboneFile::default(),
         }
     }
 }
@@ -182,6 +214,15 @@ fn default_leaf_lifetime() -> Duration {
 }
 fn default_drain() -> Duration {
     Duration::from_secs(10)
+}
+fn default_idle() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_keepalive() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_outbound() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 15001))
