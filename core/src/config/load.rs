@@ -128,6 +128,12 @@ fn build(mesh: MeshFile, base: &Path) -> Result<LoadedMesh, Vec<FieldError>> {
                 );
             }
         }
+        if !n.listen.admin.ip().is_loopback() {
+            errs.push(
+                format!("nodes[{i}].listen.admin"),
+                "must be a loopback address: the admin API shows the mesh configuration and changes log levels",
+            );
+        }
         if n.name.is_empty() {
             errs.push(format!("nodes[{i}].name"), "must not be empty");
         } else if !node_names.insert(n.name.as_str()) {

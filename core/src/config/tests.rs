@@ -171,3 +171,11 @@ fn node_settings_default_and_parse() {
     assert_eq!(n.listen.admin.port(), 15000);
     assert_eq!(m.node("other").listen.outbound.port(), 15001);
 }
+
+#[test]
+fn admin_must_stay_on_loopback() {
+    let text = format!("nodes:\n  - {{name: node1, listen: {{admin: \"0.0.0.0:15000\"}}}}\n{BASE}");
+    assert_refused(&text, "nodes[0].listen.admin");
+    let text = format!("nodes:\n  - {{name: node1, hbone: {{keepaliveTimeout: 0s}}}}\n{BASE}");
+    assert_refused(&text, "nodes[0].hbone.keepaliveTimeout");
+}
