@@ -4,13 +4,14 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -49,12 +50,19 @@ pub enum Surface {
     Readiness,
 }
 
+/// Connections one surface serves at once, and how long one may take. Metrics and readiness
+/// are reachable from the network: a slow client must not hold sockets the data path needs.
+const MAX_CONNECTIONS: usize = 64;
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub async fn serve(
     admin: Arc<Admin>,
     listener: TcpListener,
     surface: Surface,
     stop: CancellationToken,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, _) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -62,10 +70,13 @@ pub async fn serve(
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!("{surface:?} accept: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue; // over the cap: dropping the socket closes it
         };
         let admin = admin.clone();
         tokio::spawn(async move {
@@ -73,9 +84,12 @@ pub async fn serve(
                 let admin = admin.clone();
                 async move { Ok::<_, std::convert::Infallible>(route(&admin, surface, req)) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), svc);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            drop(slot);
         });
     }
 }

@@ -42,7 +42,7 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
         /// How often to look for mesh-file edits.
-        #[arg(long, default_value = "500ms", value_parser = humantime_duration)]
+        #[arg(long, default_value = "250ms", value_parser = humantime_duration)]
         reload_interval: Duration,
     },
     /// Validate a mesh file and exit: 0 when valid, 1 with the bad fields listed.

@@ -95,6 +95,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         destinations: DestinationSource::ProxyProtocol {
             timeout: Duration::from_secs(5),
         },
+        guard: crate::proxy::guard::SelfGuard {
+            listeners: vec![
+                node.listen.outbound,
+                node.listen.admin,
+                node.listen.metrics,
+                node.listen.readiness,
+            ],
+            plaintext_port: node.listen.inbound_plaintext_port,
+            node: node.name.clone(),
+        },
         tracker: TaskTracker::new(),
         force_close: CancellationToken::new(),
     });
@@ -133,10 +143,33 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         outbound,
         shutdown.clone(),
     ));
-    let mut workload_listeners =
-        WorkloadListeners::new(px.clone(), shutdown.clone(), l.inbound_plaintext_port);
-    let failed = workload_listeners.reconcile(&state.current());
-    set_listeners(&admin, &workload_listeners, l.outbound, failed);
+    let workload_listeners = Arc::new(Mutex::new(WorkloadListeners::new(
+        px.clone(),
+        shutdown.clone(),
+        l.inbound_plaintext_port,
+    )));
+    reconcile(&admin, &workload_listeners, l.outbound);
+    // An address that could not be bound (not configured yet, still in use) is retried until
+    // it can, not only at the next mesh edit.
+    {
+        let (admin, wl, stop, outbound) = (
+            admin.clone(),
+            workload_listeners.clone(),
+            shutdown.clone(),
+            l.outbound,
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+                if !admin.listening.load(Ordering::Acquire) {
+                    reconcile(&admin, &wl, outbound);
+                }
+            }
+        });
+    }
     tracing::info!(
         node = %node.name,
         mesh = %opts.mesh.display(),
@@ -157,9 +190,23 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         let stop = shutdown.clone();
         tokio::spawn(async move {
             let apply = |mesh: LoadedMesh| {
-                if mesh.state.trust_domain != trust_domain || mesh.ca.as_ref() != Some(&ca_files) {
+                if mesh.state.trust_domain != trust_domain {
+                    // Every identity would change at once and no certificate would match it:
+                    // keep the running mesh, as for any other refused edit.
+                    let e = format!(
+                        "mesh file: trustDomain changed from {trust_domain:?} to {:?}; this needs a restart. Keeping the last good mesh state",
+                        mesh.state.trust_domain
+                    );
+                    tracing::error!("{e}");
+                    if let Ok(mut c) = admin.config.lock() {
+                        c.refused += 1;
+                        c.last_error = Some(e);
+                    }
+                    return;
+                }
+                if mesh.ca.as_ref() != Some(&ca_files) {
                     tracing::warn!(
-                        "trust domain or CA changed in the mesh file; they take effect at the next restart"
+                        "the CA files changed in the mesh file; the new CA is used after the next restart"
                     );
                 }
                 if mesh.node(&node_settings.name) != node_settings {
@@ -177,19 +224,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     .set_identities(local_identities(&mesh.state, &px.node));
                 px.state.replace(mesh.state);
                 let state = px.state.current();
-                px.metrics.retain_workloads(|ns, name| {
-                    state
-                        .workloads
-                        .iter()
-                        .any(|w| w.namespace == ns && w.name == name)
-                });
-                let failed = workload_listeners.reconcile(&state);
-                set_listeners(
-                    &admin,
-                    &workload_listeners,
-                    node_settings.listen.outbound,
-                    failed,
-                );
+                let alive: std::collections::HashSet<(&str, &str)> = state
+                    .workloads
+                    .iter()
+                    .map(|w| (w.namespace.as_str(), w.name.as_str()))
+                    .collect();
+                px.metrics
+                    .retain_workloads(|ns, name| alive.contains(&(ns, name)));
+                reconcile(&admin, &workload_listeners, node_settings.listen.outbound);
                 if let Ok(mut c) = admin.config.lock() {
                     c.reloads += 1;
                     c.last_error = None;
@@ -221,12 +263,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn set_listeners(
-    admin: &Admin,
-    wl: &WorkloadListeners,
-    outbound: std::net::SocketAddr,
-    failed: usize,
-) {
+/// Binds and unbinds workload listeners for the current state and publishes the result.
+fn reconcile(admin: &Admin, wl: &Mutex<WorkloadListeners>, outbound: std::net::SocketAddr) {
+    let mut wl = wl.lock().unwrap_or_else(|p| p.into_inner());
+    let failed = wl.reconcile(&admin.px.state.current());
     let mut all = vec![format!("{outbound} Outbound")];
     all.extend(wl.addresses());
     if let Ok(mut l) = admin.listeners.lock() {

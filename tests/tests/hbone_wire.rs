@@ -203,7 +203,7 @@ async fn garbage_non_connect_and_bad_authority_are_refused_and_daemon_keeps_serv
     let id = 16;
     let m = mesh(id);
     m.write().unwrap();
-    let (n1, _n2) = (m.start(1).unwrap(), m.start(2).unwrap());
+    let (n1, n2) = (m.start(1).unwrap(), m.start(2).unwrap());
     let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
         .await
         .unwrap();
@@ -275,6 +275,16 @@ async fn garbage_non_connect_and_bad_authority_are_refused_and_daemon_keeps_serv
         ),
         (
             Method::CONNECT,
+            format!("{target}:15006"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::CONNECT,
+            format!("{target}:15008"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::CONNECT,
             format!("{target}:9"),
             StatusCode::SERVICE_UNAVAILABLE,
         ),
@@ -287,5 +297,19 @@ async fn garbage_non_connect_and_bad_authority_are_refused_and_daemon_keeps_serv
             .unwrap();
         assert_eq!(got, want, "{method} {uri}");
     }
+    // Names in `baggage` never become metric labels: a peer cannot mint series.
+    let mut h = h2.clone().ready().await.unwrap();
+    let req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(format!("{target}:8080"))
+        .header(
+            "baggage",
+            "k8s.pod.name=minted-by-peer,k8s.namespace.name=x",
+        )
+        .body(())
+        .unwrap();
+    let (resp, _) = h.send_request(req, false).unwrap();
+    assert_eq!(resp.await.unwrap().status(), StatusCode::OK);
+    assert!(!n2.metrics().contains("minted-by-peer"), "{}", n2.metrics());
     still_serving(&n1, id).await;
 }

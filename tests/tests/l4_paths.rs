@@ -128,6 +128,58 @@ async fn destinations_outside_the_mesh_and_unmeshed_workloads_pass_through() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn weftd_never_dials_itself() {
+    let id = 30;
+    let mut m = mesh(id);
+    let mut open = workload("open", "open", ip(id, 2, 2), "node2");
+    open["inbound"] = json!("permissive");
+    m.workloads.push(open);
+    let (n1, n2) = start(&m);
+    // A workload asking for its node's admin API, or for another node's mesh listeners.
+    for dst in [
+        n1.addrs.admin,
+        n1.addrs.outbound,
+        SocketAddr::new(ip(id, 2, 2), 15006),
+    ] {
+        let mut c = connect_via(&n1.addrs, ip(id, 1, 1), dst).await.unwrap();
+        assert!(refused(&mut c).await, "weftd dialled {dst} for a workload");
+    }
+    // A plaintext client naming another workload than the one whose address it reached.
+    let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
+        .await
+        .unwrap();
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(ip(id, 9, 9), 0)).unwrap();
+    let mut c = sock
+        .connect(SocketAddr::new(ip(id, 2, 2), 15006))
+        .await
+        .unwrap();
+    let l = c.local_addr().unwrap();
+    let h = format!(
+        "PROXY TCP4 {} {} {} 8080\r\n",
+        l.ip(),
+        ip(id, 2, 1),
+        l.port()
+    );
+    c.write_all(h.as_bytes()).await.unwrap();
+    assert!(
+        refused(&mut c).await,
+        "plaintext listener of one workload forwarded to another"
+    );
+    assert!(
+        n1.logs()
+            .contains("refused outbound connection to a listener of weftd itself"),
+        "{}",
+        n1.logs()
+    );
+    assert!(
+        n2.logs().contains("naming another destination"),
+        "{}",
+        n2.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn service_spreads_connections_over_its_endpoints() {
     let id = 22;
     let mut m = mesh(id);

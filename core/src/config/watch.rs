@@ -56,7 +56,8 @@ impl MeshWatcher {
         mut apply: impl FnMut(LoadedMesh),
         mut refused: impl FnMut(&ConfigError),
     ) {
-        let mut last = fingerprint(&self.path);
+        let mut applied = fingerprint(&self.path);
+        let mut seen = applied;
         loop {
             let forced = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -64,10 +65,14 @@ impl MeshWatcher {
                 _ = self.trigger.notified() => true,
             };
             let now = fingerprint(&self.path);
-            if !forced && now == last {
+            // A file rewritten in place can be caught half-written, and a half file may still
+            // parse (with fewer policies). Load only once it has stopped changing for a poll.
+            let settled = now == seen;
+            seen = now;
+            if !forced && (now == applied || !settled) {
                 continue;
             }
-            last = now;
+            applied = now;
             match load_file(&self.path) {
                 Ok(mesh) => apply(mesh),
                 Err(e) => refused(&e),

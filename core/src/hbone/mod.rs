@@ -15,7 +15,7 @@ use std::time::Duration;
 
 pub use client::{ClientTlsProvider, ConnectRequest};
 pub use pool::{Pool, PoolKey, PooledStream};
-pub use splice::{SpliceEnd, SpliceOutcome, splice};
+pub use splice::{SpliceEnd, SpliceOutcome, splice, splice_tcp};
 
 /// Flow-control and multiplexing settings. The defaults are Istio's, which are sized so that
 /// one stream can fill a fast link: the 64 KiB HTTP/2 default would cap a stream at one window
@@ -80,6 +80,12 @@ pub enum HboneError {
     Status {
         status: http::StatusCode,
         authority: String,
+    },
+    #[error("{reason} ({ago:?} ago; not retrying {addr} yet)")]
+    RecentFailure {
+        addr: std::net::SocketAddr,
+        ago: Duration,
+        reason: String,
     },
     #[error("bad CONNECT request: {0}")]
     Request(String),

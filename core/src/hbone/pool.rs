@@ -37,7 +37,13 @@ struct Conn {
 #[derive(Default)]
 struct Slot {
     conns: tokio::sync::Mutex<Vec<Arc<Conn>>>,
+    /// When and why the last handshake for this key failed. Callers queued behind a failed
+    /// handshake fail at once instead of each waiting out its own timeout.
+    last_failure: Mutex<Option<(Instant, String)>>,
 }
+
+/// How long a failed handshake answers for its key.
+const FAIL_FAST: Duration = Duration::from_secs(1);
 
 struct Inner {
     settings: Settings,
@@ -148,7 +154,11 @@ impl Pool {
             let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
             slots.entry(key.clone()).or_default().clone()
         };
-        let mut conns = slot.conns.lock().await;
+        let addr = key.address;
+        let mut conns =
+            tokio::time::timeout(self.inner.settings.connect_timeout, slot.conns.lock())
+                .await
+                .map_err(|_| HboneError::Timeout { addr })?;
         conns.retain(|c| !c.closed.is_cancelled());
         let max = self.inner.settings.max_streams as usize;
         for c in conns.iter() {
@@ -157,12 +167,40 @@ impl Pool {
                 return Ok(c.clone());
             }
         }
-        let tls = self
-            .inner
-            .tls
-            .client_config(&key.source, &key.destination)
-            .await?;
-        let est = establish(key.address, tls, &self.inner.settings, self.inner.mark).await?;
+        let recent = slot
+            .last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .filter(|(at, _)| at.elapsed() < FAIL_FAST);
+        if let Some((at, reason)) = recent {
+            return Err(HboneError::RecentFailure {
+                addr,
+                ago: at.elapsed(),
+                reason,
+            });
+        }
+        let opened = async {
+            let tls = self
+                .inner
+                .tls
+                .client_config(&key.source, &key.destination)
+                .await?;
+            establish(addr, tls, &self.inner.settings, self.inner.mark).await
+        }
+        .await;
+        let mut failure = slot.last_failure.lock().unwrap_or_else(|p| p.into_inner());
+        let est = match opened {
+            Ok(est) => {
+                *failure = None;
+                est
+            }
+            Err(e) => {
+                *failure = Some((Instant::now(), e.to_string()));
+                return Err(e);
+            }
+        };
+        drop(failure);
         self.inner.opened.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn {
             send: est.send,

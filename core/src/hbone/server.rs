@@ -83,13 +83,20 @@ where
     F: Fn(Request<RecvStream>, SendResponse<Bytes>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let mut conn = h2::server::Builder::new()
+    let handshake = h2::server::Builder::new()
         .initial_window_size(settings.stream_window)
         .initial_connection_window_size(settings.connection_window)
         .max_frame_size(settings.max_frame_size)
         .max_concurrent_streams(settings.max_streams)
-        .handshake::<_, Bytes>(io)
-        .await?;
+        .handshake::<_, Bytes>(io);
+    // A peer that finished TLS but never sends the HTTP/2 preface must not pin the task.
+    let mut conn = tokio::select! {
+        r = tokio::time::timeout(settings.connect_timeout, handshake) => match r {
+            Ok(conn) => conn?,
+            Err(_) => return Err(h2::Error::from(h2::Reason::SETTINGS_TIMEOUT)),
+        },
+        _ = shutdown.cancelled() => return Ok(()),
+    };
     let ping = conn.ping_pong();
     let (interval, timeout) = (settings.keepalive_interval, settings.keepalive_timeout);
     let keepalive = async move {

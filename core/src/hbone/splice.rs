@@ -107,6 +107,26 @@ pub fn reset_tcp(tcp: &TcpStream) {
     let _ = socket2::SockRef::from(tcp).set_linger(Some(std::time::Duration::ZERO));
 }
 
+/// One non-blocking read attempt into `buf`; `None` means wait for readiness. While waiting
+/// the buffer is let go, so an idle connection holds no buffer memory.
+fn try_read(tcp: &TcpStream, buf: &mut BytesMut) -> io::Result<Option<usize>> {
+    if buf.capacity() - buf.len() < MIN_READ {
+        buf.reserve(READ_CHUNK);
+    }
+    match tcp.try_read_buf(buf) {
+        Ok(n) => Ok(Some(n)),
+        Err(e)
+            if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted =>
+        {
+            if buf.is_empty() {
+                *buf = BytesMut::new();
+            }
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 async fn tcp_to_stream(
     tcp: &TcpStream,
     send: &mut SendStream<Bytes>,
@@ -114,21 +134,19 @@ async fn tcp_to_stream(
 ) -> Result<(), Failure> {
     let mut buf = BytesMut::new();
     loop {
-        if buf.capacity() - buf.len() < MIN_READ {
-            buf.reserve(READ_CHUNK);
-        }
-        let n = match tcp.try_read_buf(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if buf.is_empty() {
-                    // Let go of the buffer while waiting: an idle connection holds no memory.
-                    buf = BytesMut::new();
+        let n = match try_read(tcp, &mut buf).map_err(Failure::Tcp)? {
+            Some(n) => n,
+            None => {
+                // While the workload is quiet, a reset of the stream must still reach it (the
+                // other direction may already be finished and no longer listening).
+                tokio::select! {
+                    r = tcp.readable() => r.map_err(Failure::Tcp)?,
+                    r = poll_fn(|cx| send.poll_reset(cx)) => {
+                        return Err(Failure::Stream(r.map(h2::Error::from).unwrap_or_else(|e| e)));
+                    }
                 }
-                tcp.readable().await.map_err(Failure::Tcp)?;
                 continue;
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Failure::Tcp(e)),
         };
         if n == 0 {
             return send.send_data(Bytes::new(), true).map_err(Failure::Stream);
@@ -189,4 +207,73 @@ async fn write_all(tcp: &TcpStream, mut data: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Splices two TCP connections: the plain paths (passthrough, plaintext inbound). `sent` counts
+/// `a` to `b`. A FIN is passed on as a FIN; an error or `cancel` resets both sides.
+pub async fn splice_tcp(
+    a: TcpStream,
+    b: TcpStream,
+    cancel: impl Future<Output = ()>,
+) -> SpliceOutcome {
+    let mut sent = 0u64;
+    let mut received = 0u64;
+    let end = {
+        let mut up = pin!(tcp_to_tcp(&a, &b, &mut sent));
+        let mut down = pin!(tcp_to_tcp(&b, &a, &mut received));
+        let mut cancel = pin!(cancel);
+        let (mut up_done, mut down_done) = (false, false);
+        loop {
+            tokio::select! {
+                r = &mut up, if !up_done => match r {
+                    Ok(()) => up_done = true,
+                    Err(e) => break Err(e),
+                },
+                r = &mut down, if !down_done => match r {
+                    Ok(()) => down_done = true,
+                    Err(e) => break Err(e),
+                },
+                _ = &mut cancel => break Ok(false),
+            }
+            if up_done && down_done {
+                break Ok(true);
+            }
+        }
+    };
+    let end = match end {
+        Ok(true) => SpliceEnd::Closed,
+        Ok(false) => SpliceEnd::Cancelled,
+        Err(e) => SpliceEnd::Tcp(e.kind()),
+    };
+    if end != SpliceEnd::Closed {
+        reset_tcp(&a);
+        reset_tcp(&b);
+    }
+    SpliceOutcome {
+        sent,
+        received,
+        end,
+    }
+}
+
+async fn tcp_to_tcp(from: &TcpStream, to: &TcpStream, total: &mut u64) -> io::Result<()> {
+    let mut buf = BytesMut::new();
+    loop {
+        let n = match try_read(from, &mut buf)? {
+            Some(n) => n,
+            None => {
+                from.readable().await?;
+                continue;
+            }
+        };
+        if n == 0 {
+            return match socket2::SockRef::from(to).shutdown(Shutdown::Write) {
+                Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
+                _ => Ok(()),
+            };
+        }
+        write_all(to, &buf).await?;
+        *total += n as u64;
+        buf.clear();
+    }
 }

@@ -15,7 +15,9 @@ pub struct AccessLog<'a> {
     pub dst_workload: &'a str,
     pub dst_identity: &'a str,
     pub dst_service: &'a str,
+    /// Bytes the source sent (the request direction), whichever side logs.
     pub bytes_sent: u64,
+    /// Bytes the source received (the response direction).
     pub bytes_received: u64,
     pub duration: Duration,
     /// `ok`, or why it failed.

@@ -164,23 +164,29 @@ impl ConnectionMetrics {
         std::sync::Arc::new(m)
     }
 
-    fn remember(&self, labels: &ConnectionLabels) {
+    /// Records `labels` as in use and updates its series under one lock, so a reload that
+    /// prunes series cannot interleave and leave a series nobody will ever remove.
+    fn with_series(&self, labels: &ConnectionLabels, f: impl FnOnce()) {
         let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
         if !k.connections.contains(labels) {
             k.connections.insert(labels.clone());
         }
+        f();
     }
 
     pub fn opened(&self, labels: &ConnectionLabels) {
-        self.remember(labels);
-        self.opened.get_or_create(labels).inc();
+        self.with_series(labels, || {
+            self.opened.get_or_create(labels).inc();
+        });
     }
 
     /// `request_bytes` went client to server, `response_bytes` server to client.
     pub fn closed(&self, labels: &ConnectionLabels, request_bytes: u64, response_bytes: u64) {
-        self.closed.get_or_create(labels).inc();
-        self.received.get_or_create(labels).inc_by(request_bytes);
-        self.sent.get_or_create(labels).inc_by(response_bytes);
+        self.with_series(labels, || {
+            self.closed.get_or_create(labels).inc();
+            self.received.get_or_create(labels).inc_by(request_bytes);
+            self.sent.get_or_create(labels).inc_by(response_bytes);
+        });
     }
 
     pub fn failed(&self, labels: &ConnectionLabels, reason: FailureReason) {
@@ -188,11 +194,9 @@ impl ConnectionMetrics {
             connection: labels.clone(),
             reason,
         };
-        {
-            let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
-            if !k.failures.contains(&l) {
-                k.failures.insert(l.clone());
-            }
+        let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if !k.failures.contains(&l) {
+            k.failures.insert(l.clone());
         }
         self.failed.get_or_create(&l).inc();
     }

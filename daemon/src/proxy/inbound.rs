@@ -15,7 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use weft_core::hbone::client::connect_tcp;
 use weft_core::hbone::server::{parse_connect, respond, serve};
-use weft_core::hbone::{headers, splice};
+use weft_core::hbone::splice;
 use weft_core::identity::{SpiffeId, peer_identity};
 use weft_core::telemetry::{AccessLog, ConnectionLabels, FailureReason, Reporter, SecurityPolicy};
 
@@ -114,21 +114,25 @@ async fn stream(
             return refuse(resp, status, &why, &labels, FailureReason::BadRequest);
         }
     };
-    let client = connect.client.unwrap_or(SocketAddr::new(peer.ip(), 0));
+    // `forwarded` is believed only when it does not contradict the certificate: an address of a
+    // workload with another identity is a lie, and the connection's own peer is used instead.
+    let peer_addr = SocketAddr::new(peer.ip(), 0);
+    let client = match connect.client {
+        Some(c) => match state.workload_by_ip(c.ip()) {
+            Some(w) if w.identity != source => peer_addr,
+            _ => c,
+        },
+        None => peer_addr,
+    };
     let client_ip = client.ip();
-    match state
+    // Metric labels come from the mesh state only, never from request headers (`baggage`):
+    // a peer must not be able to mint new series.
+    labels.source_workload_namespace = source.namespace().to_string();
+    if let Some(w) = state
         .workload_by_ip(client_ip)
         .filter(|w| w.identity == source)
     {
-        Some(w) => set_source(&mut labels, w),
-        None => {
-            if let Some(b) = &connect.baggage {
-                if let Some(v) = headers::baggage_get(b, "k8s.pod.name") {
-                    labels.source_workload = v.to_string();
-                }
-                labels.source_workload_namespace = source.namespace().to_string();
-            }
-        }
+        set_source(&mut labels, w);
     }
     let Some(dst) = state
         .workload_by_ip(connect.target.ip())
@@ -198,6 +202,18 @@ async fn stream(
         return log(0, 0, &format!("denied: {why}"), &labels);
     }
 
+    if let Some(why) = px.guard.refuse(connect.target, &state) {
+        let why = format!("{} is {why}", connect.target);
+        refuse(
+            resp,
+            StatusCode::BAD_REQUEST,
+            &why,
+            &labels,
+            FailureReason::BadRequest,
+        );
+        return log(0, 0, &why, &labels);
+    }
+    drop(state);
     let app = match tokio::time::timeout(
         px.hbone.connect_timeout,
         connect_tcp(connect.target, px.mark),
@@ -244,5 +260,5 @@ async fn stream(
     // On this side the TCP peer is the server: what splice sends is the response.
     let out = splice(app, send, req.into_body(), cancel).await;
     px.metrics.closed(&labels, out.received, out.sent);
-    log(out.sent, out.received, &outcome(&out.end), &labels);
+    log(out.received, out.sent, &outcome(&out.end), &labels);
 }

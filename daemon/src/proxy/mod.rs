@@ -3,6 +3,7 @@
 //! workloads, `listeners` to bind and accept, `revocation` to close connections that a new
 //! policy denies.
 
+pub mod guard;
 pub mod inbound;
 pub mod listeners;
 pub mod outbound;
@@ -31,6 +32,7 @@ pub struct Proxy {
     /// SO_MARK on weftd's own sockets, so capture never takes them again.
     pub mark: Option<u32>,
     pub destinations: DestinationSource,
+    pub guard: guard::SelfGuard,
     /// Every connection task, so shutdown can wait for them.
     pub tracker: TaskTracker,
     /// Fires when the drain period is over: connections still open are closed.

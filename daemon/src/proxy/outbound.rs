@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use tokio::net::TcpStream;
 use weft_core::hbone::client::connect_tcp;
-use weft_core::hbone::{ConnectRequest, HboneError, PoolKey, SpliceEnd, headers, splice};
+use weft_core::hbone::{
+    ConnectRequest, HboneError, PoolKey, SpliceEnd, headers, splice, splice_tcp,
+};
 use weft_core::model::{Destination, Workload};
 use weft_core::telemetry::{AccessLog, ConnectionLabels, FailureReason, Reporter, SecurityPolicy};
 
@@ -61,6 +63,15 @@ pub async fn handle(px: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, original: 
     if let Some(d) = &dst {
         set_destination(&mut labels, d);
     }
+    if let Some(why) = px.guard.refuse(target, &state) {
+        tracing::warn!(src = %src.key(), dst = %target, "refused outbound connection to {why}");
+        px.metrics.failed(&labels, FailureReason::BadRequest);
+        weft_core::hbone::splice::reset_tcp(&tcp);
+        return;
+    }
+    // Nothing below needs the snapshot; long connections must not pin old states.
+    let hbone_port = state.hbone_port;
+    drop(state);
     let src_key = src.key();
     let dst_key = dst.as_ref().map(|d| d.key()).unwrap_or_default();
     let log = |sent: u64, received: u64, outcome: &str, labels: &ConnectionLabels| {
@@ -88,7 +99,7 @@ pub async fn handle(px: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, original: 
     match dst.filter(|d| d.is_meshed()) {
         Some(d) => {
             labels.connection_security_policy = SecurityPolicy::MutualTls;
-            hbone(&px, tcp, peer, target, &src, &d, labels, log).await
+            hbone(&px, tcp, peer, target, hbone_port, &src, &d, labels, log).await
         }
         None => passthrough(&px, tcp, target, labels, log).await,
     }
@@ -100,6 +111,7 @@ async fn hbone(
     tcp: TcpStream,
     peer: SocketAddr,
     target: SocketAddr,
+    hbone_port: u16,
     src: &Workload,
     dst: &Workload,
     labels: ConnectionLabels,
@@ -108,7 +120,7 @@ async fn hbone(
     let key = PoolKey {
         source: src.identity.clone(),
         destination: dst.identity.clone(),
-        address: SocketAddr::new(target.ip(), px.state.current().hbone_port),
+        address: SocketAddr::new(target.ip(), hbone_port),
     };
     let req = ConnectRequest {
         authority: target,
@@ -154,12 +166,12 @@ async fn hbone(
 
 async fn passthrough(
     px: &Proxy,
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     target: SocketAddr,
     labels: ConnectionLabels,
     log: impl Fn(u64, u64, &str, &ConnectionLabels),
 ) {
-    let mut upstream = match connect_tcp(target, px.mark).await {
+    let upstream = match connect_tcp(target, px.mark).await {
         Ok(u) => u,
         Err(e) => {
             px.metrics.failed(&labels, FailureReason::Unreachable);
@@ -169,15 +181,9 @@ async fn passthrough(
         }
     };
     px.metrics.opened(&labels);
-    let (sent, received, outcome) = tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut tcp, &mut upstream) => match r {
-            Ok((up, down)) => (up, down, "ok".to_string()),
-            Err(e) => (0, 0, e.to_string()),
-        },
-        _ = px.force_close.cancelled() => (0, 0, "closed at shutdown".to_string()),
-    };
-    px.metrics.closed(&labels, sent, received);
-    log(sent, received, &outcome, &labels);
+    let out = splice_tcp(tcp, upstream, px.force_close.cancelled()).await;
+    px.metrics.closed(&labels, out.sent, out.received);
+    log(out.sent, out.received, &outcome(&out.end), &labels);
 }
 
 pub(crate) fn outcome(end: &SpliceEnd) -> String {

@@ -8,17 +8,28 @@ use std::time::Instant;
 use tokio::net::TcpStream;
 use weft_core::hbone::client::connect_tcp;
 use weft_core::hbone::splice::reset_tcp;
+use weft_core::hbone::splice_tcp;
 use weft_core::model::InboundMode;
 use weft_core::telemetry::{AccessLog, ConnectionLabels, FailureReason, Reporter};
 
+use super::outbound::outcome;
 use super::revocation::{ConnectionFacts, revoked};
 use super::{Proxy, set_destination};
 
-pub async fn handle(px: Arc<Proxy>, mut tcp: TcpStream, peer: SocketAddr, original: SocketAddr) {
+pub async fn handle(px: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, original: SocketAddr) {
     let start = Instant::now();
     let changes = px.state.subscribe();
     let state = px.state.current();
     let mut labels = ConnectionLabels::new(Reporter::Destination);
+    // The listener is bound on one workload's address: that workload, and only it, is the
+    // destination, whatever the header claims.
+    let arrived_on = tcp.local_addr().map(|a| a.ip()).ok();
+    if arrived_on != Some(original.ip()) || px.guard.refuse(original, &state).is_some() {
+        tracing::info!(%peer, dst = %original, "plaintext connection naming another destination than the one it reached");
+        px.metrics.failed(&labels, FailureReason::BadRequest);
+        reset_tcp(&tcp);
+        return;
+    }
     let Some(dst) = state
         .workload_by_ip(original.ip())
         .filter(|w| w.node == px.node)
@@ -66,7 +77,8 @@ pub async fn handle(px: Arc<Proxy>, mut tcp: TcpStream, peer: SocketAddr, origin
         }
         None => return,
     }
-    let mut app = match connect_tcp(original, px.mark).await {
+    drop(state);
+    let app = match connect_tcp(original, px.mark).await {
         Ok(a) => a,
         Err(e) => {
             px.metrics.failed(&labels, FailureReason::Unreachable);
@@ -75,17 +87,17 @@ pub async fn handle(px: Arc<Proxy>, mut tcp: TcpStream, peer: SocketAddr, origin
         }
     };
     px.metrics.opened(&labels);
-    let (sent, received, outcome) = tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut tcp, &mut app) => match r {
-            Ok((req, resp)) => (resp, req, "ok".to_string()),
-            Err(e) => (0, 0, e.to_string()),
-        },
-        _ = px.force_close.cancelled() => (0, 0, "closed at shutdown".to_string()),
-        d = revoked(changes, facts) => {
-            reset_tcp(&tcp);
-            (0, 0, format!("closed: policy now denies it ({d})"))
+    let cancel = async {
+        tokio::select! {
+            _ = px.force_close.cancelled() => {}
+            d = revoked(changes, facts) => {
+                tracing::info!(%peer, dst = %original, "closing plaintext connection that policy now denies: {d}");
+            }
         }
     };
-    px.metrics.closed(&labels, received, sent);
+    // The client is splice's side `a`: `sent` is the request.
+    let out = splice_tcp(tcp, app, cancel).await;
+    let (sent, received, outcome) = (out.sent, out.received, outcome(&out.end));
+    px.metrics.closed(&labels, sent, received);
     log(sent, received, &outcome);
 }
