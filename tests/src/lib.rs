@@ -66,6 +66,39 @@ pub fn workload(name: &str, sa: &str, ip: IpAddr, node: &str) -> Value {
            "node": node, "labels": {"app": name}})
 }
 
+/// The mesh most tests start from: `sleep` on node1 (127.id.1.1), `echo` on node2 (127.id.2.1)
+/// behind the service `echo` at [`echo_vip`] (port 80 -> 8080).
+pub fn sleep_echo(id: u8) -> Mesh {
+    let mut m = Mesh::new(id, 2).expect("test mesh");
+    m.workloads
+        .push(workload("sleep", "sleep", ip(id, 1, 1), "node1"));
+    m.workloads
+        .push(workload("echo", "echo", ip(id, 2, 1), "node2"));
+    m.services.push(
+        json!({"name": "echo", "vips": [echo_vip(id).ip().to_string()],
+        "ports": [{"port": 80, "targetPort": 8080}], "selector": {"app": "echo"}}),
+    );
+    m
+}
+
+pub fn echo_vip(id: u8) -> SocketAddr {
+    SocketAddr::new(ip(id, 0, 100), 80)
+}
+
+/// Writes `msg` and expects the same bytes back within 5 s (from an echo server).
+pub async fn round_trip(tcp: &mut TcpStream, msg: &[u8]) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt;
+    tcp.write_all(msg).await?;
+    let mut got = vec![0u8; msg.len()];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut got)).await??;
+    anyhow::ensure!(
+        got == msg,
+        "echo mismatch: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    Ok(())
+}
+
 /// A test mesh: a directory holding the CA and the mesh file.
 pub struct Mesh {
     pub id: u8,

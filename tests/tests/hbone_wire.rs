@@ -9,26 +9,13 @@ use std::time::Duration;
 
 use http::{Method, Request, StatusCode};
 use rustls_pki_types::ServerName;
-use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 use weft_core::identity::{self, CertificateAuthority, SpiffeId, TrustAnchors};
 use weft_tests::traffic::echo_server;
-use weft_tests::{Mesh, Weftd, connect_via, ip, workload};
-
-fn mesh(id: u8) -> Mesh {
-    let mut m = Mesh::new(id, 2).unwrap();
-    m.workloads
-        .push(workload("sleep", "sleep", ip(id, 1, 1), "node1"));
-    m.workloads
-        .push(workload("echo", "echo", ip(id, 2, 1), "node2"));
-    m.services
-        .push(json!({"name": "echo", "vips": [ip(id, 0, 100).to_string()],
-        "ports": [{"port": 80, "targetPort": 8080}], "selector": {"app": "echo"}}));
-    m
-}
+use weft_tests::{Mesh, Weftd, connect_via, echo_vip, ip, round_trip, sleep_echo};
 
 fn hbone_addr(id: u8) -> SocketAddr {
     SocketAddr::new(ip(id, 2, 1), 15008)
@@ -55,16 +42,10 @@ fn client_tls(m: &Mesh, ca: Option<&CertificateAuthority>, sa: &str) -> Arc<rust
 
 /// Checks the daemon still serves a normal connection end to end.
 async fn still_serving(n1: &Weftd, id: u8) {
-    let mut c = connect_via(&n1.addrs, ip(id, 1, 1), SocketAddr::new(ip(id, 0, 100), 80))
+    let mut c = connect_via(&n1.addrs, ip(id, 1, 1), echo_vip(id))
         .await
         .unwrap();
-    c.write_all(b"ping\n").await.unwrap();
-    let mut got = [0u8; 5];
-    timeout(Duration::from_secs(5), c.read_exact(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&got, b"ping\n");
+    round_trip(&mut c, b"ping\n").await.unwrap();
 }
 
 fn openssl(args: &[&str]) -> String {
@@ -83,7 +64,7 @@ fn openssl(args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_refuses_missing_and_foreign_client_certificates() {
     let id = 15;
-    let m = mesh(id);
+    let m = sleep_echo(id);
     m.write().unwrap();
     let (n1, n2) = (m.start(1).unwrap(), m.start(2).unwrap());
     let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
@@ -201,7 +182,7 @@ fn pem_block(label: &str, der: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn garbage_non_connect_and_bad_authority_are_refused_and_daemon_keeps_serving() {
     let id = 16;
-    let m = mesh(id);
+    let m = sleep_echo(id);
     m.write().unwrap();
     let (n1, n2) = (m.start(1).unwrap(), m.start(2).unwrap());
     let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))

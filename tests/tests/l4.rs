@@ -10,45 +10,21 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 use weft_tests::traffic::{self, echo_server, expect_pattern, send_pattern};
-use weft_tests::{Mesh, Weftd, connect_via, eventually, ip, metric_sum, workload};
+use weft_tests::{
+    Mesh, Weftd, connect_via, echo_vip, eventually, ip, metric_sum, round_trip, sleep_echo,
+};
 
 const MIB: usize = 1024 * 1024;
-
-/// node1 runs `sleep` (the client), node2 runs `echo` behind the service `echo` (VIP :80 ->
-/// 8080).
-fn mesh(id: u8) -> Mesh {
-    let mut m = Mesh::new(id, 2).unwrap();
-    m.workloads
-        .push(workload("sleep", "sleep", ip(id, 1, 1), "node1"));
-    m.workloads
-        .push(workload("echo", "echo", ip(id, 2, 1), "node2"));
-    m.services
-        .push(json!({"name": "echo", "vips": [vip(id).ip().to_string()],
-        "ports": [{"port": 80, "targetPort": 8080}], "selector": {"app": "echo"}}));
-    m
-}
-
-fn vip(id: u8) -> SocketAddr {
-    SocketAddr::new(ip(id, 0, 100), 80)
-}
 
 fn start(m: &Mesh) -> (Weftd, Weftd) {
     m.write().unwrap();
     (m.start(1).unwrap(), m.start(2).unwrap())
 }
 
-async fn round_trip(tcp: &mut tokio::net::TcpStream, msg: &[u8]) -> anyhow::Result<()> {
-    tcp.write_all(msg).await?;
-    let mut got = vec![0u8; msg.len()];
-    timeout(Duration::from_secs(5), tcp.read_exact(&mut got)).await??;
-    anyhow::ensure!(got == msg, "echo mismatch");
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn bulk_100_mib_each_way_with_half_close_both_directions() {
     let id = 11;
-    let m = mesh(id);
+    let m = sleep_echo(id);
     let (n1, _n2) = start(&m);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<anyhow::Result<()>>();
 
@@ -84,7 +60,7 @@ async fn bulk_100_mib_each_way_with_half_close_both_directions() {
     .unwrap();
 
     let work = async {
-        let mut c = connect_via(&n1.addrs, ip(id, 1, 1), vip(id)).await?;
+        let mut c = connect_via(&n1.addrs, ip(id, 1, 1), echo_vip(id)).await?;
         send_pattern(&mut c, 100 * MIB, 1).await?;
         expect_pattern(&mut c, 100 * MIB, 2).await?;
         let mut c =
@@ -112,7 +88,7 @@ async fn bulk_100_mib_each_way_with_half_close_both_directions() {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_hundred_concurrent_connections_share_two_hbone_connections() {
     let id = 12;
-    let m = mesh(id);
+    let m = sleep_echo(id);
     let (n1, n2) = start(&m);
     let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
         .await
@@ -125,7 +101,7 @@ async fn two_hundred_concurrent_connections_share_two_hbone_connections() {
         let release = release.clone();
         let done = done_tx.clone();
         tasks.push(tokio::spawn(async move {
-            let mut c = connect_via(&addrs, ip(id, 1, 1), vip(id)).await?;
+            let mut c = connect_via(&addrs, ip(id, 1, 1), echo_vip(id)).await?;
             round_trip(&mut c, format!("hello {i}\n").as_bytes()).await?;
             let _ = done.send(()).await;
             release.notified().await;
@@ -165,14 +141,16 @@ fn deny_sleep_to_echo() -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn deny_policy_closes_client_and_server_never_sees_it() {
     let id = 13;
-    let mut m = mesh(id);
+    let mut m = sleep_echo(id);
     m.policies.push(deny_sleep_to_echo());
     let (n1, n2) = start(&m);
     let server = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
         .await
         .unwrap();
     let start = Instant::now();
-    let mut c = connect_via(&n1.addrs, ip(id, 1, 1), vip(id)).await.unwrap();
+    let mut c = connect_via(&n1.addrs, ip(id, 1, 1), echo_vip(id))
+        .await
+        .unwrap();
     let _ = c.write_all(b"should not arrive\n").await;
     let mut buf = [0u8; 64];
     let r = timeout(Duration::from_secs(5), c.read(&mut buf))
@@ -209,12 +187,14 @@ async fn deny_policy_closes_client_and_server_never_sees_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn policy_change_closes_open_connection_within_one_second() {
     let id = 14;
-    let mut m = mesh(id);
+    let mut m = sleep_echo(id);
     let (n1, _n2) = start(&m);
     let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
         .await
         .unwrap();
-    let mut c = connect_via(&n1.addrs, ip(id, 1, 1), vip(id)).await.unwrap();
+    let mut c = connect_via(&n1.addrs, ip(id, 1, 1), echo_vip(id))
+        .await
+        .unwrap();
     round_trip(&mut c, b"before\n").await.unwrap();
     m.policies.push(deny_sleep_to_echo());
     let written = Instant::now();
@@ -234,12 +214,14 @@ async fn policy_change_closes_open_connection_within_one_second() {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_show_principals_and_mutual_tls_and_drop_removed_workloads() {
     let id = 17;
-    let mut m = mesh(id);
+    let mut m = sleep_echo(id);
     let (n1, n2) = start(&m);
     let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
         .await
         .unwrap();
-    let mut c = connect_via(&n1.addrs, ip(id, 1, 1), vip(id)).await.unwrap();
+    let mut c = connect_via(&n1.addrs, ip(id, 1, 1), echo_vip(id))
+        .await
+        .unwrap();
     round_trip(&mut c, b"0123456789").await.unwrap();
     c.shutdown().await.unwrap();
     let mut rest = Vec::new();
@@ -287,7 +269,7 @@ async fn metrics_show_principals_and_mutual_tls_and_drop_removed_workloads() {
 #[tokio::test(flavor = "multi_thread")]
 async fn connection_survives_certificate_renewals() {
     let id = 18;
-    let mut m = mesh(id);
+    let mut m = sleep_echo(id);
     m.leaf_lifetime = "10s".into();
     let (n1, n2) = start(&m);
     let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
@@ -295,7 +277,9 @@ async fn connection_survives_certificate_renewals() {
         .unwrap();
     let expiry = |w: &Weftd| w.config_dump().unwrap()["certificates"][0]["notAfter"].clone();
     let first = (expiry(&n1), expiry(&n2));
-    let mut c = connect_via(&n1.addrs, ip(id, 1, 1), vip(id)).await.unwrap();
+    let mut c = connect_via(&n1.addrs, ip(id, 1, 1), echo_vip(id))
+        .await
+        .unwrap();
     let start = Instant::now();
     let mut renewals = 0;
     let mut last = first.clone();
@@ -315,19 +299,23 @@ async fn connection_survives_certificate_renewals() {
         "certificates renewed only {renewals} times in 30 s with a 10 s lifetime"
     );
     // And new connections use the renewed certificates.
-    let mut c2 = connect_via(&n1.addrs, ip(id, 1, 1), vip(id)).await.unwrap();
+    let mut c2 = connect_via(&n1.addrs, ip(id, 1, 1), echo_vip(id))
+        .await
+        .unwrap();
     round_trip(&mut c2, b"new\n").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_mesh_edit_is_refused_and_traffic_keeps_flowing() {
     let id = 19;
-    let m = mesh(id);
+    let m = sleep_echo(id);
     let (n1, _n2) = start(&m);
     let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
         .await
         .unwrap();
-    let mut open = connect_via(&n1.addrs, ip(id, 1, 1), vip(id)).await.unwrap();
+    let mut open = connect_via(&n1.addrs, ip(id, 1, 1), echo_vip(id))
+        .await
+        .unwrap();
     round_trip(&mut open, b"before\n").await.unwrap();
 
     let mut bad = m.to_value();
@@ -359,7 +347,9 @@ async fn invalid_mesh_edit_is_refused_and_traffic_keeps_flowing() {
     );
 
     round_trip(&mut open, b"after\n").await.unwrap();
-    let mut fresh = connect_via(&n1.addrs, ip(id, 1, 1), vip(id)).await.unwrap();
+    let mut fresh = connect_via(&n1.addrs, ip(id, 1, 1), echo_vip(id))
+        .await
+        .unwrap();
     round_trip(&mut fresh, b"fresh\n").await.unwrap();
     assert_eq!(
         n1.config_dump().unwrap()["services"][0]["ports"][0]["targetPort"],

@@ -9,30 +9,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 use weft_tests::traffic::{self, echo_server};
-use weft_tests::{Mesh, Weftd, connect_via, eventually, http, ip, metric_sum, workload};
-
-fn mesh(id: u8) -> Mesh {
-    let mut m = Mesh::new(id, 2).unwrap();
-    m.workloads
-        .push(workload("sleep", "sleep", ip(id, 1, 1), "node1"));
-    m.workloads
-        .push(workload("echo", "echo", ip(id, 2, 1), "node2"));
-    m.services
-        .push(json!({"name": "echo", "vips": [ip(id, 0, 100).to_string()],
-        "ports": [{"port": 80, "targetPort": 8080}], "selector": {"app": "echo"}}));
-    m
-}
+use weft_tests::{
+    Mesh, Weftd, connect_via, eventually, http, ip, metric_sum, round_trip, sleep_echo, workload,
+};
 
 fn start(m: &Mesh) -> (Weftd, Weftd) {
     m.write().unwrap();
     (m.start(1).unwrap(), m.start(2).unwrap())
-}
-
-async fn exchange(tcp: &mut TcpStream, msg: &[u8]) -> anyhow::Result<Vec<u8>> {
-    tcp.write_all(msg).await?;
-    let mut got = vec![0u8; msg.len()];
-    timeout(Duration::from_secs(5), tcp.read_exact(&mut got)).await??;
-    Ok(got)
 }
 
 /// True when the peer closed or reset the connection within 3 s, without sending data.
@@ -58,7 +41,7 @@ async fn named_server(addr: SocketAddr, name: &'static str) -> traffic::Server {
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_source_is_refused_and_counted() {
     let id = 20;
-    let m = mesh(id);
+    let m = sleep_echo(id);
     let (n1, _n2) = start(&m);
     let server = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
         .await
@@ -90,7 +73,7 @@ async fn unknown_source_is_refused_and_counted() {
 #[tokio::test(flavor = "multi_thread")]
 async fn destinations_outside_the_mesh_and_unmeshed_workloads_pass_through() {
     let id = 21;
-    let mut m = mesh(id);
+    let mut m = sleep_echo(id);
     let mut legacy = workload("legacy", "legacy", ip(id, 2, 9), "node2");
     legacy["mode"] = json!("none");
     m.workloads.push(legacy);
@@ -106,11 +89,7 @@ async fn destinations_outside_the_mesh_and_unmeshed_workloads_pass_through() {
         SocketAddr::new(ip(id, 2, 9), 5432),
     ] {
         let mut c = connect_via(&n1.addrs, ip(id, 1, 1), dst).await.unwrap();
-        assert_eq!(
-            exchange(&mut c, b"plain\n").await.unwrap(),
-            b"plain\n",
-            "to {dst}"
-        );
+        round_trip(&mut c, b"plain\n").await.unwrap();
     }
     let t = n1.metrics();
     assert_eq!(
@@ -130,7 +109,7 @@ async fn destinations_outside_the_mesh_and_unmeshed_workloads_pass_through() {
 #[tokio::test(flavor = "multi_thread")]
 async fn weftd_never_dials_itself() {
     let id = 30;
-    let mut m = mesh(id);
+    let mut m = sleep_echo(id);
     let mut open = workload("open", "open", ip(id, 2, 2), "node2");
     open["inbound"] = json!("permissive");
     m.workloads.push(open);
@@ -182,7 +161,7 @@ async fn weftd_never_dials_itself() {
 #[tokio::test(flavor = "multi_thread")]
 async fn service_spreads_connections_over_its_endpoints() {
     let id = 22;
-    let mut m = mesh(id);
+    let mut m = sleep_echo(id);
     m.workloads
         .push(workload("echo-b", "echo", ip(id, 2, 2), "node2"));
     m.workloads.last_mut().unwrap()["labels"] = json!({"app": "echo"});
@@ -227,7 +206,7 @@ async fn plaintext_client(id: u8, dst: SocketAddr) -> TcpStream {
 #[tokio::test(flavor = "multi_thread")]
 async fn plaintext_inbound_only_for_permissive_workloads_that_policy_allows() {
     let id = 23;
-    let mut m = mesh(id);
+    let mut m = sleep_echo(id);
     let mut open = workload("open", "open", ip(id, 2, 2), "node2");
     open["inbound"] = json!("permissive");
     m.workloads.push(open);
@@ -252,7 +231,7 @@ async fn plaintext_inbound_only_for_permissive_workloads_that_policy_allows() {
     let mut c = plaintext_client(id, SocketAddr::new(ip(id, 2, 1), 8080)).await;
     assert!(refused(&mut c).await, "STRICT workload accepted plaintext");
     let mut c = plaintext_client(id, SocketAddr::new(ip(id, 2, 2), 8080)).await;
-    assert_eq!(exchange(&mut c, b"hi\n").await.unwrap(), b"hi\n");
+    round_trip(&mut c, b"hi\n").await.unwrap();
     let mut c = plaintext_client(id, SocketAddr::new(ip(id, 2, 3), 8080)).await;
     assert!(
         refused(&mut c).await,
@@ -301,7 +280,7 @@ fn reset_on_close(tcp: &TcpStream) {
 #[tokio::test(flavor = "multi_thread")]
 async fn resets_propagate_both_ways() {
     let id = 24;
-    let m = mesh(id);
+    let m = sleep_echo(id);
     let (n1, _n2) = start(&m);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     // Port 8080: the server reports how its read ended. Port 8081: the server resets at once.
@@ -358,7 +337,7 @@ async fn resets_propagate_both_ways() {
 #[tokio::test(flavor = "multi_thread")]
 async fn same_node_traffic_is_mutual_tls() {
     let id = 25;
-    let mut m = mesh(id);
+    let mut m = sleep_echo(id);
     m.workloads
         .push(workload("local", "local", ip(id, 1, 2), "node1"));
     let (n1, _n2) = start(&m);
@@ -368,10 +347,7 @@ async fn same_node_traffic_is_mutual_tls() {
     let mut c = connect_via(&n1.addrs, ip(id, 1, 1), SocketAddr::new(ip(id, 1, 2), 7000))
         .await
         .unwrap();
-    assert_eq!(
-        exchange(&mut c, b"next door\n").await.unwrap(),
-        b"next door\n"
-    );
+    round_trip(&mut c, b"next door\n").await.unwrap();
     let t = n1.metrics();
     for reporter in ["reporter=\"source\"", "reporter=\"destination\""] {
         let labels = [
@@ -391,7 +367,7 @@ async fn same_node_traffic_is_mutual_tls() {
 #[tokio::test(flavor = "multi_thread")]
 async fn log_level_changes_at_run_time() {
     let id = 26;
-    let m = mesh(id);
+    let m = sleep_echo(id);
     let (n1, _n2) = start(&m);
     assert_eq!(
         http(n1.addrs.admin, "POST", "/logging?level=debug")
@@ -419,14 +395,14 @@ async fn log_level_changes_at_run_time() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_stops_accepting_drains_then_closes() {
     let id = 27;
-    let m = mesh(id);
+    let m = sleep_echo(id);
     let (mut n1, _n2) = start(&m);
     let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
         .await
         .unwrap();
     let vip = SocketAddr::new(ip(id, 0, 100), 80);
     let mut open = connect_via(&n1.addrs, ip(id, 1, 1), vip).await.unwrap();
-    assert_eq!(exchange(&mut open, b"one\n").await.unwrap(), b"one\n");
+    round_trip(&mut open, b"one\n").await.unwrap();
     let pid = n1.child.id() as i32;
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let signalled = Instant::now();
@@ -438,7 +414,7 @@ async fn sigterm_stops_accepting_drains_then_closes() {
         "weftd accepted a connection while draining"
     );
     // ...but the open one keeps working during the drain period (2 s in these tests)...
-    assert_eq!(exchange(&mut open, b"two\n").await.unwrap(), b"two\n");
+    round_trip(&mut open, b"two\n").await.unwrap();
     // ...and is closed when it ends; weftd exits cleanly.
     let mut b = [0u8; 8];
     let r = timeout(Duration::from_secs(6), open.read(&mut b))
@@ -457,7 +433,7 @@ async fn sigterm_stops_accepting_drains_then_closes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_hbone_connections_are_closed() {
     let id = 28;
-    let mut m = mesh(id);
+    let mut m = sleep_echo(id);
     m.hbone = json!({"idleTimeout": "1s"});
     let (n1, _n2) = start(&m);
     let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
@@ -471,7 +447,7 @@ async fn idle_hbone_connections_are_closed() {
     let mut c = connect_via(&n1.addrs, ip(id, 1, 1), SocketAddr::new(ip(id, 0, 100), 80))
         .await
         .unwrap();
-    exchange(&mut c, b"x").await.unwrap();
+    round_trip(&mut c, b"x").await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         pool(&n1),
@@ -488,7 +464,7 @@ async fn idle_hbone_connections_are_closed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn keepalive_detects_a_peer_that_stops_answering() {
     let id = 29;
-    let mut m = mesh(id);
+    let mut m = sleep_echo(id);
     m.hbone = json!({"keepaliveInterval": "300ms", "keepaliveTimeout": "300ms"});
     let (n1, n2) = start(&m);
     let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
@@ -496,7 +472,7 @@ async fn keepalive_detects_a_peer_that_stops_answering() {
         .unwrap();
     let vip = SocketAddr::new(ip(id, 0, 100), 80);
     let mut c = connect_via(&n1.addrs, ip(id, 1, 1), vip).await.unwrap();
-    exchange(&mut c, b"x").await.unwrap();
+    round_trip(&mut c, b"x").await.unwrap();
     n2.freeze(true);
     let frozen = Instant::now();
     let mut b = [0u8; 8];
@@ -513,7 +489,7 @@ async fn keepalive_detects_a_peer_that_stops_answering() {
     n2.freeze(false);
     // A fresh tunnel replaces the dead one.
     let mut c = connect_via(&n1.addrs, ip(id, 1, 1), vip).await.unwrap();
-    exchange(&mut c, b"back\n").await.unwrap();
+    round_trip(&mut c, b"back\n").await.unwrap();
     assert_eq!(
         n1.config_dump().unwrap()["hbonePool"]["openedTotal"],
         json!(2)

@@ -56,28 +56,12 @@ pub async fn splice(
 ) -> SpliceOutcome {
     let mut sent = 0u64;
     let mut received = 0u64;
-    let end = {
-        let mut up = pin!(tcp_to_stream(&tcp, &mut send, &mut sent));
-        let mut down = pin!(stream_to_tcp(&tcp, &mut recv, &mut received));
-        let mut cancel = pin!(cancel);
-        let (mut up_done, mut down_done) = (false, false);
-        loop {
-            tokio::select! {
-                r = &mut up, if !up_done => match r {
-                    Ok(()) => up_done = true,
-                    Err(f) => break Err(f),
-                },
-                r = &mut down, if !down_done => match r {
-                    Ok(()) => down_done = true,
-                    Err(f) => break Err(f),
-                },
-                _ = &mut cancel => break Ok(false),
-            }
-            if up_done && down_done {
-                break Ok(true);
-            }
-        }
-    };
+    let end = both_ways(
+        tcp_to_stream(&tcp, &mut send, &mut sent),
+        stream_to_tcp(&tcp, &mut recv, &mut received),
+        cancel,
+    )
+    .await;
     let end = match end {
         Ok(true) => SpliceEnd::Closed,
         Ok(false) => {
@@ -98,6 +82,33 @@ pub async fn splice(
         sent,
         received,
         end,
+    }
+}
+
+/// Drives both directions until both finish (`Ok(true)`), `cancel` fires (`Ok(false)`), or one
+/// fails (the other is dropped where it stands).
+async fn both_ways<E>(
+    up: impl Future<Output = Result<(), E>>,
+    down: impl Future<Output = Result<(), E>>,
+    cancel: impl Future<Output = ()>,
+) -> Result<bool, E> {
+    let (mut up, mut down, mut cancel) = (pin!(up), pin!(down), pin!(cancel));
+    let (mut up_done, mut down_done) = (false, false);
+    loop {
+        tokio::select! {
+            r = &mut up, if !up_done => {
+                r?;
+                up_done = true;
+            }
+            r = &mut down, if !down_done => {
+                r?;
+                down_done = true;
+            }
+            _ = &mut cancel => return Ok(false),
+        }
+        if up_done && down_done {
+            return Ok(true);
+        }
     }
 }
 
@@ -218,28 +229,12 @@ pub async fn splice_tcp(
 ) -> SpliceOutcome {
     let mut sent = 0u64;
     let mut received = 0u64;
-    let end = {
-        let mut up = pin!(tcp_to_tcp(&a, &b, &mut sent));
-        let mut down = pin!(tcp_to_tcp(&b, &a, &mut received));
-        let mut cancel = pin!(cancel);
-        let (mut up_done, mut down_done) = (false, false);
-        loop {
-            tokio::select! {
-                r = &mut up, if !up_done => match r {
-                    Ok(()) => up_done = true,
-                    Err(e) => break Err(e),
-                },
-                r = &mut down, if !down_done => match r {
-                    Ok(()) => down_done = true,
-                    Err(e) => break Err(e),
-                },
-                _ = &mut cancel => break Ok(false),
-            }
-            if up_done && down_done {
-                break Ok(true);
-            }
-        }
-    };
+    let end = both_ways(
+        tcp_to_tcp(&a, &b, &mut sent),
+        tcp_to_tcp(&b, &a, &mut received),
+        cancel,
+    )
+    .await;
     let end = match end {
         Ok(true) => SpliceEnd::Closed,
         Ok(false) => SpliceEnd::Cancelled,

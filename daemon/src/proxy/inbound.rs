@@ -214,26 +214,16 @@ async fn stream(
         return log(0, 0, &why, &labels);
     }
     drop(state);
-    let app = match tokio::time::timeout(
+    let dialled = tokio::time::timeout(
         px.hbone.connect_timeout,
         connect_tcp(connect.target, px.mark),
     )
     .await
-    {
-        Ok(Ok(app)) => app,
-        Ok(Err(e)) => {
+    .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+    let app = match dialled {
+        Ok(app) => app,
+        Err(e) => {
             let why = format!("connect {}: {e}", connect.target);
-            refuse(
-                resp,
-                StatusCode::SERVICE_UNAVAILABLE,
-                &why,
-                &labels,
-                FailureReason::Unreachable,
-            );
-            return log(0, 0, &why, &labels);
-        }
-        Err(_) => {
-            let why = format!("connect {}: timed out", connect.target);
             refuse(
                 resp,
                 StatusCode::SERVICE_UNAVAILABLE,
