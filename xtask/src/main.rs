@@ -4,6 +4,7 @@
 //! - `cargo xtask demo`: two weftd nodes on loopback carrying a request over mutual-TLS HBONE.
 
 mod demo;
+mod ebpf;
 mod tools;
 
 use std::process::{Command, ExitCode};
@@ -15,9 +16,10 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("demo") => demo::run(&args[1..]),
+        Some("build-ebpf") => ebpf::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo>\n  test  run formatting, clippy and the whole test suite\n  demo  run a local two-node mesh and send traffic through it"
+                "usage: cargo xtask <test|demo|build-ebpf>\n  test        run formatting, clippy and the whole test suite\n  demo        run a local two-node mesh and send traffic through it\n  build-ebpf  compile ebpf/capture.c into ebpf/capture.bpf.o (--check: verify it is current)"
             );
             return ExitCode::from(2);
         }
@@ -56,6 +58,7 @@ pub fn workspace_root() -> std::path::PathBuf {
 fn test(extra: &[String]) -> anyhow::Result<()> {
     tools::ensure(&[("openssl", "openssl")])?;
     cargo(&["fmt", "--all", "--check"])?;
+    ebpf::run(&["--check".to_string()])?;
     cargo(&[
         "clippy",
         "--workspace",

@@ -6,6 +6,9 @@ use std::process::Command;
 use anyhow::bail;
 
 fn have(bin: &str) -> bool {
+    if bin.starts_with('/') {
+        return std::path::Path::new(bin).exists();
+    }
     Command::new("sh")
         .args(["-c", &format!("command -v {bin} >/dev/null 2>&1")])
         .status()
@@ -21,7 +24,7 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// `tools` are (binary, Debian package) pairs.
+/// `tools` are (binary or absolute file path, Debian package) pairs.
 pub fn ensure(tools: &[(&str, &str)]) -> anyhow::Result<()> {
     let missing: Vec<_> = tools.iter().filter(|(bin, _)| !have(bin)).collect();
     if missing.is_empty() {
