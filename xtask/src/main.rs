@@ -67,8 +67,9 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ])?;
-    // The end-to-end tests run the real daemon binary.
-    cargo(&["build", "-p", "weftd"])?;
+    // The end-to-end tests run the real daemon binary. Building every target at once unifies
+    // dependency features as the test run does, so the test run rebuilds nothing.
+    cargo(&["build", "--workspace", "--all-targets"])?;
     let mut args = vec!["test", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
     cargo(&args)
