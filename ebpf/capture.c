@@ -276,7 +276,7 @@ int weft_getsockopt(struct bpf_sockopt *ctx)
 
 // Marks what weftd must receive: SYNs to enrolled pods, and packets of flows it already owns
 // (so they keep reaching it after the pod is unenrolled, while draining).
-SEC("tc")
+SEC("classifier")
 int weft_ingress(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;

@@ -55,6 +55,25 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// Transparent capture with eBPF.
+    Capture {
+        #[command(subcommand)]
+        command: CaptureCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaptureCommand {
+    /// Check that this machine can capture: root, cgroup2, bpffs, and every program accepted
+    /// by the kernel verifier. Exits 1 naming what is missing.
+    Check {
+        /// cgroup2 mount (default: found under /sys/fs/cgroup).
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        /// bpf file system for pinned programs and maps.
+        #[arg(long, default_value = "/sys/fs/bpf")]
+        bpffs: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -98,6 +117,18 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Capture {
+            command: CaptureCommand::Check { cgroup, bpffs },
+        } => {
+            let cgroup = cgroup
+                .or_else(capture::check::find_cgroup2)
+                .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
+            if capture::check::run(&cgroup, &bpffs) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Command::Ca {
             command: CaCommand::Init { dir, lifetime },
         } => match weft_core::identity::init_root_dir(&dir, lifetime) {

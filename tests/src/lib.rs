@@ -35,6 +35,21 @@ pub fn weftd_bin() -> PathBuf {
     bin
 }
 
+/// Tests that need root (BPF, namespaces) call this first: without root they are skipped with
+/// the reason, except under CI (`CI=true`), where not running them is a failure.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let why = format!("{test} needs root (BPF programs, mounts, network namespaces)");
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{why}; CI must run it as root");
+    }
+    eprintln!("skipped: {why}");
+    false
+}
+
 pub fn ip(id: u8, node: u8, host: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, id, node, host))
 }

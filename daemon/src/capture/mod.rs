@@ -5,6 +5,8 @@
 //! header (for tests and hosts without eBPF capture). Transparent capture with eBPF adds a
 //! second source that reads the BPF maps, behind the same call.
 
+pub mod bpf;
+pub mod check;
 pub mod proxy_protocol;
 
 use std::net::SocketAddr;
