@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use weft_core::config::{self, ConfigError, LoadedMesh, MeshWatcher};
+use weft_core::config::{self, CaptureKind, ConfigError, LoadedMesh, MeshWatcher};
 use weft_core::hbone::{self, ClientTlsProvider, Pool};
 use weft_core::identity::{CertificateAuthority, CertificateManager, LocalCa};
 use weft_core::model::{MeshState, StateStore};
@@ -19,6 +19,8 @@ use weft_core::telemetry::ConnectionMetrics;
 
 use crate::admin::{self, Admin, ConfigStatus, LogControl, Surface};
 use crate::capture::DestinationSource;
+use crate::capture::bpf::ProgramSettings;
+use crate::capture::ebpf::Capture;
 use crate::proxy::Proxy;
 use crate::proxy::listeners::{self, WorkloadListeners};
 
@@ -79,8 +81,40 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let pool = Pool::new(
         settings.clone(),
         Arc::new(certs.clone()) as Arc<dyn ClientTlsProvider>,
-        None,
+        node.ebpf
+            .as_ref()
+            .map(|e| e.mark)
+            .filter(|_| node.capture == CaptureKind::Ebpf),
     );
+    // eBPF capture, when this node asks for it: programs attached and local workloads
+    // enrolled before the outbound listener takes its first connection.
+    let capture = match (&node.capture, &node.ebpf) {
+        (CaptureKind::Ebpf, Some(cfg)) => {
+            let settings = ProgramSettings {
+                weftd_mark: cfg.mark,
+                outbound_port: node.listen.outbound.port(),
+                hbone_port: loaded.state.hbone_port,
+                plaintext_port: node.listen.inbound_plaintext_port,
+                ..ProgramSettings::default()
+            };
+            let mut c = Capture::start(cfg, &settings).context("starting eBPF capture")?;
+            c.reconcile(&loaded.state, &node.name);
+            Some(Arc::new(Mutex::new(c)))
+        }
+        _ => None,
+    };
+    let (mark, destinations) = match (&capture, &node.ebpf) {
+        (Some(c), Some(cfg)) => (
+            Some(cfg.mark),
+            DestinationSource::Ebpf(c.lock().unwrap_or_else(|p| p.into_inner()).destinations()),
+        ),
+        _ => (
+            None,
+            DestinationSource::ProxyProtocol {
+                timeout: Duration::from_secs(5),
+            },
+        ),
+    };
     let workload_count = loaded.state.workloads.len();
     let state = StateStore::new(loaded.state);
     let shutdown = CancellationToken::new();
@@ -91,10 +125,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         pool,
         metrics,
         hbone: settings,
-        mark: None,
-        destinations: DestinationSource::ProxyProtocol {
-            timeout: Duration::from_secs(5),
-        },
+        mark,
+        destinations,
         guard: crate::proxy::guard::SelfGuard {
             listeners: vec![
                 node.listen.outbound,
@@ -222,6 +254,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 );
                 px.certs
                     .set_identities(local_identities(&mesh.state, &px.node));
+                if let Some(c) = &capture {
+                    c.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .reconcile(&mesh.state, &px.node);
+                }
                 px.state.replace(mesh.state);
                 let state = px.state.current();
                 let alive: std::collections::HashSet<(&str, &str)> = state

@@ -5,6 +5,7 @@
 //! `127.<id>.<n>.0/24` (pods at `.1`.., the node's own listeners at `.250`), so tests run in
 //! parallel without sharing a port.
 
+pub mod netns;
 pub mod traffic;
 
 use std::io::{Read, Write};

@@ -128,6 +128,12 @@ fn build(mesh: MeshFile, base: &Path) -> Result<LoadedMesh, Vec<FieldError>> {
                 );
             }
         }
+        if n.capture == super::meshfile::CaptureKind::Ebpf && n.ebpf.is_none() {
+            errs.push(
+                format!("nodes[{i}].ebpf"),
+                "capture: ebpf needs an ebpf section with at least redirectAddress",
+            );
+        }
         if !n.listen.admin.ip().is_loopback() {
             errs.push(
                 format!("nodes[{i}].listen.admin"),

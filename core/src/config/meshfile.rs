@@ -63,6 +63,9 @@ pub struct NodeFile {
     pub listen: ListenFile,
     #[serde(default)]
     pub capture: CaptureKind,
+    /// Required when `capture: ebpf`.
+    #[serde(default)]
+    pub ebpf: Option<EbpfFile>,
     /// How long open connections may run after SIGTERM before they are closed.
     #[serde(default = "default_drain", with = "duration")]
     pub drain_period: Duration,
@@ -108,6 +111,29 @@ pub enum CaptureKind {
     /// workload's address. For tests, and for hosts where eBPF capture is not installed.
     #[default]
     None,
+    /// Transparent capture with eBPF (see `ebpf`). Outbound capture only, for now: inbound
+    /// steering is not built yet, so HBONE and plaintext listeners still bind workload
+    /// addresses.
+    Ebpf,
+}
+
+/// Settings of eBPF capture.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EbpfFile {
+    /// The cgroup2 directory whose processes (the pods) are captured. Default: the cgroup2 root.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
+    /// The node-side address the pods reach weftd at (their gateway, e.g. the host veth IP);
+    /// captured connections are rewritten to it, port `listen.outbound`.
+    pub redirect_address: std::net::Ipv4Addr,
+    /// SO_MARK of weftd's own connections, so capture never takes them.
+    #[serde(default = "default_weftd_mark")]
+    pub mark: u32,
+}
+
+fn default_weftd_mark() -> u32 {
+    0x539
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -143,6 +169,7 @@ impl NodeFile {
             name: name.to_string(),
             listen: ListenFile::default(),
             capture: CaptureKind::default(),
+            ebpf: None,
             drain_period: default_drain(),
             hbone: HboneFile::default(),
         }

@@ -5,7 +5,7 @@ pub mod meshfile;
 pub mod watch;
 
 pub use load::{ConfigError, FieldError, LoadedMesh, load_file, load_str};
-pub use meshfile::{CaFile, CaptureKind, HboneFile, ListenFile, MeshFile, NodeFile};
+pub use meshfile::{CaFile, CaptureKind, EbpfFile, HboneFile, ListenFile, MeshFile, NodeFile};
 pub use watch::MeshWatcher;
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 
 pub mod bpf;
 pub mod check;
+pub mod ebpf;
 pub mod proxy_protocol;
 
 use std::net::SocketAddr;
@@ -15,16 +16,18 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 /// How the listeners of this node learn original destinations.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub enum DestinationSource {
     /// The client sends a PROXY protocol (v1 or v2) header first; its destination is taken,
     /// its source is ignored (the real peer address is the source).
     ProxyProtocol { timeout: Duration },
+    /// eBPF capture: the map the capture programs fill, keyed by the pod's address.
+    Ebpf(std::sync::Arc<ebpf::OriginalDestinations>),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum DestinationError {
-    #[error("reading PROXY header: {0}")]
+    #[error("reading the original destination: {0}")]
     Io(#[from] std::io::Error),
     #[error("no PROXY header within {0:?}")]
     Timeout(Duration),
@@ -39,12 +42,13 @@ impl DestinationSource {
         &self,
         tcp: &mut TcpStream,
     ) -> Result<SocketAddr, DestinationError> {
-        match *self {
-            DestinationSource::ProxyProtocol { timeout } => {
+        match self {
+            &DestinationSource::ProxyProtocol { timeout } => {
                 tokio::time::timeout(timeout, proxy_protocol::read_destination(tcp))
                     .await
                     .map_err(|_| DestinationError::Timeout(timeout))?
             }
+            DestinationSource::Ebpf(map) => Ok(map.lookup(tcp.peer_addr()?)?),
         }
     }
 }

@@ -94,7 +94,16 @@ impl WorkloadListeners {
     /// already accepted are not touched. Returns how many addresses failed to bind.
     pub fn reconcile(&mut self, state: &MeshState) -> usize {
         let mut wanted = Vec::new();
-        for w in state.local_workloads(&self.px.node) {
+        // With eBPF capture workload addresses are not local to weftd: inbound arrives through
+        // transparent listeners (not built yet), not per-workload binds.
+        let per_workload = matches!(
+            self.px.destinations,
+            crate::capture::DestinationSource::ProxyProtocol { .. }
+        );
+        for w in state
+            .local_workloads(&self.px.node)
+            .filter(|_| per_workload)
+        {
             if w.mode != CaptureMode::Ambient {
                 continue;
             }

@@ -1,0 +1,146 @@
+//! Network namespaces as nodes and pods, joined by veth pairs with /32 routes like a ptp CNI,
+//! and a cgroup2 directory for pod processes. Everything is created under names derived from
+//! the test id and process id, and removed by those names when dropped, even after a failure.
+//! The host's own namespace, routes and sysctls are never touched.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use anyhow::{Context, bail};
+
+/// Runs a command, failing with its output when it fails.
+pub fn sh(cmd: &str) -> anyhow::Result<String> {
+    let out = Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .with_context(|| cmd.to_string())?;
+    if !out.status.success() {
+        bail!("`{cmd}` failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
+    for p in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+        let fs = sh(&format!("stat -f -c %T {p}")).unwrap_or_default();
+        if fs.trim() == "cgroup2fs" {
+            return Ok(p.into());
+        }
+    }
+    bail!("no cgroup2 mount under /sys/fs/cgroup")
+}
+
+/// One test's namespaces and cgroup.
+pub struct Topology {
+    pub prefix: String,
+    namespaces: Vec<String>,
+    pub cgroup: PathBuf,
+    /// The node-side address every pod uses as its gateway (on every host veth).
+    pub gateway: String,
+    subnet: u8,
+}
+
+impl Topology {
+    /// `id` picks the subnet 10.<id>.0.0/16 inside the test's own namespaces.
+    pub fn new(id: u8) -> anyhow::Result<Self> {
+        let prefix = format!("wt{id}x{}", std::process::id() % 10000);
+        let cgroup = cgroup2_root()?.join(format!("weft-test-{prefix}"));
+        std::fs::create_dir_all(&cgroup)?;
+        Ok(Topology {
+            prefix,
+            namespaces: Vec::new(),
+            cgroup,
+            gateway: format!("10.{id}.0.1"),
+            subnet: id,
+        })
+    }
+
+    pub fn ns_path(&self, name: &str) -> PathBuf {
+        Path::new("/var/run/netns").join(format!("{}-{name}", self.prefix))
+    }
+
+    fn ns(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    /// A node namespace with forwarding on.
+    pub fn node(&mut self, name: &str) -> anyhow::Result<()> {
+        let ns = self.ns(name);
+        sh(&format!("ip netns add {ns}"))?;
+        self.namespaces.push(ns.clone());
+        sh(&format!("ip -n {ns} link set lo up"))?;
+        sh(&format!(
+            "ip netns exec {ns} sysctl -qw net.ipv4.ip_forward=1"
+        ))?;
+        Ok(())
+    }
+
+    /// A pod (or outside host) namespace at `10.<id>.<net>.<host>`, wired to `node` by a veth
+    /// whose node side holds the gateway address, with a /32 route each way.
+    pub fn pod(&mut self, node: &str, name: &str, net: u8, host: u8) -> anyhow::Result<String> {
+        let (nodens, ns) = (self.ns(node), self.ns(name));
+        let ip = format!("10.{}.{net}.{host}", self.subnet);
+        let veth = format!("v{}{}", net, host);
+        sh(&format!("ip netns add {ns}"))?;
+        self.namespaces.push(ns.clone());
+        sh(&format!(
+            "ip -n {nodens} link add {veth} type veth peer name eth0 netns {ns}"
+        ))?;
+        sh(&format!(
+            "ip -n {nodens} addr add {}/32 dev {veth}",
+            self.gateway
+        ))?;
+        sh(&format!("ip -n {nodens} link set {veth} up"))?;
+        sh(&format!("ip -n {nodens} route add {ip}/32 dev {veth}"))?;
+        sh(&format!("ip -n {ns} link set lo up"))?;
+        sh(&format!("ip -n {ns} addr add {ip}/32 dev eth0"))?;
+        sh(&format!("ip -n {ns} link set eth0 up"))?;
+        sh(&format!(
+            "ip -n {ns} route add {} dev eth0 scope link",
+            self.gateway
+        ))?;
+        sh(&format!(
+            "ip -n {ns} route add default via {} dev eth0",
+            self.gateway
+        ))?;
+        Ok(ip)
+    }
+
+    /// Runs `cmd` in namespace `name` (without remounting /sys, unlike `ip netns exec`).
+    pub fn exec(&self, name: &str, cmd: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.ns_path(name).display()))
+            .args(["sh", "-c", cmd]);
+        c
+    }
+
+    /// Runs `cmd` as a pod process: in the pod's namespace and in the test cgroup, which is
+    /// where capture applies. The wrapper moves only its own PID.
+    pub fn pod_exec(&self, name: &str, cmd: &str) -> anyhow::Result<Output> {
+        let procs = self.cgroup.join("cgroup.procs");
+        let out = self
+            .exec(
+                name,
+                &format!("echo $$ > {} && exec {cmd}", procs.display()),
+            )
+            .stdin(Stdio::null())
+            .output()?;
+        Ok(out)
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for ns in self.namespaces.iter().rev() {
+            // Processes left in a namespace keep it alive; kill them first, by namespace.
+            let _ = sh(&format!("ip netns pids {ns} | xargs -r kill -9"));
+            let _ = sh(&format!("ip netns del {ns}"));
+        }
+        if let Ok(procs) = std::fs::read_to_string(self.cgroup.join("cgroup.procs")) {
+            for pid in procs.split_whitespace() {
+                let _ = sh(&format!("kill -9 {pid}"));
+            }
+        }
+        let _ = std::fs::remove_dir(&self.cgroup);
+    }
+}
