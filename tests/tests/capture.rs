@@ -198,3 +198,181 @@ workloads:
         "{metrics}"
     );
 }
+
+/// Enrolment follows the mesh file at run time: enrolling a running pod captures its new
+/// connections; unenrolling sends new ones direct while a connection made through weftd
+/// before keeps working.
+#[test]
+fn enrolment_follows_the_mesh_file_and_spares_open_connections() {
+    if !require_root("enrolment_follows_the_mesh_file_and_spares_open_connections") {
+        return;
+    }
+    use std::io::{BufRead, BufReader, Write};
+    use weft_tests::netns::Topology;
+    let id = 42;
+    let mut t = Topology::new(id).unwrap();
+    t.node("node1").unwrap();
+    let client = t.pod("node1", "client", 1, 2).unwrap();
+    let ext = t.pod("node1", "ext", 9, 2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) =
+        weft_core::identity::generate_root("test", std::time::Duration::from_secs(3600)).unwrap();
+    std::fs::write(dir.path().join("root-cert.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("root-key.pem"), key).unwrap();
+    let mesh = |mode: &str| {
+        format!(
+            r#"ca: {{certFile: root-cert.pem, keyFile: root-key.pem}}
+nodes:
+  - name: node1
+    capture: ebpf
+    ebpf: {{cgroup: "{cgroup}", redirectAddress: "{gw}"}}
+    listen: {{outbound: "0.0.0.0:15001"}}
+workloads:
+  - {{name: client, ips: [{client}], node: node1, mode: {mode}, netns: "{ns}"}}
+"#,
+            cgroup = t.cgroup.display(),
+            gw = t.gateway,
+            ns = t.ns_path("client").display(),
+        )
+    };
+    let mesh_path = dir.path().join("mesh.yaml");
+    let write = |text: String| {
+        let tmp = dir.path().join("mesh.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &mesh_path).unwrap();
+    };
+    write(mesh("none"));
+
+    // The outside server echoes lines and prints who connected.
+    let server = r#"
+import socket, sys, threading
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((sys.argv[1], 7000)); l.listen(16); print("listening", flush=True)
+def serve(c, a):
+    print("from", a[0], flush=True)
+    f = c.makefile("rwb", 0)
+    for line in f:
+        f.write(line)
+while True:
+    c, a = l.accept(); threading.Thread(target=serve, args=(c, a), daemon=True).start()
+"#;
+    std::fs::write(dir.path().join("server.py"), server).unwrap();
+    let out_path = dir.path().join("server.out");
+    let _server = Killed(
+        t.exec(
+            "ext",
+            &format!(
+                "exec python3 -u {} {ext}",
+                dir.path().join("server.py").display()
+            ),
+        )
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .spawn()
+        .unwrap(),
+    );
+    let seen = || std::fs::read_to_string(&out_path).unwrap_or_default();
+    let wait = |what: &dyn Fn() -> bool| {
+        (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            what()
+        })
+    };
+    assert!(wait(&|| seen().contains("listening")));
+    let weftd_log = dir.path().join("weftd.log");
+    let _weftd = Killed(
+        t.exec(
+            "node1",
+            &format!(
+                "exec {} run --mesh {} --node node1 --reload-interval 100ms",
+                weftd_bin().display(),
+                mesh_path.display()
+            ),
+        )
+        .stderr(std::fs::File::create(&weftd_log).unwrap())
+        .spawn()
+        .unwrap(),
+    );
+    let logs = || std::fs::read_to_string(&weftd_log).unwrap_or_default();
+    assert!(wait(&|| logs().contains("weftd started")), "{}", logs());
+
+    // One request from a pod process: connect, send a line, read it back.
+    let once = |tag: &str| {
+        let out = t
+            .pod_exec(
+                "client",
+                &format!("python3 -c \"import socket; s=socket.create_connection(('{ext}',7000),5); s.sendall(b'{tag}\\n'); print(s.recv(100).decode().strip())\""),
+            )
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let from = |who: &str| {
+        seen()
+            .lines()
+            .filter(|l| *l == format!("from {who}"))
+            .count()
+    };
+
+    assert_eq!(once("direct"), "direct");
+    assert_eq!(
+        (from(&client), from(&t.gateway)),
+        (1, 0),
+        "not enrolled yet, but captured:\n{}",
+        seen()
+    );
+
+    write(mesh("ambient"));
+    assert!(
+        wait(&|| logs().contains("enrolled for capture")),
+        "{}",
+        logs()
+    );
+    assert_eq!(once("captured"), "captured");
+    assert_eq!(
+        from(&t.gateway),
+        1,
+        "the enrolled pod's new connection was not captured:\n{}",
+        seen()
+    );
+
+    // A long-lived connection through weftd, held by a pod process.
+    let mut long = t
+        .exec(
+            "client",
+            &format!(
+                "echo $$ > {}/cgroup.procs && exec python3 -u -c \"import socket,sys; s=socket.create_connection(('{ext}',7000),5); f=s.makefile('rwb',0)\nfor line in sys.stdin: f.write(line.encode()); print(f.readline().decode().strip(), flush=True)\"",
+                t.cgroup.display()
+            ),
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = long.stdin.take().unwrap();
+    let mut lines = BufReader::new(long.stdout.take().unwrap()).lines();
+    writeln!(stdin, "before").unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "before");
+    assert_eq!(from(&t.gateway), 2);
+
+    write(mesh("none"));
+    assert!(
+        wait(&|| logs().contains("unenrolled from capture")),
+        "{}",
+        logs()
+    );
+    assert_eq!(once("direct-again"), "direct-again");
+    assert_eq!(
+        from(&client),
+        2,
+        "the unenrolled pod's new connection was still captured:\n{}",
+        seen()
+    );
+    writeln!(stdin, "after").unwrap();
+    assert_eq!(
+        lines.next().unwrap().unwrap(),
+        "after",
+        "the connection made through weftd broke at unenrolment"
+    );
+    drop(stdin);
+    let _ = long.kill();
+    let _ = long.wait();
+}
