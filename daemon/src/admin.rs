@@ -41,6 +41,7 @@ pub struct Admin {
     pub listeners: Mutex<Vec<String>>,
     /// All listeners bound.
     pub listening: AtomicBool,
+    pub capture: Option<Arc<Mutex<crate::capture::ebpf::Capture>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,6 +204,7 @@ struct Dump<'a> {
     listeners: Vec<String>,
     hbone_pool: PoolDump,
     certificates: Vec<weft_core::identity::CertificateStatus>,
+    capture: Option<crate::capture::ebpf::CaptureStatus>,
     #[serde(flatten)]
     state: weft_core::model::state::StateDump<'a>,
 }
@@ -229,6 +231,10 @@ fn config_dump(admin: &Admin) -> serde_json::Value {
             opened_total: admin.px.pool.opened_total(),
         },
         certificates: admin.px.certs.snapshot(),
+        capture: admin
+            .capture
+            .as_ref()
+            .map(|c| c.lock().unwrap_or_else(|p| p.into_inner()).status()),
         state: state.dump(),
     };
     serde_json::to_value(&dump).unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))

@@ -99,6 +99,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             };
             let mut c = Capture::start(cfg, &settings).context("starting eBPF capture")?;
             c.reconcile(&loaded.state, &node.name);
+            if let Some(stats) = c.take_stats() {
+                registry.register_collector(Box::new(stats));
+            }
             Some(Arc::new(Mutex::new(c)))
         }
         _ => None,
@@ -152,6 +155,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }),
         listeners: Mutex::new(Vec::new()),
         listening: Default::default(),
+        capture: capture.clone(),
     });
     let l = &node.listen;
     for (addr, surface) in [

@@ -197,6 +197,33 @@ workloads:
                 && l.ends_with(" 1")),
         "{metrics}"
     );
+    // Capture reports itself: one workload enrolled, one connect redirected (counted by the
+    // BPF program), and the attach state in the config dump.
+    assert!(
+        metrics.contains("weft_capture_enrolled_workloads 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("weft_capture_events_total{event=\"redirected\"} 1"),
+        "{metrics}"
+    );
+    let dump = t
+        .exec("node1", "curl -s http://127.0.0.1:15000/config_dump")
+        .output()
+        .unwrap();
+    let dump: serde_json::Value = serde_json::from_slice(&dump.stdout).unwrap();
+    assert_eq!(
+        dump["capture"]["enrolled"],
+        serde_json::json!(["default/client"])
+    );
+    assert_eq!(dump["capture"]["mode"], "ebpf");
+    assert!(
+        dump["capture"]["attached"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "weft_connect4")
+    );
 }
 
 /// Enrolment follows the mesh file at run time: enrolling a running pod captures its new

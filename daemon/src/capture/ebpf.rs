@@ -67,6 +67,18 @@ pub enum CaptureError {
     NotCapturable(String),
 }
 
+/// What capture is doing, for `/config_dump`.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CaptureStatus {
+    pub mode: &'static str,
+    pub cgroup: String,
+    pub redirect_address: String,
+    pub attached: Vec<&'static str>,
+    pub loaded_not_attached: Vec<&'static str>,
+    pub enrolled: Vec<String>,
+}
+
 struct Enrolled {
     cookie: u64,
     ip: Ipv4Addr,
@@ -127,6 +139,9 @@ pub struct Capture {
     redirect: Ipv4Addr,
     enrolled: HashMap<String, Enrolled>,
     destinations: std::sync::Arc<OriginalDestinations>,
+    enrolled_count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stats: Option<super::stats::CaptureStats>,
+    cgroup: PathBuf,
 }
 
 impl Capture {
@@ -160,13 +175,55 @@ impl Capture {
             name: "orig_by_addr",
             source,
         })?;
+        let stats = ebpf.take_map("stats").ok_or(CaptureError::Map {
+            name: "stats",
+            source: aya::maps::MapError::InvalidName {
+                name: "stats".into(),
+            },
+        })?;
+        let counters =
+            aya::maps::PerCpuArray::try_from(stats).map_err(|source| CaptureError::Map {
+                name: "stats",
+                source,
+            })?;
+        let enrolled_count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         tracing::info!(cgroup = %path.display(), redirect = %cfg.redirect_address, "eBPF outbound capture attached");
+        let path = path.clone();
         Ok(Capture {
             ebpf,
             redirect: cfg.redirect_address,
             enrolled: HashMap::new(),
             destinations: std::sync::Arc::new(OriginalDestinations { map }),
+            stats: Some(super::stats::CaptureStats {
+                counters,
+                enrolled: enrolled_count.clone(),
+            }),
+            enrolled_count,
+            cgroup: path,
         })
+    }
+
+    /// The metrics collector, once (the registry owns it from then on).
+    pub fn take_stats(&mut self) -> Option<super::stats::CaptureStats> {
+        self.stats.take()
+    }
+
+    /// For `/config_dump`.
+    pub fn status(&self) -> CaptureStatus {
+        let mut enrolled: Vec<String> = self.enrolled.keys().cloned().collect();
+        enrolled.sort();
+        CaptureStatus {
+            mode: "ebpf",
+            cgroup: self.cgroup.display().to_string(),
+            redirect_address: self.redirect.to_string(),
+            attached: bpf::SOCK_ADDR
+                .iter()
+                .copied()
+                .chain([bpf::SOCK_OPS])
+                .collect(),
+            loaded_not_attached: vec![bpf::SOCKOPT, bpf::CLASSIFIER, bpf::SK_LOOKUP],
+            enrolled,
+        }
     }
 
     pub fn destinations(&self) -> std::sync::Arc<OriginalDestinations> {
@@ -237,6 +294,8 @@ impl Capture {
             })?;
         self.enrolled
             .insert(uid.to_string(), Enrolled { cookie, ip });
+        self.enrolled_count
+            .store(self.enrolled.len(), std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -244,6 +303,8 @@ impl Capture {
         let Some(e) = self.enrolled.remove(uid) else {
             return Ok(());
         };
+        self.enrolled_count
+            .store(self.enrolled.len(), std::sync::atomic::Ordering::Relaxed);
         // New connections go direct from now on; ones already redirected keep their map
         // entries (keyed by socket) and finish through weftd.
         let _ = self.pods()?.remove(&e.cookie);

@@ -9,6 +9,7 @@ pub mod bpf;
 pub mod check;
 pub mod ebpf;
 pub mod proxy_protocol;
+pub mod stats;
 
 use std::net::SocketAddr;
 use std::time::Duration;
