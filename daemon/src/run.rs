@@ -1,6 +1,7 @@
 //! `weftd run`: load the mesh file, start the proxies and the admin servers, follow mesh-file
 //! edits, and drain on SIGTERM.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,10 @@ use crate::admin::{self, Admin, ConfigStatus, LogControl, Surface};
 use crate::capture::DestinationSource;
 use crate::capture::bpf::ProgramSettings;
 use crate::capture::ebpf::Capture;
+use crate::capture::netlink::Routing;
+
+/// Routing table of the capture rule (`ip rule fwmark 0x100/0xfff lookup 100`).
+const CAPTURE_TABLE: u32 = 100;
 use crate::proxy::Proxy;
 use crate::proxy::listeners::{self, WorkloadListeners};
 
@@ -88,6 +93,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     );
     // eBPF capture, when this node asks for it: programs attached and local workloads
     // enrolled before the outbound listener takes its first connection.
+    let mut transparent = None;
     let capture = match (&node.capture, &node.ebpf) {
         (CaptureKind::Ebpf, Some(cfg)) => {
             let settings = ProgramSettings {
@@ -98,10 +104,28 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 ..ProgramSettings::default()
             };
             let mut c = Capture::start(cfg, &settings).context("starting eBPF capture")?;
+            // Inbound: transparent listeners for every enrolled pod's address, steered by
+            // sk_lookup; bound before the programs can send them anything.
+            let hbone_listener = listeners::bind_transparent(SocketAddr::new(
+                std::net::Ipv4Addr::UNSPECIFIED.into(),
+                loaded.state.hbone_port,
+            ))
+            .context("binding the transparent HBONE listener")?;
+            let plaintext_listener = listeners::bind_transparent(SocketAddr::new(
+                std::net::Ipv4Addr::UNSPECIFIED.into(),
+                node.listen.inbound_plaintext_port,
+            ))
+            .context("binding the transparent plaintext listener")?;
+            let routing =
+                Routing::new(settings.capture_mark, CAPTURE_TABLE).context("opening netlink")?;
+            c.start_inbound(&hbone_listener, &plaintext_listener, &routing)
+                .await
+                .context("starting inbound capture")?;
             c.reconcile(&loaded.state, &node.name);
             if let Some(stats) = c.take_stats() {
                 registry.register_collector(Box::new(stats));
             }
+            transparent = Some((hbone_listener, plaintext_listener));
             Some(Arc::new(Mutex::new(c)))
         }
         _ => None,
@@ -185,6 +209,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         l.inbound_plaintext_port,
     )));
     reconcile(&admin, &workload_listeners, l.outbound);
+    if let Some((hbone_listener, plaintext_listener)) = transparent {
+        tokio::spawn(listeners::serve_transparent(
+            px.clone(),
+            hbone_listener,
+            plaintext_listener,
+            shutdown.clone(),
+        ));
+    }
     // An address that could not be bound (not configured yet, still in use) is retried until
     // it can, not only at the next mesh edit.
     {

@@ -403,3 +403,149 @@ while True:
     let _ = long.kill();
     let _ = long.wait();
 }
+
+/// Inbound capture: a pod outside the mesh calling enrolled pods on the same node reaches them
+/// only through weftd's plaintext listener: a PERMISSIVE pod answers (and sees weftd's node
+/// address, not the caller's), a STRICT one refuses.
+#[test]
+fn plaintext_to_enrolled_pods_is_steered_through_weftd() {
+    if !require_root("plaintext_to_enrolled_pods_is_steered_through_weftd") {
+        return;
+    }
+    use weft_tests::netns::Topology;
+    let id = 43;
+    let mut t = Topology::new(id).unwrap();
+    t.node("node1").unwrap();
+    let open = t.pod("node1", "open", 1, 2).unwrap();
+    let strict = t.pod("node1", "strict", 1, 3).unwrap();
+    let caller = t.pod("node1", "caller", 1, 4).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) =
+        weft_core::identity::generate_root("test", std::time::Duration::from_secs(3600)).unwrap();
+    std::fs::write(dir.path().join("root-cert.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("root-key.pem"), key).unwrap();
+    let mesh = format!(
+        r#"ca: {{certFile: root-cert.pem, keyFile: root-key.pem}}
+nodes:
+  - name: node1
+    capture: ebpf
+    ebpf: {{cgroup: "{cgroup}", redirectAddress: "{gw}"}}
+    listen: {{outbound: "0.0.0.0:15001"}}
+workloads:
+  - {{name: open, ips: [{open}], node: node1, inbound: permissive, netns: "{open_ns}"}}
+  - {{name: strict, ips: [{strict}], node: node1, netns: "{strict_ns}"}}
+  - {{name: caller, ips: [{caller}], node: node1, mode: none, netns: "{caller_ns}"}}
+"#,
+        cgroup = t.cgroup.display(),
+        gw = t.gateway,
+        open_ns = t.ns_path("open").display(),
+        strict_ns = t.ns_path("strict").display(),
+        caller_ns = t.ns_path("caller").display(),
+    );
+    std::fs::write(dir.path().join("mesh.yaml"), mesh).unwrap();
+    let mut servers = Vec::new();
+    for (pod, ip) in [("open", &open), ("strict", &strict)] {
+        let log = dir.path().join(format!("{pod}.log"));
+        servers.push(Killed(
+            t.exec(
+                pod,
+                &format!("exec python3 -u -m http.server 8080 --bind {ip}"),
+            )
+            .stdout(std::fs::File::create(dir.path().join(format!("{pod}.out"))).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+        ));
+    }
+    let up = |pod: &str| {
+        std::fs::read_to_string(dir.path().join(format!("{pod}.out")))
+            .is_ok_and(|o| o.contains("Serving HTTP"))
+    };
+    assert!((0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        up("open") && up("strict")
+    }));
+    let weftd_log = dir.path().join("weftd.log");
+    let _weftd = Killed(
+        t.exec(
+            "node1",
+            &format!(
+                "exec {} run --mesh {} --node node1",
+                weftd_bin().display(),
+                dir.path().join("mesh.yaml").display()
+            ),
+        )
+        .stderr(std::fs::File::create(&weftd_log).unwrap())
+        .spawn()
+        .unwrap(),
+    );
+    let logs = || std::fs::read_to_string(&weftd_log).unwrap_or_default();
+    let ready = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        t.exec("node1", "curl -sf http://127.0.0.1:15021/healthz/ready")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    assert!(ready, "{}", logs());
+    assert!(
+        logs().contains("eBPF inbound capture attached"),
+        "{}",
+        logs()
+    );
+
+    let curl = |ip: &str| {
+        let out = t
+            .pod_exec(
+                "caller",
+                &format!("curl -s -o /dev/null -w %{{http_code}} --max-time 5 http://{ip}:8080/"),
+            )
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let events = || {
+        let m = t
+            .exec("node1", "curl -s http://127.0.0.1:15020/metrics")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&m.stdout)
+            .lines()
+            .filter(|l| l.starts_with("weft_capture"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let routing = || {
+        let o = t
+            .exec("node1", "ip rule; ip route show table 100; ss -ltn")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert_eq!(
+        curl(&open),
+        "200",
+        "{}\n{}\n{}",
+        events(),
+        routing(),
+        logs()
+    );
+    let seen = std::fs::read_to_string(dir.path().join("open.log")).unwrap();
+    assert!(
+        seen.contains(&format!("{} - -", t.gateway)),
+        "the call did not come through weftd:\n{seen}"
+    );
+    assert!(
+        !seen.contains(&format!("{caller} - -")),
+        "the call reached the pod directly:\n{seen}"
+    );
+    assert_eq!(curl(&strict), "000", "a STRICT pod answered plaintext");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("strict.log")).unwrap(),
+        "",
+        "the STRICT pod saw the connection"
+    );
+    assert!(
+        logs().contains("refused: workload accepts mutual TLS only (STRICT)"),
+        "{}",
+        logs()
+    );
+}

@@ -65,6 +65,10 @@ pub enum CaptureError {
     },
     #[error("workload {0} has no netns path or no IPv4 address; it cannot be captured")]
     NotCapturable(String),
+    #[error(transparent)]
+    Routing(super::netlink::NetlinkError),
+    #[error("no /32 route to {0}: cannot find its host-side interface")]
+    NoInterface(Ipv4Addr),
 }
 
 /// What capture is doing, for `/config_dump`.
@@ -142,6 +146,9 @@ pub struct Capture {
     enrolled_count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     stats: Option<super::stats::CaptureStats>,
     cgroup: PathBuf,
+    /// Host-side interfaces the classifier is attached to.
+    classified: std::collections::HashSet<String>,
+    inbound: bool,
 }
 
 impl Capture {
@@ -200,7 +207,77 @@ impl Capture {
             }),
             enrolled_count,
             cgroup: path,
+            classified: Default::default(),
+            inbound: false,
         })
+    }
+
+    /// Inbound steering: sk_lookup on weftd's network namespace handing new connections to
+    /// enrolled pods to `hbone` and `plaintext` (transparent listeners), and the rule and local
+    /// table that make marked packets local. The classifier is attached per pod interface in
+    /// `reconcile`.
+    pub async fn start_inbound(
+        &mut self,
+        hbone: &tokio::net::TcpListener,
+        plaintext: &tokio::net::TcpListener,
+        routing: &super::netlink::Routing,
+    ) -> Result<(), CaptureError> {
+        let map = self.ebpf.map_mut("listeners").ok_or(CaptureError::Map {
+            name: "listeners",
+            source: aya::maps::MapError::InvalidName {
+                name: "listeners".into(),
+            },
+        })?;
+        let mut sockmap =
+            aya::maps::SockMap::try_from(map).map_err(|source| CaptureError::Map {
+                name: "listeners",
+                source,
+            })?;
+        sockmap
+            .set(0, plaintext, 0)
+            .map_err(|source| CaptureError::Map {
+                name: "listeners",
+                source,
+            })?;
+        sockmap
+            .set(1, hbone, 0)
+            .map_err(|source| CaptureError::Map {
+                name: "listeners",
+                source,
+            })?;
+        let netns = File::open("/proc/self/ns/net").map_err(|source| CaptureError::Netns {
+            netns: "/proc/self/ns/net".into(),
+            source,
+        })?;
+        program::<aya::programs::SkLookup>(&mut self.ebpf, bpf::SK_LOOKUP)?
+            .attach(netns)
+            .map_err(|source| CaptureError::Attach {
+                name: bpf::SK_LOOKUP,
+                source,
+            })?;
+        routing.install().await.map_err(CaptureError::Routing)?;
+        self.inbound = true;
+        tracing::info!("eBPF inbound capture attached");
+        Ok(())
+    }
+
+    /// Attaches the classifier to the host-side interface of `ip` (once per interface).
+    fn classify(&mut self, ip: Ipv4Addr) -> Result<(), CaptureError> {
+        let Some(iface) = host_interface(ip) else {
+            return Err(CaptureError::NoInterface(ip));
+        };
+        if self.classified.contains(&iface) {
+            return Ok(());
+        }
+        program::<aya::programs::SchedClassifier>(&mut self.ebpf, bpf::CLASSIFIER)?
+            .attach(&iface, aya::programs::TcAttachType::Ingress)
+            .map_err(|source| CaptureError::Attach {
+                name: bpf::CLASSIFIER,
+                source,
+            })?;
+        tracing::info!(interface = %iface, "classifier attached");
+        self.classified.insert(iface);
+        Ok(())
     }
 
     /// The metrics collector, once (the registry owns it from then on).
@@ -248,6 +325,19 @@ impl Capture {
         for uid in gone {
             if let Err(e) = self.unenrol(&uid) {
                 tracing::warn!(workload = %uid, "unenrolling: {e}");
+            }
+        }
+        if self.inbound {
+            // Every local pod's interface carries traffic towards enrolled pods, enrolled
+            // or not itself.
+            let ips: Vec<Ipv4Addr> = state
+                .local_workloads(node)
+                .flat_map(|w| w.ips.iter().filter_map(super::netlink::is_v4))
+                .collect();
+            for ip in ips {
+                if let Err(e) = self.classify(ip) {
+                    tracing::error!(%ip, "inbound capture for this pod's interface: {e}");
+                }
             }
         }
         for w in wanted {
@@ -394,5 +484,16 @@ pub fn netns_cookie(path: &Path) -> std::io::Result<u64> {
         })
         .join()
         .unwrap_or_else(|_| Err(std::io::Error::other("netns cookie thread panicked")))
+    })
+}
+
+/// The interface the main table routes `ip`/32 through (a ptp CNI's host-side veth), from
+/// /proc/net/route: the same table netlink reads, without a round trip per pod.
+fn host_interface(ip: Ipv4Addr) -> Option<String> {
+    let table = std::fs::read_to_string("/proc/net/route").ok()?;
+    let want = format!("{:08X}", u32::from_ne_bytes(ip.octets()));
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.len() > 7 && f[1] == want && f[7] == "FFFFFFFF").then(|| f[0].to_string())
     })
 }

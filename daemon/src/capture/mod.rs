@@ -8,6 +8,7 @@
 pub mod bpf;
 pub mod check;
 pub mod ebpf;
+pub mod netlink;
 pub mod proxy_protocol;
 pub mod stats;
 

@@ -26,6 +26,40 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+/// A listener that accepts connections to any address (IP_TRANSPARENT): sk_lookup hands it
+/// connections to pod addresses, which are not weftd's own; without IP_TRANSPARENT the
+/// SYN-ACK from the pod's address would have no route.
+pub fn bind_transparent(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.set_ip_transparent_v4(true)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// The transparent listeners of eBPF capture. The address a connection was accepted on is the
+/// pod's: it names the workload (HBONE) and is the original destination (plaintext).
+pub async fn serve_transparent(
+    px: Arc<Proxy>,
+    hbone: TcpListener,
+    plaintext: TcpListener,
+    stop: CancellationToken,
+) {
+    let shutdown = stop.clone();
+    let hbone_loop = accept_loop(px.clone(), hbone, stop.clone(), move |px, tcp, peer| {
+        inbound::handle_connection(px, tcp, peer, shutdown.clone())
+    });
+    let plaintext_loop = accept_loop(px, plaintext, stop, |px, tcp, peer| async move {
+        match tcp.local_addr() {
+            Ok(dst) => plaintext::handle(px, tcp, peer, dst).await,
+            Err(e) => tracing::debug!(%peer, "plaintext connection without a local address: {e}"),
+        }
+    });
+    tokio::join!(hbone_loop, plaintext_loop);
+}
+
 /// Accepts until `stop` fires, handing each connection to `on_conn` as a tracked task.
 pub async fn accept_loop<F, Fut>(
     px: Arc<Proxy>,
