@@ -35,6 +35,8 @@ pub struct Topology {
     pub prefix: String,
     namespaces: Vec<String>,
     pub cgroup: PathBuf,
+    /// More cgroup directories (one per further node), removed on drop.
+    extra_cgroups: Vec<PathBuf>,
     /// The node-side address every pod uses as its gateway (on every host veth).
     pub gateway: String,
     subnet: u8,
@@ -50,9 +52,19 @@ impl Topology {
             prefix,
             namespaces: Vec::new(),
             cgroup,
+            extra_cgroups: Vec::new(),
             gateway: format!("10.{id}.0.1"),
             subnet: id,
         })
+    }
+
+    /// Another cgroup2 directory, e.g. for a second node's pods: two weftd cannot both attach
+    /// to one cgroup.
+    pub fn extra_cgroup(&mut self, name: &str) -> anyhow::Result<PathBuf> {
+        let dir = cgroup2_root()?.join(format!("weft-test-{}-{name}", self.prefix));
+        std::fs::create_dir_all(&dir)?;
+        self.extra_cgroups.push(dir.clone());
+        Ok(dir)
     }
 
     pub fn ns_path(&self, name: &str) -> PathBuf {
@@ -106,6 +118,35 @@ impl Topology {
         Ok(ip)
     }
 
+    /// Joins two nodes with a veth `uplink` in both at 10.<id>.254.<a>/<b>, and routes
+    /// each node's pod network (10.<id>.<n>.0/24) over it. Returns the uplink addresses.
+    pub fn link_nodes(
+        &mut self,
+        a: &str,
+        a_net: u8,
+        b: &str,
+        b_net: u8,
+    ) -> anyhow::Result<(String, String)> {
+        let (na, nb) = (self.ns(a), self.ns(b));
+        let (ia, ib) = (
+            format!("10.{}.254.{a_net}", self.subnet),
+            format!("10.{}.254.{b_net}", self.subnet),
+        );
+        sh(&format!(
+            "ip -n {na} link add name uplink type veth peer name uplink netns {nb}"
+        ))?;
+        for (ns, mine, peer, peer_net) in [(&na, &ia, &ib, b_net), (&nb, &ib, &ia, a_net)] {
+            sh(&format!("ip -n {ns} addr add {mine}/32 dev uplink"))?;
+            sh(&format!("ip -n {ns} link set uplink up"))?;
+            sh(&format!("ip -n {ns} route add {peer}/32 dev uplink"))?;
+            sh(&format!(
+                "ip -n {ns} route add 10.{}.{peer_net}.0/24 via {peer} dev uplink",
+                self.subnet
+            ))?;
+        }
+        Ok((ia, ib))
+    }
+
     /// Runs `cmd` in namespace `name` (without remounting /sys, unlike `ip netns exec`).
     pub fn exec(&self, name: &str, cmd: &str) -> Command {
         let mut c = Command::new("nsenter");
@@ -136,11 +177,13 @@ impl Drop for Topology {
             let _ = sh(&format!("ip netns pids {ns} | xargs -r kill -9"));
             let _ = sh(&format!("ip netns del {ns}"));
         }
-        if let Ok(procs) = std::fs::read_to_string(self.cgroup.join("cgroup.procs")) {
-            for pid in procs.split_whitespace() {
-                let _ = sh(&format!("kill -9 {pid}"));
+        for cg in std::iter::once(&self.cgroup).chain(&self.extra_cgroups) {
+            if let Ok(procs) = std::fs::read_to_string(cg.join("cgroup.procs")) {
+                for pid in procs.split_whitespace() {
+                    let _ = sh(&format!("kill -9 {pid}"));
+                }
             }
+            let _ = std::fs::remove_dir(cg);
         }
-        let _ = std::fs::remove_dir(&self.cgroup);
     }
 }

@@ -549,3 +549,174 @@ workloads:
         logs()
     );
 }
+
+/// The mesh's promise, on the wire: an unmodified `curl` in an enrolled pod on node1 calls a
+/// service whose endpoint is an enrolled pod on node2. The reply arrives, both weftd count the
+/// connection as mutual TLS with the right principals, and a marker in the request never
+/// appears in a packet capture of the link between the nodes; the same request from an
+/// unenrolled pod does appear there (so the capture really sees the traffic).
+#[test]
+fn cross_node_traffic_between_enrolled_pods_is_mutual_tls_on_the_wire() {
+    if !require_root("cross_node_traffic_between_enrolled_pods_is_mutual_tls_on_the_wire") {
+        return;
+    }
+    use weft_tests::netns::Topology;
+    let id = 44;
+    let mut t = Topology::new(id).unwrap();
+    t.node("node1").unwrap();
+    t.node("node2").unwrap();
+    t.link_nodes("node1", 1, "node2", 2).unwrap();
+    let client = t.pod("node1", "client", 1, 2).unwrap();
+    let plain = t.pod("node1", "plain", 1, 3).unwrap();
+    let server = t.pod("node2", "server", 2, 2).unwrap();
+    let cgroup2 = t.extra_cgroup("node2").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) =
+        weft_core::identity::generate_root("test", std::time::Duration::from_secs(3600)).unwrap();
+    std::fs::write(dir.path().join("root-cert.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("root-key.pem"), key).unwrap();
+    let vip = format!("10.{id}.100.1");
+    let mesh = format!(
+        r#"ca: {{certFile: root-cert.pem, keyFile: root-key.pem}}
+nodes:
+  - name: node1
+    capture: ebpf
+    ebpf: {{cgroup: "{cg1}", redirectAddress: "{gw}", interfaces: [uplink]}}
+    listen: {{outbound: "0.0.0.0:15001"}}
+  - name: node2
+    capture: ebpf
+    ebpf: {{cgroup: "{cg2}", redirectAddress: "{gw}", interfaces: [uplink]}}
+    listen: {{outbound: "0.0.0.0:15001"}}
+workloads:
+  - {{name: client, serviceAccount: client, ips: [{client}], node: node1, netns: "{client_ns}"}}
+  - {{name: plain, ips: [{plain}], node: node1, mode: none, netns: "{plain_ns}"}}
+  - {{name: server, serviceAccount: server, ips: [{server}], node: node2, inbound: permissive, netns: "{server_ns}", labels: {{app: server}}}}
+services:
+  - {{name: server, vips: [{vip}], ports: [{{port: 80, targetPort: 8080}}], selector: {{app: server}}}}
+"#,
+        cg1 = t.cgroup.display(),
+        cg2 = cgroup2.display(),
+        gw = t.gateway,
+        client_ns = t.ns_path("client").display(),
+        plain_ns = t.ns_path("plain").display(),
+        server_ns = t.ns_path("server").display(),
+    );
+    std::fs::write(dir.path().join("mesh.yaml"), mesh).unwrap();
+    let _server = Killed(
+        t.exec(
+            "server",
+            &format!("exec python3 -u -m http.server 8080 --bind {server}"),
+        )
+        .stdout(std::fs::File::create(dir.path().join("server.out")).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
+        .spawn()
+        .unwrap(),
+    );
+    let mut weftds = Vec::new();
+    for node in ["node1", "node2"] {
+        let log = dir.path().join(format!("{node}.log"));
+        weftds.push(Killed(
+            t.exec(
+                node,
+                &format!(
+                    "exec {} run --mesh {} --node {node}",
+                    weftd_bin().display(),
+                    dir.path().join("mesh.yaml").display()
+                ),
+            )
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+        ));
+    }
+    let logs = |node: &str| {
+        std::fs::read_to_string(dir.path().join(format!("{node}.log"))).unwrap_or_default()
+    };
+    for node in ["node1", "node2"] {
+        let ready = (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            t.exec(node, "curl -sf http://127.0.0.1:15021/healthz/ready")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        assert!(ready, "{node} not ready:\n{}", logs(node));
+    }
+    assert!((0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::fs::read_to_string(dir.path().join("server.out"))
+            .is_ok_and(|o| o.contains("Serving HTTP"))
+    }));
+
+    // Capture the link between the nodes while the requests run.
+    let pcap = dir.path().join("link.pcap");
+    let mut dump = Killed(
+        t.exec(
+            "node1",
+            &format!("exec tcpdump -i uplink -s 0 -U -w {} tcp", pcap.display()),
+        )
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tcpdump must be installed"),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let curl = |pod: &str, url: &str, marker: &str| {
+        let out = t
+            .pod_exec(pod, &format!("curl -s -o /dev/null -w %{{http_code}} --max-time 5 -H 'x-marker: {marker}' {url}"))
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mesh_marker = "SECRET-THROUGH-THE-MESH-7f3a";
+    let plain_marker = "VISIBLE-WITHOUT-THE-MESH-91c2";
+    assert_eq!(
+        curl("client", &format!("http://{vip}/"), mesh_marker),
+        "200",
+        "node1:\n{}\nnode2:\n{}",
+        logs("node1"),
+        logs("node2")
+    );
+    assert_eq!(
+        curl("plain", &format!("http://{server}:8080/"), plain_marker),
+        "200",
+        "node2:\n{}",
+        logs("node2")
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = dump.0.kill();
+    let _ = dump.0.wait();
+    let captured = std::fs::read(&pcap).unwrap();
+    let contains = |needle: &str| {
+        captured
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+    };
+    assert!(
+        contains(plain_marker),
+        "the capture did not see the unenrolled pod's request ({} bytes)",
+        captured.len()
+    );
+    assert!(
+        !contains(mesh_marker),
+        "the enrolled pod's request crossed the link in clear text"
+    );
+
+    for (node, reporter) in [("node1", "source"), ("node2", "destination")] {
+        let m = t
+            .exec(node, "curl -s http://127.0.0.1:15020/metrics")
+            .output()
+            .unwrap();
+        let m = String::from_utf8_lossy(&m.stdout);
+        assert!(
+            m.lines()
+                .any(|l| l.starts_with("weft_tcp_connections_opened_total")
+                    && l.contains(&format!("reporter=\"{reporter}\""))
+                    && l.contains(
+                        "source_principal=\"spiffe://cluster.local/ns/default/sa/client\""
+                    )
+                    && l.contains(
+                        "destination_principal=\"spiffe://cluster.local/ns/default/sa/server\""
+                    )
+                    && l.contains("connection_security_policy=\"mutual_tls\"")),
+            "{node}:\n{m}"
+        );
+    }
+}

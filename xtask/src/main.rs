@@ -56,7 +56,7 @@ pub fn workspace_root() -> std::path::PathBuf {
 }
 
 fn test(extra: &[String]) -> anyhow::Result<()> {
-    tools::ensure(&[("openssl", "openssl")])?;
+    tools::ensure(&[("openssl", "openssl"), ("tcpdump", "tcpdump")])?;
     cargo(&["fmt", "--all", "--check"])?;
     ebpf::run(&["--check".to_string()])?;
     cargo(&[

@@ -130,6 +130,10 @@ pub struct EbpfFile {
     /// SO_MARK of weftd's own connections, so capture never takes them.
     #[serde(default = "default_weftd_mark")]
     pub mark: u32,
+    /// The node's uplinks: interfaces HBONE from other nodes arrives on. The inbound classifier
+    /// is attached to them as well as to every local pod's interface.
+    #[serde(default)]
+    pub interfaces: Vec<String>,
 }
 
 fn default_weftd_mark() -> u32 {

@@ -149,6 +149,7 @@ pub struct Capture {
     /// Host-side interfaces the classifier is attached to.
     classified: std::collections::HashSet<String>,
     inbound: bool,
+    uplinks: Vec<String>,
 }
 
 impl Capture {
@@ -209,6 +210,7 @@ impl Capture {
             cgroup: path,
             classified: Default::default(),
             inbound: false,
+            uplinks: cfg.interfaces.clone(),
         })
     }
 
@@ -256,6 +258,9 @@ impl Capture {
                 source,
             })?;
         routing.install().await.map_err(CaptureError::Routing)?;
+        for iface in self.uplinks.clone() {
+            self.attach_classifier(&iface)?;
+        }
         self.inbound = true;
         tracing::info!("eBPF inbound capture attached");
         Ok(())
@@ -266,17 +271,21 @@ impl Capture {
         let Some(iface) = host_interface(ip) else {
             return Err(CaptureError::NoInterface(ip));
         };
-        if self.classified.contains(&iface) {
+        self.attach_classifier(&iface)
+    }
+
+    fn attach_classifier(&mut self, iface: &str) -> Result<(), CaptureError> {
+        if self.classified.contains(iface) {
             return Ok(());
         }
         program::<aya::programs::SchedClassifier>(&mut self.ebpf, bpf::CLASSIFIER)?
-            .attach(&iface, aya::programs::TcAttachType::Ingress)
+            .attach(iface, aya::programs::TcAttachType::Ingress)
             .map_err(|source| CaptureError::Attach {
                 name: bpf::CLASSIFIER,
                 source,
             })?;
         tracing::info!(interface = %iface, "classifier attached");
-        self.classified.insert(iface);
+        self.classified.insert(iface.to_string());
         Ok(())
     }
 
