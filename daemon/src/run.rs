@@ -13,7 +13,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weft_core::config::{self, CaptureKind, ConfigError, LoadedMesh, MeshWatcher};
-use weft_core::hbone::{self, ClientTlsProvider, Pool};
+use weft_core::hbone::{self, ClientTlsProvider, MarkFor, Pool, no_mark};
 use weft_core::identity::{CertificateAuthority, CertificateManager, LocalCa};
 use weft_core::model::{MeshState, StateStore};
 use weft_core::telemetry::ConnectionMetrics;
@@ -83,14 +83,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         connect_timeout: node.hbone.connect_timeout,
         ..hbone::Settings::default()
     };
-    let pool = Pool::new(
-        settings.clone(),
-        Arc::new(certs.clone()) as Arc<dyn ClientTlsProvider>,
-        node.ebpf
-            .as_ref()
-            .map(|e| e.mark)
-            .filter(|_| node.capture == CaptureKind::Ebpf),
-    );
     // eBPF capture, when this node asks for it: programs attached and local workloads
     // enrolled before the outbound listener takes its first connection.
     let mut transparent = None;
@@ -144,6 +136,34 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     };
     let workload_count = loaded.state.workloads.len();
     let state = StateStore::new(loaded.state);
+    let pool_marks: MarkFor = match (&node.capture, &node.ebpf) {
+        (CaptureKind::Ebpf, Some(cfg)) => {
+            let (own, capture_mark, store, me, node_ip) = (
+                cfg.mark,
+                ProgramSettings::default().capture_mark,
+                state.clone(),
+                node.name.clone(),
+                std::net::IpAddr::V4(cfg.redirect_address),
+            );
+            Arc::new(move |addr: SocketAddr| {
+                let local = store
+                    .current()
+                    .workload_by_ip(addr.ip())
+                    .is_some_and(|w| w.node == me);
+                if local {
+                    (Some(capture_mark), Some(node_ip))
+                } else {
+                    (Some(own), None)
+                }
+            })
+        }
+        _ => no_mark(),
+    };
+    let pool = Pool::new(
+        settings.clone(),
+        Arc::new(certs.clone()) as Arc<dyn ClientTlsProvider>,
+        pool_marks,
+    );
     let shutdown = CancellationToken::new();
     let px = Arc::new(Proxy {
         node: node.name.clone(),

@@ -720,3 +720,137 @@ services:
         );
     }
 }
+
+/// Writes a root CA into `dir` for a mesh file that names it.
+fn write_ca(dir: &std::path::Path) {
+    let (cert, key) =
+        weft_core::identity::generate_root("test", std::time::Duration::from_secs(3600)).unwrap();
+    std::fs::write(dir.join("root-cert.pem"), cert).unwrap();
+    std::fs::write(dir.join("root-key.pem"), key).unwrap();
+}
+
+/// `python3 -m http.server` on `ip:8080` in `pod`, once it serves; its access log is
+/// `<dir>/<pod>.log`.
+fn http_server(
+    t: &weft_tests::netns::Topology,
+    dir: &std::path::Path,
+    pod: &str,
+    ip: &str,
+) -> Killed {
+    let out = dir.join(format!("{pod}.out"));
+    let server = Killed(
+        t.exec(
+            pod,
+            &format!("exec python3 -u -m http.server 8080 --bind {ip}"),
+        )
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(dir.join(format!("{pod}.log"))).unwrap())
+        .spawn()
+        .unwrap(),
+    );
+    let up = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::fs::read_to_string(&out).is_ok_and(|o| o.contains("Serving HTTP"))
+    });
+    assert!(up, "http server in {pod} did not start");
+    server
+}
+
+/// weftd for `node` in its namespace, once ready; its log is `<dir>/<node>.log`.
+fn start_weftd(t: &weft_tests::netns::Topology, dir: &std::path::Path, node: &str) -> Killed {
+    let log = dir.join(format!("{node}.log"));
+    let mesh = dir.join("mesh.yaml");
+    let w = Killed(
+        t.exec(
+            node,
+            &format!(
+                "exec {} run --mesh {} --node {node}",
+                weftd_bin().display(),
+                mesh.display()
+            ),
+        )
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap(),
+    );
+    let ready = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        t.exec(node, "curl -sf http://127.0.0.1:15021/healthz/ready")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    assert!(
+        ready,
+        "{node} not ready:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    w
+}
+
+fn node_metrics(t: &weft_tests::netns::Topology, node: &str) -> String {
+    let m = t
+        .exec(node, "curl -s http://127.0.0.1:15020/metrics")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&m.stdout).into_owned()
+}
+
+/// Enrolled to enrolled on one node: the tunnel to the node's own HBONE listener is made local
+/// by the capture mark, and the connection is mutual TLS on both sides of it.
+#[test]
+fn same_node_traffic_between_enrolled_pods_is_mutual_tls() {
+    if !require_root("same_node_traffic_between_enrolled_pods_is_mutual_tls") {
+        return;
+    }
+    use weft_tests::netns::Topology;
+    let id = 45;
+    let mut t = Topology::new(id).unwrap();
+    t.node("node1").unwrap();
+    let client = t.pod("node1", "client", 1, 2).unwrap();
+    let server = t.pod("node1", "server", 1, 3).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_ca(dir.path());
+    std::fs::write(
+        dir.path().join("mesh.yaml"),
+        format!(
+            r#"ca: {{certFile: root-cert.pem, keyFile: root-key.pem}}
+nodes:
+  - {{name: node1, capture: ebpf, ebpf: {{cgroup: "{cg}", redirectAddress: "{gw}"}}, listen: {{outbound: "0.0.0.0:15001"}}}}
+workloads:
+  - {{name: client, serviceAccount: client, ips: [{client}], node: node1, netns: "{cns}"}}
+  - {{name: server, serviceAccount: server, ips: [{server}], node: node1, netns: "{sns}"}}
+"#,
+            cg = t.cgroup.display(),
+            gw = t.gateway,
+            cns = t.ns_path("client").display(),
+            sns = t.ns_path("server").display(),
+        ),
+    )
+    .unwrap();
+    let _server = http_server(&t, dir.path(), "server", &server);
+    let _weftd = start_weftd(&t, dir.path(), "node1");
+    let out = t
+        .pod_exec(
+            "client",
+            &format!("curl -s -o /dev/null -w %{{http_code}} --max-time 5 http://{server}:8080/"),
+        )
+        .unwrap();
+    let logs = std::fs::read_to_string(dir.path().join("node1.log")).unwrap_or_default();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{logs}");
+    let m = node_metrics(&t, "node1");
+    for reporter in ["source", "destination"] {
+        assert!(
+            m.lines()
+                .any(|l| l.starts_with("weft_tcp_connections_opened_total")
+                    && l.contains(&format!("reporter=\"{reporter}\""))
+                    && l.contains(
+                        "source_principal=\"spiffe://cluster.local/ns/default/sa/client\""
+                    )
+                    && l.contains(
+                        "destination_principal=\"spiffe://cluster.local/ns/default/sa/server\""
+                    )
+                    && l.contains("connection_security_policy=\"mutual_tls\"")),
+            "{reporter}:\n{m}\n{logs}"
+        );
+    }
+}

@@ -57,6 +57,15 @@ impl ConnectRequest {
 
 /// A TCP connection from weftd itself, marked so that capture never takes it again.
 pub async fn connect_tcp(addr: SocketAddr, mark: Option<u32>) -> std::io::Result<TcpStream> {
+    connect_tcp_from(addr, mark, None).await
+}
+
+/// [`connect_tcp`] from a chosen source address.
+pub async fn connect_tcp_from(
+    addr: SocketAddr,
+    mark: Option<u32>,
+    source: Option<std::net::IpAddr>,
+) -> std::io::Result<TcpStream> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -64,6 +73,9 @@ pub async fn connect_tcp(addr: SocketAddr, mark: Option<u32>) -> std::io::Result
     };
     if let Some(mark) = mark {
         socket2::SockRef::from(&socket).set_mark(mark)?;
+    }
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0))?;
     }
     socket.set_nodelay(true)?;
     socket.connect(addr).await
@@ -82,9 +94,10 @@ pub async fn establish(
     tls: Arc<rustls::ClientConfig>,
     settings: &Settings,
     mark: Option<u32>,
+    source: Option<std::net::IpAddr>,
 ) -> Result<Established, HboneError> {
     let work = async {
-        let tcp = connect_tcp(addr, mark)
+        let tcp = connect_tcp_from(addr, mark, source)
             .await
             .map_err(|source| HboneError::Connect { addr, source })?;
         let tls = TlsConnector::from(tls)

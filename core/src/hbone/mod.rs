@@ -14,7 +14,7 @@ pub mod splice;
 use std::time::Duration;
 
 pub use client::{ClientTlsProvider, ConnectRequest};
-pub use pool::{Pool, PoolKey, PooledStream};
+pub use pool::{MarkFor, Pool, PoolKey, PooledStream, no_mark};
 pub use splice::{SpliceEnd, SpliceOutcome, splice, splice_tcp};
 
 /// Flow-control and multiplexing settings. The defaults are Istio's, which are sized so that

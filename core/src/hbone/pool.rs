@@ -20,6 +20,17 @@ use super::client::{ClientTlsProvider, ConnectRequest, establish};
 use super::{HboneError, Settings};
 use crate::identity::SpiffeId;
 
+/// How a tunnel to an address is dialled: its SO_MARK and source address. With eBPF capture,
+/// tunnels to pods on this node carry the capture mark (routing makes them local, sk_lookup
+/// hands them to the node's own HBONE listener) and a node source address (so the listener's
+/// replies are local too); all others carry weftd's own mark, which is never captured.
+pub type MarkFor = Arc<dyn Fn(SocketAddr) -> (Option<u32>, Option<std::net::IpAddr>) + Send + Sync>;
+
+/// No marks: for nodes without capture.
+pub fn no_mark() -> MarkFor {
+    Arc::new(|_| (None, None))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     pub source: SpiffeId,
@@ -48,7 +59,7 @@ const FAIL_FAST: Duration = Duration::from_secs(1);
 struct Inner {
     settings: Settings,
     tls: Arc<dyn ClientTlsProvider>,
-    mark: Option<u32>,
+    mark: MarkFor,
     slots: Mutex<HashMap<PoolKey, Arc<Slot>>>,
     opened: AtomicU64,
 }
@@ -80,7 +91,7 @@ impl Drop for Lease {
 
 impl Pool {
     /// Must be called inside a tokio runtime: it starts the task that closes idle connections.
-    pub fn new(settings: Settings, tls: Arc<dyn ClientTlsProvider>, mark: Option<u32>) -> Self {
+    pub fn new(settings: Settings, tls: Arc<dyn ClientTlsProvider>, mark: MarkFor) -> Self {
         let inner = Arc::new(Inner {
             settings,
             tls,
@@ -186,7 +197,8 @@ impl Pool {
                 .tls
                 .client_config(&key.source, &key.destination)
                 .await?;
-            establish(addr, tls, &self.inner.settings, self.inner.mark).await
+            let (mark, source) = (self.inner.mark)(addr);
+            establish(addr, tls, &self.inner.settings, mark, source).await
         }
         .await;
         let mut failure = slot.last_failure.lock().unwrap_or_else(|p| p.into_inner());
