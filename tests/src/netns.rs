@@ -4,7 +4,8 @@
 //! The host's own namespace, routes and sysctls are never touched.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
@@ -40,6 +41,7 @@ pub struct Topology {
     /// The node-side address every pod uses as its gateway (on every host veth).
     pub gateway: String,
     subnet: u8,
+    pods: std::collections::HashMap<String, String>,
 }
 
 impl Topology {
@@ -55,7 +57,13 @@ impl Topology {
             extra_cgroups: Vec::new(),
             gateway: format!("10.{id}.0.1"),
             subnet: id,
+            pods: Default::default(),
         })
+    }
+
+    /// The address of pod `name` (empty if there is none).
+    pub fn pod_ip(&self, name: &str) -> String {
+        self.pods.get(name).cloned().unwrap_or_default()
     }
 
     /// Another cgroup2 directory, e.g. for a second node's pods: two weftd cannot both attach
@@ -115,6 +123,7 @@ impl Topology {
             "ip -n {ns} route add default via {} dev eth0",
             self.gateway
         ))?;
+        self.pods.insert(name.to_string(), ip.clone());
         Ok(ip)
     }
 
@@ -185,5 +194,104 @@ impl Drop for Topology {
             }
             let _ = std::fs::remove_dir(cg);
         }
+    }
+}
+
+/// A child process killed (and reaped) when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `f` every 50 ms for up to 5 s.
+pub fn wait_for(mut f: impl FnMut() -> bool) -> bool {
+    (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        f()
+    })
+}
+
+/// Writes a fresh root CA (`root-cert.pem`, `root-key.pem`) into `dir`.
+pub fn write_ca(dir: &Path) -> anyhow::Result<()> {
+    let (cert, key) = weft_core::identity::generate_root("test", Duration::from_secs(3600))?;
+    std::fs::write(dir.join("root-cert.pem"), cert)?;
+    std::fs::write(dir.join("root-key.pem"), key)?;
+    Ok(())
+}
+
+impl Topology {
+    /// `python3 -m http.server` on `ip:8080` in `pod`, once it serves. Its access log (client
+    /// addresses) is `<dir>/<pod>.log`.
+    pub fn http_server(&self, dir: &Path, pod: &str, ip: &str) -> anyhow::Result<Killed> {
+        let out = dir.join(format!("{pod}.out"));
+        let server = Killed(
+            self.exec(
+                pod,
+                &format!("exec python3 -u -m http.server 8080 --bind {ip}"),
+            )
+            .stdout(std::fs::File::create(&out)?)
+            .stderr(std::fs::File::create(dir.join(format!("{pod}.log")))?)
+            .spawn()?,
+        );
+        if !wait_for(|| std::fs::read_to_string(&out).is_ok_and(|o| o.contains("Serving HTTP"))) {
+            bail!("http server in {pod} did not start");
+        }
+        Ok(server)
+    }
+
+    /// weftd for `node` in its namespace with `<dir>/mesh.yaml`, once ready. Its log is
+    /// `<dir>/<node>.log`.
+    pub fn start_weftd(&self, dir: &Path, node: &str, extra: &str) -> anyhow::Result<Killed> {
+        let log = dir.join(format!("{node}.log"));
+        let cmd = format!(
+            "exec {} run --mesh {} --node {node} {extra}",
+            crate::weftd_bin().display(),
+            dir.join("mesh.yaml").display()
+        );
+        let w = Killed(
+            self.exec(node, &cmd)
+                .stderr(std::fs::File::create(&log)?)
+                .spawn()?,
+        );
+        let ready = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            self.exec(node, "curl -sf http://127.0.0.1:15021/healthz/ready")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        if !ready {
+            bail!(
+                "{node} not ready:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        Ok(w)
+    }
+
+    /// A GET of `path` on the node's own address (admin, metrics), from inside its namespace.
+    pub fn node_get(&self, node: &str, url: &str) -> String {
+        self.exec(node, &format!("curl -s {url}"))
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    pub fn metrics(&self, node: &str) -> String {
+        self.node_get(node, "http://127.0.0.1:15020/metrics")
+    }
+
+    /// The HTTP status a pod process gets from `url` ("000": no answer within 5 s), sending
+    /// any extra curl arguments.
+    pub fn curl_status(&self, pod: &str, url: &str, extra: &str) -> String {
+        self.pod_exec(
+            pod,
+            &format!("curl -s -o /dev/null -w %{{http_code}} --max-time 5 {extra} {url}"),
+        )
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
     }
 }

@@ -1,78 +1,54 @@
-//! Transparent capture with eBPF. Needs root; see `weft_tests::require_root`.
+//! Transparent capture with eBPF, end to end: network namespaces as nodes and pods (veth pairs
+//! with /32 routes like a ptp CNI), pod processes in a dedicated cgroup2 directory, real weftd,
+//! curl, python servers and tcpdump. Needs root; see `weft_tests::require_root`.
 
-use std::process::Command;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
-use weft_tests::{require_root, weftd_bin};
+use weft_tests::netns::{Killed, Topology, wait_for, write_ca};
+use weft_tests::require_root;
 
-/// `weftd capture check` loads every capture program through this kernel's verifier. The bpf
-/// file system it needs is mounted in a private mount namespace, so the host's mounts are
-/// untouched.
-#[test]
-fn capture_check_loads_every_program_into_the_kernel() {
-    if !require_root("capture_check_loads_every_program_into_the_kernel") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let script = format!(
-        "mount -t bpf bpf {dir} && exec {weftd} capture check --bpffs {dir}",
-        dir = dir.path().display(),
-        weftd = weftd_bin().display()
-    );
-    let out = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .output()
-        .expect("unshare (util-linux) must be installed");
+/// A node entry for the mesh file: eBPF capture of the pods in `cgroup`.
+fn ebpf_node(t: &Topology, name: &str, cgroup: &Path, uplinks: &str) -> String {
+    format!(
+        "  - {{name: {name}, capture: ebpf, ebpf: {{cgroup: \"{}\", redirectAddress: \"{}\", interfaces: [{uplinks}]}}, listen: {{outbound: \"0.0.0.0:15001\"}}}}\n",
+        cgroup.display(),
+        t.gateway
+    )
+}
+
+/// A workload entry in namespace `pod` of the topology.
+fn pod_entry(t: &Topology, pod: &str, ip: &str, node: &str, extra: &str) -> String {
+    format!(
+        "  - {{name: {pod}, serviceAccount: {pod}, ips: [{ip}], node: {node}, netns: \"{}\", labels: {{app: {pod}}}{extra}}}\n",
+        t.ns_path(pod).display()
+    )
+}
+
+fn write_mesh(dir: &Path, nodes: &str, workloads: &str, rest: &str) {
+    write_ca(dir).unwrap();
     let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        "ca: {{certFile: root-cert.pem, keyFile: root-key.pem}}\nnodes:\n{nodes}workloads:\n{workloads}{rest}"
     );
-    assert!(out.status.success(), "capture check failed:\n{text}");
-    for program in [
-        "weft_connect4",
-        "weft_connect6",
-        "weft_getpeername4",
-        "weft_getpeername6",
-        "weft_sockops",
-        "weft_getsockopt",
-        "weft_ingress",
-        "weft_sk_lookup",
-    ] {
-        assert!(
-            text.contains(&format!("ok   program {program} accepted by the verifier")),
-            "{text}"
-        );
-    }
+    let tmp = dir.join("mesh.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join("mesh.yaml")).unwrap();
 }
 
-/// Without a bpf file system the check fails and says how to get one.
-#[test]
-fn capture_check_names_what_is_missing() {
-    if !require_root("capture_check_names_what_is_missing") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(weftd_bin())
-        .args(["capture", "check", "--bpffs"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success());
-    assert!(
-        text.contains("is not a bpf file system: mount one with `mount -t bpf bpf"),
-        "{text}"
-    );
+fn read(path: impl AsRef<Path>) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
 }
 
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// True when some `weft_tcp_connections_opened_total` series of `metrics` has every label.
+fn opened(metrics: &str, labels: &[&str]) -> bool {
+    metrics.lines().any(|l| {
+        l.starts_with("weft_tcp_connections_opened_total") && labels.iter().all(|w| l.contains(w))
+    })
 }
+
+const CLIENT: &str = "source_principal=\"spiffe://cluster.local/ns/default/sa/client\"";
+const SERVER: &str = "destination_principal=\"spiffe://cluster.local/ns/default/sa/server\"";
+const MTLS: &str = "connection_security_policy=\"mutual_tls\"";
 
 /// An unmodified `curl` in an enrolled pod reaches a server outside the mesh through weftd
 /// (the server sees weftd's node address, and weftd counts the pod's connection), while the
@@ -82,95 +58,29 @@ fn enrolled_pod_connections_are_captured_and_unenrolled_ones_are_not() {
     if !require_root("enrolled_pod_connections_are_captured_and_unenrolled_ones_are_not") {
         return;
     }
-    use weft_tests::netns::Topology;
-    let id = 41;
-    let mut t = Topology::new(id).unwrap();
+    let mut t = Topology::new(41).unwrap();
     t.node("node1").unwrap();
     let client = t.pod("node1", "client", 1, 2).unwrap();
     let plain = t.pod("node1", "plain", 1, 3).unwrap();
     let ext = t.pod("node1", "ext", 9, 2).unwrap();
-
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) =
-        weft_core::identity::generate_root("test", std::time::Duration::from_secs(3600)).unwrap();
-    std::fs::write(dir.path().join("root-cert.pem"), cert).unwrap();
-    std::fs::write(dir.path().join("root-key.pem"), key).unwrap();
-    let mesh = format!(
-        r#"ca: {{certFile: root-cert.pem, keyFile: root-key.pem}}
-nodes:
-  - name: node1
-    capture: ebpf
-    ebpf: {{cgroup: "{cgroup}", redirectAddress: "{gw}"}}
-    listen: {{outbound: "0.0.0.0:15001"}}
-workloads:
-  - {{name: client, ips: [{client}], node: node1, netns: "{client_ns}"}}
-  - {{name: plain, ips: [{plain}], node: node1, mode: none, netns: "{plain_ns}"}}
-"#,
-        cgroup = t.cgroup.display(),
-        gw = t.gateway,
-        client_ns = t.ns_path("client").display(),
-        plain_ns = t.ns_path("plain").display(),
+    let workloads = pod_entry(&t, "client", &client, "node1", "")
+        + &pod_entry(&t, "plain", &plain, "node1", ", mode: none");
+    write_mesh(
+        dir.path(),
+        &ebpf_node(&t, "node1", &t.cgroup, ""),
+        &workloads,
+        "",
     );
-    std::fs::write(dir.path().join("mesh.yaml"), mesh).unwrap();
-
-    let server_log = dir.path().join("server.log");
-    let _server = Killed(
-        t.exec(
-            "ext",
-            &format!("exec python3 -u -m http.server 8080 --bind {ext}"),
-        )
-        .stdout(std::fs::File::create(dir.path().join("server.out")).unwrap())
-        .stderr(std::fs::File::create(&server_log).unwrap())
-        .spawn()
-        .unwrap(),
-    );
-    let serving = (0..100).any(|_| {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        std::fs::read_to_string(dir.path().join("server.out"))
-            .is_ok_and(|o| o.contains("Serving HTTP"))
-    });
-    assert!(serving, "the outside server did not start");
-    let weftd_log = dir.path().join("weftd.log");
-    let mut weftd = Killed(
-        t.exec(
-            "node1",
-            &format!(
-                "exec {} run --mesh {} --node node1",
-                weftd_bin().display(),
-                dir.path().join("mesh.yaml").display()
-            ),
-        )
-        .stderr(std::fs::File::create(&weftd_log).unwrap())
-        .spawn()
-        .unwrap(),
-    );
-    let logs = || std::fs::read_to_string(&weftd_log).unwrap_or_default();
-    let ready = (0..100).any(|_| {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        t.exec("node1", "curl -sf http://127.0.0.1:15021/healthz/ready")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    assert!(
-        ready,
-        "weftd not ready (exit: {:?}):\n{}",
-        weftd.0.try_wait(),
-        logs()
-    );
+    let _server = t.http_server(dir.path(), "ext", &ext).unwrap();
+    let _weftd = t.start_weftd(dir.path(), "node1", "").unwrap();
+    let logs = || read(dir.path().join("node1.log"));
     assert!(logs().contains("enrolled for capture"), "{}", logs());
 
-    let curl = |pod: &str| {
-        let out = t
-            .pod_exec(
-                pod,
-                &format!("curl -s -o /dev/null -w %{{http_code}} --max-time 5 http://{ext}:8080/"),
-            )
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    assert_eq!(curl("client"), "200", "weftd log:\n{}", logs());
-    assert_eq!(curl("plain"), "200");
-    let seen = std::fs::read_to_string(&server_log).unwrap();
+    let url = format!("http://{ext}:8080/");
+    assert_eq!(t.curl_status("client", &url, ""), "200", "{}", logs());
+    assert_eq!(t.curl_status("plain", &url, ""), "200");
+    let seen = read(dir.path().join("ext.log"));
     assert!(
         seen.contains(&format!("{} - -", t.gateway)),
         "the enrolled pod's request did not come from weftd:\n{seen}"
@@ -183,18 +93,12 @@ workloads:
         !seen.contains(&format!("{client} - -")),
         "the enrolled pod reached the server directly:\n{seen}"
     );
-    let metrics = t
-        .exec("node1", "curl -s http://127.0.0.1:15020/metrics")
-        .output()
-        .unwrap();
-    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let metrics = t.metrics("node1");
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("weft_tcp_connections_opened_total")
-                && l.contains("reporter=\"source\"")
-                && l.contains("source_workload=\"client\"")
-                && l.ends_with(" 1")),
+        opened(
+            &metrics,
+            &["reporter=\"source\"", "source_workload=\"client\""]
+        ),
         "{metrics}"
     );
     // Capture reports itself: one workload enrolled, one connect redirected (counted by the
@@ -207,11 +111,8 @@ workloads:
         metrics.contains("weft_capture_events_total{event=\"redirected\"} 1"),
         "{metrics}"
     );
-    let dump = t
-        .exec("node1", "curl -s http://127.0.0.1:15000/config_dump")
-        .output()
-        .unwrap();
-    let dump: serde_json::Value = serde_json::from_slice(&dump.stdout).unwrap();
+    let dump: serde_json::Value =
+        serde_json::from_str(&t.node_get("node1", "http://127.0.0.1:15000/config_dump")).unwrap();
     assert_eq!(
         dump["capture"]["enrolled"],
         serde_json::json!(["default/client"])
@@ -235,54 +136,34 @@ fn enrolment_follows_the_mesh_file_and_spares_open_connections() {
         return;
     }
     use std::io::{BufRead, BufReader, Write};
-    use weft_tests::netns::Topology;
-    let id = 42;
-    let mut t = Topology::new(id).unwrap();
+    let mut t = Topology::new(42).unwrap();
     t.node("node1").unwrap();
     let client = t.pod("node1", "client", 1, 2).unwrap();
     let ext = t.pod("node1", "ext", 9, 2).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) =
-        weft_core::identity::generate_root("test", std::time::Duration::from_secs(3600)).unwrap();
-    std::fs::write(dir.path().join("root-cert.pem"), cert).unwrap();
-    std::fs::write(dir.path().join("root-key.pem"), key).unwrap();
+    let node = ebpf_node(&t, "node1", &t.cgroup, "");
     let mesh = |mode: &str| {
-        format!(
-            r#"ca: {{certFile: root-cert.pem, keyFile: root-key.pem}}
-nodes:
-  - name: node1
-    capture: ebpf
-    ebpf: {{cgroup: "{cgroup}", redirectAddress: "{gw}"}}
-    listen: {{outbound: "0.0.0.0:15001"}}
-workloads:
-  - {{name: client, ips: [{client}], node: node1, mode: {mode}, netns: "{ns}"}}
-"#,
-            cgroup = t.cgroup.display(),
-            gw = t.gateway,
-            ns = t.ns_path("client").display(),
+        write_mesh(
+            dir.path(),
+            &node,
+            &pod_entry(&t, "client", &client, "node1", &format!(", mode: {mode}")),
+            "",
         )
     };
-    let mesh_path = dir.path().join("mesh.yaml");
-    let write = |text: String| {
-        let tmp = dir.path().join("mesh.tmp");
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, &mesh_path).unwrap();
-    };
-    write(mesh("none"));
+    mesh("none");
 
     // The outside server echoes lines and prints who connected.
-    let server = r#"
-import socket, sys, threading
+    let server = "import socket, sys, threading
 l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-l.bind((sys.argv[1], 7000)); l.listen(16); print("listening", flush=True)
+l.bind((sys.argv[1], 7000)); l.listen(16); print('listening', flush=True)
 def serve(c, a):
-    print("from", a[0], flush=True)
-    f = c.makefile("rwb", 0)
+    print('from', a[0], flush=True)
+    f = c.makefile('rwb', 0)
     for line in f:
         f.write(line)
 while True:
     c, a = l.accept(); threading.Thread(target=serve, args=(c, a), daemon=True).start()
-"#;
+";
     std::fs::write(dir.path().join("server.py"), server).unwrap();
     let out_path = dir.path().join("server.out");
     let _server = Killed(
@@ -297,38 +178,20 @@ while True:
         .spawn()
         .unwrap(),
     );
-    let seen = || std::fs::read_to_string(&out_path).unwrap_or_default();
-    let wait = |what: &dyn Fn() -> bool| {
-        (0..100).any(|_| {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            what()
-        })
-    };
-    assert!(wait(&|| seen().contains("listening")));
-    let weftd_log = dir.path().join("weftd.log");
-    let _weftd = Killed(
-        t.exec(
-            "node1",
-            &format!(
-                "exec {} run --mesh {} --node node1 --reload-interval 100ms",
-                weftd_bin().display(),
-                mesh_path.display()
-            ),
-        )
-        .stderr(std::fs::File::create(&weftd_log).unwrap())
-        .spawn()
-        .unwrap(),
-    );
-    let logs = || std::fs::read_to_string(&weftd_log).unwrap_or_default();
-    assert!(wait(&|| logs().contains("weftd started")), "{}", logs());
+    let seen = || read(&out_path);
+    assert!(wait_for(|| seen().contains("listening")));
+    let _weftd = t
+        .start_weftd(dir.path(), "node1", "--reload-interval 100ms")
+        .unwrap();
+    let logs = || read(dir.path().join("node1.log"));
 
     // One request from a pod process: connect, send a line, read it back.
     let once = |tag: &str| {
+        let py = format!(
+            "import socket; s=socket.create_connection(('{ext}',7000),5); s.sendall(b'{tag}\\n'); print(s.recv(100).decode().strip())"
+        );
         let out = t
-            .pod_exec(
-                "client",
-                &format!("python3 -c \"import socket; s=socket.create_connection(('{ext}',7000),5); s.sendall(b'{tag}\\n'); print(s.recv(100).decode().strip())\""),
-            )
+            .pod_exec("client", &format!("python3 -c \"{py}\""))
             .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
@@ -347,9 +210,9 @@ while True:
         seen()
     );
 
-    write(mesh("ambient"));
+    mesh("ambient");
     assert!(
-        wait(&|| logs().contains("enrolled for capture")),
+        wait_for(|| logs().contains("enrolled for capture")),
         "{}",
         logs()
     );
@@ -362,11 +225,14 @@ while True:
     );
 
     // A long-lived connection through weftd, held by a pod process.
+    let py = format!(
+        "import socket,sys; s=socket.create_connection(('{ext}',7000),5); f=s.makefile('rwb',0)\nfor line in sys.stdin: f.write(line.encode()); print(f.readline().decode().strip(), flush=True)"
+    );
     let mut long = t
         .exec(
             "client",
             &format!(
-                "echo $$ > {}/cgroup.procs && exec python3 -u -c \"import socket,sys; s=socket.create_connection(('{ext}',7000),5); f=s.makefile('rwb',0)\nfor line in sys.stdin: f.write(line.encode()); print(f.readline().decode().strip(), flush=True)\"",
+                "echo $$ > {}/cgroup.procs && exec python3 -u -c \"{py}\"",
                 t.cgroup.display()
             ),
         )
@@ -380,9 +246,9 @@ while True:
     assert_eq!(lines.next().unwrap().unwrap(), "before");
     assert_eq!(from(&t.gateway), 2);
 
-    write(mesh("none"));
+    mesh("none");
     assert!(
-        wait(&|| logs().contains("unenrolled from capture")),
+        wait_for(|| logs().contains("unenrolled from capture")),
         "{}",
         logs()
     );
@@ -412,123 +278,56 @@ fn plaintext_to_enrolled_pods_is_steered_through_weftd() {
     if !require_root("plaintext_to_enrolled_pods_is_steered_through_weftd") {
         return;
     }
-    use weft_tests::netns::Topology;
-    let id = 43;
-    let mut t = Topology::new(id).unwrap();
+    let mut t = Topology::new(43).unwrap();
     t.node("node1").unwrap();
     let open = t.pod("node1", "open", 1, 2).unwrap();
     let strict = t.pod("node1", "strict", 1, 3).unwrap();
     let caller = t.pod("node1", "caller", 1, 4).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) =
-        weft_core::identity::generate_root("test", std::time::Duration::from_secs(3600)).unwrap();
-    std::fs::write(dir.path().join("root-cert.pem"), cert).unwrap();
-    std::fs::write(dir.path().join("root-key.pem"), key).unwrap();
-    let mesh = format!(
-        r#"ca: {{certFile: root-cert.pem, keyFile: root-key.pem}}
-nodes:
-  - name: node1
-    capture: ebpf
-    ebpf: {{cgroup: "{cgroup}", redirectAddress: "{gw}"}}
-    listen: {{outbound: "0.0.0.0:15001"}}
-workloads:
-  - {{name: open, ips: [{open}], node: node1, inbound: permissive, netns: "{open_ns}"}}
-  - {{name: strict, ips: [{strict}], node: node1, netns: "{strict_ns}"}}
-  - {{name: caller, ips: [{caller}], node: node1, mode: none, netns: "{caller_ns}"}}
-"#,
-        cgroup = t.cgroup.display(),
-        gw = t.gateway,
-        open_ns = t.ns_path("open").display(),
-        strict_ns = t.ns_path("strict").display(),
-        caller_ns = t.ns_path("caller").display(),
+    let workloads = pod_entry(&t, "open", &open, "node1", ", inbound: permissive")
+        + &pod_entry(&t, "strict", &strict, "node1", "")
+        + &pod_entry(&t, "caller", &caller, "node1", ", mode: none");
+    write_mesh(
+        dir.path(),
+        &ebpf_node(&t, "node1", &t.cgroup, ""),
+        &workloads,
+        "",
     );
-    std::fs::write(dir.path().join("mesh.yaml"), mesh).unwrap();
-    let mut servers = Vec::new();
-    for (pod, ip) in [("open", &open), ("strict", &strict)] {
-        let log = dir.path().join(format!("{pod}.log"));
-        servers.push(Killed(
-            t.exec(
-                pod,
-                &format!("exec python3 -u -m http.server 8080 --bind {ip}"),
-            )
-            .stdout(std::fs::File::create(dir.path().join(format!("{pod}.out"))).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-        ));
-    }
-    let up = |pod: &str| {
-        std::fs::read_to_string(dir.path().join(format!("{pod}.out")))
-            .is_ok_and(|o| o.contains("Serving HTTP"))
-    };
-    assert!((0..100).any(|_| {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        up("open") && up("strict")
-    }));
-    let weftd_log = dir.path().join("weftd.log");
-    let _weftd = Killed(
-        t.exec(
-            "node1",
-            &format!(
-                "exec {} run --mesh {} --node node1",
-                weftd_bin().display(),
-                dir.path().join("mesh.yaml").display()
-            ),
-        )
-        .stderr(std::fs::File::create(&weftd_log).unwrap())
-        .spawn()
-        .unwrap(),
-    );
-    let logs = || std::fs::read_to_string(&weftd_log).unwrap_or_default();
-    let ready = (0..100).any(|_| {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        t.exec("node1", "curl -sf http://127.0.0.1:15021/healthz/ready")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    assert!(ready, "{}", logs());
+    let _open = t.http_server(dir.path(), "open", &open).unwrap();
+    let _strict = t.http_server(dir.path(), "strict", &strict).unwrap();
+    let _weftd = t.start_weftd(dir.path(), "node1", "").unwrap();
+    let logs = || read(dir.path().join("node1.log"));
     assert!(
         logs().contains("eBPF inbound capture attached"),
         "{}",
         logs()
     );
-
-    let curl = |ip: &str| {
-        let out = t
-            .pod_exec(
-                "caller",
-                &format!("curl -s -o /dev/null -w %{{http_code}} --max-time 5 http://{ip}:8080/"),
-            )
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let events = || {
-        let m = t
-            .exec("node1", "curl -s http://127.0.0.1:15020/metrics")
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&m.stdout)
+    let diagnose = || {
+        let events: Vec<String> = t
+            .metrics("node1")
             .lines()
             .filter(|l| l.starts_with("weft_capture"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    let routing = || {
-        let o = t
+            .map(String::from)
+            .collect();
+        let routing = t
             .exec("node1", "ip rule; ip route show table 100; ss -ltn")
             .output()
             .unwrap();
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        format!(
+            "{}\n{}\n{}",
+            events.join("\n"),
+            String::from_utf8_lossy(&routing.stdout),
+            logs()
+        )
     };
+
     assert_eq!(
-        curl(&open),
+        t.curl_status("caller", &format!("http://{open}:8080/"), ""),
         "200",
-        "{}\n{}\n{}",
-        events(),
-        routing(),
-        logs()
+        "{}",
+        diagnose()
     );
-    let seen = std::fs::read_to_string(dir.path().join("open.log")).unwrap();
+    let seen = read(dir.path().join("open.log"));
     assert!(
         seen.contains(&format!("{} - -", t.gateway)),
         "the call did not come through weftd:\n{seen}"
@@ -537,9 +336,13 @@ workloads:
         !seen.contains(&format!("{caller} - -")),
         "the call reached the pod directly:\n{seen}"
     );
-    assert_eq!(curl(&strict), "000", "a STRICT pod answered plaintext");
     assert_eq!(
-        std::fs::read_to_string(dir.path().join("strict.log")).unwrap(),
+        t.curl_status("caller", &format!("http://{strict}:8080/"), ""),
+        "000",
+        "a STRICT pod answered plaintext"
+    );
+    assert_eq!(
+        read(dir.path().join("strict.log")),
         "",
         "the STRICT pod saw the connection"
     );
@@ -560,7 +363,6 @@ fn cross_node_traffic_between_enrolled_pods_is_mutual_tls_on_the_wire() {
     if !require_root("cross_node_traffic_between_enrolled_pods_is_mutual_tls_on_the_wire") {
         return;
     }
-    use weft_tests::netns::Topology;
     let id = 44;
     let mut t = Topology::new(id).unwrap();
     t.node("node1").unwrap();
@@ -571,81 +373,20 @@ fn cross_node_traffic_between_enrolled_pods_is_mutual_tls_on_the_wire() {
     let server = t.pod("node2", "server", 2, 2).unwrap();
     let cgroup2 = t.extra_cgroup("node2").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) =
-        weft_core::identity::generate_root("test", std::time::Duration::from_secs(3600)).unwrap();
-    std::fs::write(dir.path().join("root-cert.pem"), cert).unwrap();
-    std::fs::write(dir.path().join("root-key.pem"), key).unwrap();
     let vip = format!("10.{id}.100.1");
-    let mesh = format!(
-        r#"ca: {{certFile: root-cert.pem, keyFile: root-key.pem}}
-nodes:
-  - name: node1
-    capture: ebpf
-    ebpf: {{cgroup: "{cg1}", redirectAddress: "{gw}", interfaces: [uplink]}}
-    listen: {{outbound: "0.0.0.0:15001"}}
-  - name: node2
-    capture: ebpf
-    ebpf: {{cgroup: "{cg2}", redirectAddress: "{gw}", interfaces: [uplink]}}
-    listen: {{outbound: "0.0.0.0:15001"}}
-workloads:
-  - {{name: client, serviceAccount: client, ips: [{client}], node: node1, netns: "{client_ns}"}}
-  - {{name: plain, ips: [{plain}], node: node1, mode: none, netns: "{plain_ns}"}}
-  - {{name: server, serviceAccount: server, ips: [{server}], node: node2, inbound: permissive, netns: "{server_ns}", labels: {{app: server}}}}
-services:
-  - {{name: server, vips: [{vip}], ports: [{{port: 80, targetPort: 8080}}], selector: {{app: server}}}}
-"#,
-        cg1 = t.cgroup.display(),
-        cg2 = cgroup2.display(),
-        gw = t.gateway,
-        client_ns = t.ns_path("client").display(),
-        plain_ns = t.ns_path("plain").display(),
-        server_ns = t.ns_path("server").display(),
+    let nodes =
+        ebpf_node(&t, "node1", &t.cgroup, "uplink") + &ebpf_node(&t, "node2", &cgroup2, "uplink");
+    let workloads = pod_entry(&t, "client", &client, "node1", "")
+        + &pod_entry(&t, "plain", &plain, "node1", ", mode: none")
+        + &pod_entry(&t, "server", &server, "node2", ", inbound: permissive");
+    let services = format!(
+        "services:\n  - {{name: server, vips: [{vip}], ports: [{{port: 80, targetPort: 8080}}], selector: {{app: server}}}}\n"
     );
-    std::fs::write(dir.path().join("mesh.yaml"), mesh).unwrap();
-    let _server = Killed(
-        t.exec(
-            "server",
-            &format!("exec python3 -u -m http.server 8080 --bind {server}"),
-        )
-        .stdout(std::fs::File::create(dir.path().join("server.out")).unwrap())
-        .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
-        .spawn()
-        .unwrap(),
-    );
-    let mut weftds = Vec::new();
-    for node in ["node1", "node2"] {
-        let log = dir.path().join(format!("{node}.log"));
-        weftds.push(Killed(
-            t.exec(
-                node,
-                &format!(
-                    "exec {} run --mesh {} --node {node}",
-                    weftd_bin().display(),
-                    dir.path().join("mesh.yaml").display()
-                ),
-            )
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-        ));
-    }
-    let logs = |node: &str| {
-        std::fs::read_to_string(dir.path().join(format!("{node}.log"))).unwrap_or_default()
-    };
-    for node in ["node1", "node2"] {
-        let ready = (0..100).any(|_| {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            t.exec(node, "curl -sf http://127.0.0.1:15021/healthz/ready")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-        assert!(ready, "{node} not ready:\n{}", logs(node));
-    }
-    assert!((0..100).any(|_| {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        std::fs::read_to_string(dir.path().join("server.out"))
-            .is_ok_and(|o| o.contains("Serving HTTP"))
-    }));
+    write_mesh(dir.path(), &nodes, &workloads, &services);
+    let _server = t.http_server(dir.path(), "server", &server).unwrap();
+    let _weftd1 = t.start_weftd(dir.path(), "node1", "").unwrap();
+    let _weftd2 = t.start_weftd(dir.path(), "node2", "").unwrap();
+    let logs = |node: &str| read(dir.path().join(format!("{node}.log")));
 
     // Capture the link between the nodes while the requests run.
     let pcap = dir.path().join("link.pcap");
@@ -658,29 +399,28 @@ services:
         .spawn()
         .expect("tcpdump must be installed"),
     );
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let curl = |pod: &str, url: &str, marker: &str| {
-        let out = t
-            .pod_exec(pod, &format!("curl -s -o /dev/null -w %{{http_code}} --max-time 5 -H 'x-marker: {marker}' {url}"))
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    std::thread::sleep(Duration::from_millis(500));
     let mesh_marker = "SECRET-THROUGH-THE-MESH-7f3a";
     let plain_marker = "VISIBLE-WITHOUT-THE-MESH-91c2";
+    let status = t.curl_status(
+        "client",
+        &format!("http://{vip}/"),
+        &format!("-H 'x-marker: {mesh_marker}'"),
+    );
     assert_eq!(
-        curl("client", &format!("http://{vip}/"), mesh_marker),
+        status,
         "200",
         "node1:\n{}\nnode2:\n{}",
         logs("node1"),
         logs("node2")
     );
-    assert_eq!(
-        curl("plain", &format!("http://{server}:8080/"), plain_marker),
-        "200",
-        "node2:\n{}",
-        logs("node2")
+    let status = t.curl_status(
+        "plain",
+        &format!("http://{server}:8080/"),
+        &format!("-H 'x-marker: {plain_marker}'"),
     );
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(status, "200", "node2:\n{}", logs("node2"));
+    std::thread::sleep(Duration::from_millis(500));
     let _ = dump.0.kill();
     let _ = dump.0.wait();
     let captured = std::fs::read(&pcap).unwrap();
@@ -699,100 +439,16 @@ services:
         "the enrolled pod's request crossed the link in clear text"
     );
 
-    for (node, reporter) in [("node1", "source"), ("node2", "destination")] {
-        let m = t
-            .exec(node, "curl -s http://127.0.0.1:15020/metrics")
-            .output()
-            .unwrap();
-        let m = String::from_utf8_lossy(&m.stdout);
+    for (node, reporter) in [
+        ("node1", "reporter=\"source\""),
+        ("node2", "reporter=\"destination\""),
+    ] {
+        let m = t.metrics(node);
         assert!(
-            m.lines()
-                .any(|l| l.starts_with("weft_tcp_connections_opened_total")
-                    && l.contains(&format!("reporter=\"{reporter}\""))
-                    && l.contains(
-                        "source_principal=\"spiffe://cluster.local/ns/default/sa/client\""
-                    )
-                    && l.contains(
-                        "destination_principal=\"spiffe://cluster.local/ns/default/sa/server\""
-                    )
-                    && l.contains("connection_security_policy=\"mutual_tls\"")),
+            opened(&m, &[reporter, CLIENT, SERVER, MTLS]),
             "{node}:\n{m}"
         );
     }
-}
-
-/// Writes a root CA into `dir` for a mesh file that names it.
-fn write_ca(dir: &std::path::Path) {
-    let (cert, key) =
-        weft_core::identity::generate_root("test", std::time::Duration::from_secs(3600)).unwrap();
-    std::fs::write(dir.join("root-cert.pem"), cert).unwrap();
-    std::fs::write(dir.join("root-key.pem"), key).unwrap();
-}
-
-/// `python3 -m http.server` on `ip:8080` in `pod`, once it serves; its access log is
-/// `<dir>/<pod>.log`.
-fn http_server(
-    t: &weft_tests::netns::Topology,
-    dir: &std::path::Path,
-    pod: &str,
-    ip: &str,
-) -> Killed {
-    let out = dir.join(format!("{pod}.out"));
-    let server = Killed(
-        t.exec(
-            pod,
-            &format!("exec python3 -u -m http.server 8080 --bind {ip}"),
-        )
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(dir.join(format!("{pod}.log"))).unwrap())
-        .spawn()
-        .unwrap(),
-    );
-    let up = (0..100).any(|_| {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        std::fs::read_to_string(&out).is_ok_and(|o| o.contains("Serving HTTP"))
-    });
-    assert!(up, "http server in {pod} did not start");
-    server
-}
-
-/// weftd for `node` in its namespace, once ready; its log is `<dir>/<node>.log`.
-fn start_weftd(t: &weft_tests::netns::Topology, dir: &std::path::Path, node: &str) -> Killed {
-    let log = dir.join(format!("{node}.log"));
-    let mesh = dir.join("mesh.yaml");
-    let w = Killed(
-        t.exec(
-            node,
-            &format!(
-                "exec {} run --mesh {} --node {node}",
-                weftd_bin().display(),
-                mesh.display()
-            ),
-        )
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap(),
-    );
-    let ready = (0..100).any(|_| {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        t.exec(node, "curl -sf http://127.0.0.1:15021/healthz/ready")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    assert!(
-        ready,
-        "{node} not ready:\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    w
-}
-
-fn node_metrics(t: &weft_tests::netns::Topology, node: &str) -> String {
-    let m = t
-        .exec(node, "curl -s http://127.0.0.1:15020/metrics")
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&m.stdout).into_owned()
 }
 
 /// Enrolled to enrolled on one node: the tunnel to the node's own HBONE listener is made local
@@ -802,55 +458,113 @@ fn same_node_traffic_between_enrolled_pods_is_mutual_tls() {
     if !require_root("same_node_traffic_between_enrolled_pods_is_mutual_tls") {
         return;
     }
-    use weft_tests::netns::Topology;
-    let id = 45;
+    let (t, dir, _server, _weftd) = same_node(45, "");
+    let server = t.pod_ip("server");
+    assert_eq!(
+        t.curl_status("client", &format!("http://{server}:8080/"), ""),
+        "200",
+        "{}",
+        read(dir.path().join("node1.log"))
+    );
+    let m = t.metrics("node1");
+    for reporter in ["reporter=\"source\"", "reporter=\"destination\""] {
+        assert!(
+            opened(&m, &[reporter, CLIENT, SERVER, MTLS]),
+            "{reporter}:\n{m}"
+        );
+    }
+}
+
+/// `client` and `server` enrolled on one node, with `policies` (a YAML list) in the mesh.
+fn same_node(id: u8, policies: &str) -> (Topology, tempfile::TempDir, Killed, Killed) {
     let mut t = Topology::new(id).unwrap();
     t.node("node1").unwrap();
     let client = t.pod("node1", "client", 1, 2).unwrap();
     let server = t.pod("node1", "server", 1, 3).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    write_ca(dir.path());
-    std::fs::write(
-        dir.path().join("mesh.yaml"),
-        format!(
-            r#"ca: {{certFile: root-cert.pem, keyFile: root-key.pem}}
-nodes:
-  - {{name: node1, capture: ebpf, ebpf: {{cgroup: "{cg}", redirectAddress: "{gw}"}}, listen: {{outbound: "0.0.0.0:15001"}}}}
-workloads:
-  - {{name: client, serviceAccount: client, ips: [{client}], node: node1, netns: "{cns}"}}
-  - {{name: server, serviceAccount: server, ips: [{server}], node: node1, netns: "{sns}"}}
-"#,
-            cg = t.cgroup.display(),
-            gw = t.gateway,
-            cns = t.ns_path("client").display(),
-            sns = t.ns_path("server").display(),
-        ),
-    )
-    .unwrap();
-    let _server = http_server(&t, dir.path(), "server", &server);
-    let _weftd = start_weftd(&t, dir.path(), "node1");
-    let out = t
-        .pod_exec(
-            "client",
-            &format!("curl -s -o /dev/null -w %{{http_code}} --max-time 5 http://{server}:8080/"),
-        )
-        .unwrap();
-    let logs = std::fs::read_to_string(dir.path().join("node1.log")).unwrap_or_default();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{logs}");
-    let m = node_metrics(&t, "node1");
-    for reporter in ["source", "destination"] {
-        assert!(
-            m.lines()
-                .any(|l| l.starts_with("weft_tcp_connections_opened_total")
-                    && l.contains(&format!("reporter=\"{reporter}\""))
-                    && l.contains(
-                        "source_principal=\"spiffe://cluster.local/ns/default/sa/client\""
-                    )
-                    && l.contains(
-                        "destination_principal=\"spiffe://cluster.local/ns/default/sa/server\""
-                    )
-                    && l.contains("connection_security_policy=\"mutual_tls\"")),
-            "{reporter}:\n{m}\n{logs}"
-        );
+    let workloads = pod_entry(&t, "client", &client, "node1", "")
+        + &pod_entry(&t, "server", &server, "node1", "");
+    let rest = if policies.is_empty() {
+        String::new()
+    } else {
+        format!("policies:\n{policies}\n")
+    };
+    write_mesh(
+        dir.path(),
+        &ebpf_node(&t, "node1", &t.cgroup, ""),
+        &workloads,
+        &rest,
+    );
+    let s = t.http_server(dir.path(), "server", &server).unwrap();
+    let w = t.start_weftd(dir.path(), "node1", "").unwrap();
+    (t, dir, s, w)
+}
+
+/// A DENY between enrolled pods: the client fails fast and the server never sees it.
+#[test]
+fn deny_between_enrolled_pods_fails_fast_and_server_never_sees_it() {
+    if !require_root("deny_between_enrolled_pods_fails_fast_and_server_never_sees_it") {
+        return;
     }
+    let deny = r#"  - {name: deny-client, namespace: default, selector: {matchLabels: {app: server}}, action: DENY,
+     rules: [{from: [{source: {principals: ["cluster.local/ns/default/sa/client"]}}]}]}"#;
+    let (t, dir, _server, _weftd) = same_node(46, deny);
+    let start = Instant::now();
+    let status = t.curl_status(
+        "client",
+        &format!("http://{}:8080/", t.pod_ip("server")),
+        "",
+    );
+    assert_eq!(status, "000", "a denied request got an answer");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "denial took {:?}: no fast failure",
+        start.elapsed()
+    );
+    assert_eq!(
+        read(dir.path().join("server.log")),
+        "",
+        "the server saw a denied connection"
+    );
+    let m = t.metrics("node1");
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("weft_tcp_connections_failed_total")
+                && l.contains("reason=\"denied\"")),
+        "{m}"
+    );
+}
+
+/// A pod's own loopback traffic, and weftd's own connections, are never captured: no loops.
+#[test]
+fn pod_loopback_and_weftd_own_connections_are_not_captured() {
+    if !require_root("pod_loopback_and_weftd_own_connections_are_not_captured") {
+        return;
+    }
+    let (t, dir, _server, _weftd) = same_node(47, "");
+    // A server on the pod's loopback, called from inside the (enrolled) pod.
+    let _local = t.http_server(dir.path(), "client", "127.0.0.1").unwrap();
+    assert_eq!(t.curl_status("client", "http://127.0.0.1:8080/", ""), "200");
+    let redirected = || {
+        t.metrics("node1")
+            .lines()
+            .find(|l| l.starts_with("weft_capture_events_total{event=\"redirected\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+    };
+    assert_eq!(redirected(), Some(0), "loopback traffic was redirected");
+    // One real mesh connection: exactly one redirect, though weftd itself opened further
+    // connections (to the node's HBONE listener and to the server) on the way.
+    assert_eq!(
+        t.curl_status(
+            "client",
+            &format!("http://{}:8080/", t.pod_ip("server")),
+            ""
+        ),
+        "200"
+    );
+    assert_eq!(
+        redirected(),
+        Some(1),
+        "weftd's own connections were captured"
+    );
 }
