@@ -173,22 +173,14 @@ impl Capture {
         program::<SockOps>(&mut ebpf, SOCK_OPS)?
             .attach(&cgroup, CgroupAttachMode::Single)
             .map_err(attach_err(SOCK_OPS))?;
-        let map = ebpf.take_map("orig_by_addr").ok_or(CaptureError::Map {
-            name: "orig_by_addr",
-            source: aya::maps::MapError::InvalidName {
-                name: "orig_by_addr".into(),
-            },
-        })?;
+        let map = ebpf
+            .take_map("orig_by_addr")
+            .ok_or_else(|| no_map("orig_by_addr"))?;
         let map = BpfHashMap::try_from(map).map_err(|source| CaptureError::Map {
             name: "orig_by_addr",
             source,
         })?;
-        let stats = ebpf.take_map("stats").ok_or(CaptureError::Map {
-            name: "stats",
-            source: aya::maps::MapError::InvalidName {
-                name: "stats".into(),
-            },
-        })?;
+        let stats = ebpf.take_map("stats").ok_or_else(|| no_map("stats"))?;
         let counters =
             aya::maps::PerCpuArray::try_from(stats).map_err(|source| CaptureError::Map {
                 name: "stats",
@@ -224,12 +216,10 @@ impl Capture {
         plaintext: &tokio::net::TcpListener,
         routing: &super::netlink::Routing,
     ) -> Result<(), CaptureError> {
-        let map = self.ebpf.map_mut("listeners").ok_or(CaptureError::Map {
-            name: "listeners",
-            source: aya::maps::MapError::InvalidName {
-                name: "listeners".into(),
-            },
-        })?;
+        let map = self
+            .ebpf
+            .map_mut("listeners")
+            .ok_or_else(|| no_map("listeners"))?;
         let mut sockmap =
             aya::maps::SockMap::try_from(map).map_err(|source| CaptureError::Map {
                 name: "listeners",
@@ -416,12 +406,7 @@ impl Capture {
         let map = self
             .ebpf
             .map_mut("pods_by_netns")
-            .ok_or(CaptureError::Map {
-                name: "pods_by_netns",
-                source: aya::maps::MapError::InvalidName {
-                    name: "pods_by_netns".into(),
-                },
-            })?;
+            .ok_or_else(|| no_map("pods_by_netns"))?;
         BpfHashMap::try_from(map).map_err(|source| CaptureError::Map {
             name: "pods_by_netns",
             source,
@@ -429,16 +414,22 @@ impl Capture {
     }
 
     fn pod_ips(&mut self) -> Result<BpfHashMap<&mut aya::maps::MapData, u32, u32>, CaptureError> {
-        let map = self.ebpf.map_mut("pod_ips").ok_or(CaptureError::Map {
-            name: "pod_ips",
-            source: aya::maps::MapError::InvalidName {
-                name: "pod_ips".into(),
-            },
-        })?;
+        let map = self
+            .ebpf
+            .map_mut("pod_ips")
+            .ok_or_else(|| no_map("pod_ips"))?;
         BpfHashMap::try_from(map).map_err(|source| CaptureError::Map {
             name: "pod_ips",
             source,
         })
+    }
+}
+
+/// The object lacks a map the code expects: a stale or foreign object.
+fn no_map(name: &'static str) -> CaptureError {
+    CaptureError::Map {
+        name,
+        source: aya::maps::MapError::InvalidName { name: name.into() },
     }
 }
 
