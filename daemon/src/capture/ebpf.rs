@@ -176,16 +176,9 @@ impl Capture {
         let map = ebpf
             .take_map("orig_by_addr")
             .ok_or_else(|| no_map("orig_by_addr"))?;
-        let map = BpfHashMap::try_from(map).map_err(|source| CaptureError::Map {
-            name: "orig_by_addr",
-            source,
-        })?;
+        let map = BpfHashMap::try_from(map).map_err(map_error("orig_by_addr"))?;
         let stats = ebpf.take_map("stats").ok_or_else(|| no_map("stats"))?;
-        let counters =
-            aya::maps::PerCpuArray::try_from(stats).map_err(|source| CaptureError::Map {
-                name: "stats",
-                source,
-            })?;
+        let counters = aya::maps::PerCpuArray::try_from(stats).map_err(map_error("stats"))?;
         let enrolled_count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         tracing::info!(cgroup = %path.display(), redirect = %cfg.redirect_address, "eBPF outbound capture attached");
         let path = path.clone();
@@ -220,23 +213,11 @@ impl Capture {
             .ebpf
             .map_mut("listeners")
             .ok_or_else(|| no_map("listeners"))?;
-        let mut sockmap =
-            aya::maps::SockMap::try_from(map).map_err(|source| CaptureError::Map {
-                name: "listeners",
-                source,
-            })?;
+        let mut sockmap = aya::maps::SockMap::try_from(map).map_err(map_error("listeners"))?;
         sockmap
             .set(0, plaintext, 0)
-            .map_err(|source| CaptureError::Map {
-                name: "listeners",
-                source,
-            })?;
-        sockmap
-            .set(1, hbone, 0)
-            .map_err(|source| CaptureError::Map {
-                name: "listeners",
-                source,
-            })?;
+            .map_err(map_error("listeners"))?;
+        sockmap.set(1, hbone, 0).map_err(map_error("listeners"))?;
         let netns = File::open("/proc/self/ns/net").map_err(|source| CaptureError::Netns {
             netns: "/proc/self/ns/net".into(),
             source,
@@ -331,7 +312,7 @@ impl Capture {
             // or not itself.
             let ips: Vec<Ipv4Addr> = state
                 .local_workloads(node)
-                .flat_map(|w| w.ips.iter().filter_map(super::netlink::is_v4))
+                .flat_map(|w| w.ips.iter().filter_map(ipv4))
                 .collect();
             for ip in ips {
                 if let Err(e) = self.classify(ip) {
@@ -343,10 +324,7 @@ impl Capture {
             if self.enrolled.contains_key(&w.uid) {
                 continue;
             }
-            let ip = w.ips.iter().find_map(|ip| match ip {
-                IpAddr::V4(v4) => Some(*v4),
-                IpAddr::V6(_) => None,
-            });
+            let ip = w.ips.iter().find_map(ipv4);
             let result = match (&w.netns, ip) {
                 (Some(netns), Some(ip)) => self.enrol(&w.uid, netns, ip),
                 _ => Err(CaptureError::NotCapturable(w.key())),
@@ -371,16 +349,17 @@ impl Capture {
         };
         self.pods()?
             .insert(cookie, entry, 0)
-            .map_err(|source| CaptureError::Map {
-                name: "pods_by_netns",
-                source,
-            })?;
-        self.pod_ips()?
-            .insert(entry.ip4, ENROLLED, 0)
-            .map_err(|source| CaptureError::Map {
-                name: "pod_ips",
-                source,
-            })?;
+            .map_err(map_error("pods_by_netns"))?;
+        // Both entries or neither: a pod redirected outbound but not steered inbound would be
+        // half in the mesh.
+        let steered = self.pod_ips().and_then(|mut m| {
+            m.insert(entry.ip4, ENROLLED, 0)
+                .map_err(map_error("pod_ips"))
+        });
+        if let Err(e) = steered {
+            let _ = self.pods()?.remove(&cookie);
+            return Err(e);
+        }
         self.enrolled
             .insert(uid.to_string(), Enrolled { cookie, ip });
         self.enrolled_count
@@ -407,10 +386,7 @@ impl Capture {
             .ebpf
             .map_mut("pods_by_netns")
             .ok_or_else(|| no_map("pods_by_netns"))?;
-        BpfHashMap::try_from(map).map_err(|source| CaptureError::Map {
-            name: "pods_by_netns",
-            source,
-        })
+        BpfHashMap::try_from(map).map_err(map_error("pods_by_netns"))
     }
 
     fn pod_ips(&mut self) -> Result<BpfHashMap<&mut aya::maps::MapData, u32, u32>, CaptureError> {
@@ -418,11 +394,12 @@ impl Capture {
             .ebpf
             .map_mut("pod_ips")
             .ok_or_else(|| no_map("pod_ips"))?;
-        BpfHashMap::try_from(map).map_err(|source| CaptureError::Map {
-            name: "pod_ips",
-            source,
-        })
+        BpfHashMap::try_from(map).map_err(map_error("pod_ips"))
     }
+}
+
+fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> CaptureError {
+    move |source| CaptureError::Map { name, source }
 }
 
 /// The object lacks a map the code expects: a stale or foreign object.
@@ -496,4 +473,11 @@ fn host_interface(ip: Ipv4Addr) -> Option<String> {
         let f: Vec<&str> = line.split_whitespace().collect();
         (f.len() > 7 && f[1] == want && f[7] == "FFFFFFFF").then(|| f[0].to_string())
     })
+}
+
+fn ipv4(ip: &IpAddr) -> Option<Ipv4Addr> {
+    match ip {
+        IpAddr::V4(v4) => Some(*v4),
+        IpAddr::V6(_) => None,
+    }
 }

@@ -4,7 +4,7 @@
 //! Installing is idempotent. Removing it (`capture uninstall`) is not built yet; in tests the
 //! node namespace goes, and the rule with it.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use rtnetlink::packet_route::route::{RouteScope, RouteType};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute};
@@ -89,12 +89,5 @@ impl Routing {
             .execute()
             .await
             .map_err(request("adding the capture local route"))
-    }
-}
-
-pub fn is_v4(ip: &IpAddr) -> Option<Ipv4Addr> {
-    match ip {
-        IpAddr::V4(v4) => Some(*v4),
-        IpAddr::V6(_) => None,
     }
 }
