@@ -97,6 +97,11 @@ pub fn sleep_echo(id: u8) -> Mesh {
     m
 }
 
+/// Where the `echo` workload of [`sleep_echo`] serves: its own address, port 8080.
+pub fn echo_addr(id: u8) -> SocketAddr {
+    SocketAddr::new(ip(id, 2, 1), 8080)
+}
+
 pub fn echo_vip(id: u8) -> SocketAddr {
     SocketAddr::new(ip(id, 0, 100), 80)
 }
@@ -184,6 +189,12 @@ impl Mesh {
         std::fs::write(&tmp, text)?;
         std::fs::rename(&tmp, self.path())?;
         Ok(())
+    }
+
+    /// Writes the mesh file and starts the weftd of node1 and node2.
+    pub fn start_both(&self) -> anyhow::Result<(Weftd, Weftd)> {
+        self.write()?;
+        Ok((self.start(1)?, self.start(2)?))
     }
 
     /// Starts weftd for node `n` (1-based) and waits until it is ready.

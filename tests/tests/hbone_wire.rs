@@ -15,7 +15,7 @@ use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 use weft_core::identity::{self, CertificateAuthority, SpiffeId, TrustAnchors};
 use weft_tests::traffic::echo_server;
-use weft_tests::{Mesh, Weftd, connect_via, echo_vip, ip, round_trip, sleep_echo};
+use weft_tests::{Mesh, Weftd, connect_via, echo_addr, echo_vip, ip, round_trip, sleep_echo};
 
 fn hbone_addr(id: u8) -> SocketAddr {
     SocketAddr::new(ip(id, 2, 1), 15008)
@@ -65,11 +65,8 @@ fn openssl(args: &[&str]) -> String {
 async fn tls_refuses_missing_and_foreign_client_certificates() {
     let id = 15;
     let m = sleep_echo(id);
-    m.write().unwrap();
-    let (n1, n2) = (m.start(1).unwrap(), m.start(2).unwrap());
-    let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
-        .await
-        .unwrap();
+    let (n1, n2) = m.start_both().unwrap();
+    let _echo = echo_server(echo_addr(id)).await.unwrap();
     let addr = hbone_addr(id).to_string();
 
     // No client certificate at all.
@@ -183,11 +180,8 @@ fn pem_block(label: &str, der: &[u8]) -> String {
 async fn garbage_non_connect_and_bad_authority_are_refused_and_daemon_keeps_serving() {
     let id = 16;
     let m = sleep_echo(id);
-    m.write().unwrap();
-    let (n1, n2) = (m.start(1).unwrap(), m.start(2).unwrap());
-    let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
-        .await
-        .unwrap();
+    let (n1, n2) = m.start_both().unwrap();
+    let _echo = echo_server(echo_addr(id)).await.unwrap();
 
     // Garbage instead of a TLS ClientHello: the connection is closed.
     let mut raw = TcpStream::connect(hbone_addr(id)).await.unwrap();

@@ -11,26 +11,21 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 use weft_tests::traffic::{self, echo_server, expect_pattern, send_pattern};
 use weft_tests::{
-    Mesh, Weftd, connect_via, echo_vip, eventually, ip, metric_sum, round_trip, sleep_echo,
+    Weftd, connect_via, echo_addr, echo_vip, eventually, ip, metric_sum, round_trip, sleep_echo,
 };
 
 const MIB: usize = 1024 * 1024;
-
-fn start(m: &Mesh) -> (Weftd, Weftd) {
-    m.write().unwrap();
-    (m.start(1).unwrap(), m.start(2).unwrap())
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bulk_100_mib_each_way_with_half_close_both_directions() {
     let id = 11;
     let m = sleep_echo(id);
-    let (n1, _n2) = start(&m);
+    let (n1, _n2) = m.start_both().unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<anyhow::Result<()>>();
 
     // Client half-closes first: the server reads to EOF, only then answers.
     let t = tx.clone();
-    let _a = traffic::serve(SocketAddr::new(ip(id, 2, 1), 8080), move |mut s| {
+    let _a = traffic::serve(echo_addr(id), move |mut s| {
         let t = t.clone();
         async move {
             let r = async {
@@ -89,10 +84,8 @@ async fn bulk_100_mib_each_way_with_half_close_both_directions() {
 async fn two_hundred_concurrent_connections_share_two_hbone_connections() {
     let id = 12;
     let m = sleep_echo(id);
-    let (n1, n2) = start(&m);
-    let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
-        .await
-        .unwrap();
+    let (n1, n2) = m.start_both().unwrap();
+    let _echo = echo_server(echo_addr(id)).await.unwrap();
     let mut tasks = Vec::new();
     let release = Arc::new(tokio::sync::Notify::new());
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel(200);
@@ -143,10 +136,8 @@ async fn deny_policy_closes_client_and_server_never_sees_it() {
     let id = 13;
     let mut m = sleep_echo(id);
     m.policies.push(deny_sleep_to_echo());
-    let (n1, n2) = start(&m);
-    let server = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
-        .await
-        .unwrap();
+    let (n1, n2) = m.start_both().unwrap();
+    let server = echo_server(echo_addr(id)).await.unwrap();
     let start = Instant::now();
     let mut c = connect_via(&n1.addrs, ip(id, 1, 1), echo_vip(id))
         .await
@@ -188,10 +179,8 @@ async fn deny_policy_closes_client_and_server_never_sees_it() {
 async fn policy_change_closes_open_connection_within_one_second() {
     let id = 14;
     let mut m = sleep_echo(id);
-    let (n1, _n2) = start(&m);
-    let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
-        .await
-        .unwrap();
+    let (n1, _n2) = m.start_both().unwrap();
+    let _echo = echo_server(echo_addr(id)).await.unwrap();
     let mut c = connect_via(&n1.addrs, ip(id, 1, 1), echo_vip(id))
         .await
         .unwrap();
@@ -215,10 +204,8 @@ async fn policy_change_closes_open_connection_within_one_second() {
 async fn metrics_show_principals_and_mutual_tls_and_drop_removed_workloads() {
     let id = 17;
     let mut m = sleep_echo(id);
-    let (n1, n2) = start(&m);
-    let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
-        .await
-        .unwrap();
+    let (n1, n2) = m.start_both().unwrap();
+    let _echo = echo_server(echo_addr(id)).await.unwrap();
     let mut c = connect_via(&n1.addrs, ip(id, 1, 1), echo_vip(id))
         .await
         .unwrap();
@@ -271,10 +258,8 @@ async fn connection_survives_certificate_renewals() {
     let id = 18;
     let mut m = sleep_echo(id);
     m.leaf_lifetime = "10s".into();
-    let (n1, n2) = start(&m);
-    let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
-        .await
-        .unwrap();
+    let (n1, n2) = m.start_both().unwrap();
+    let _echo = echo_server(echo_addr(id)).await.unwrap();
     let expiry = |w: &Weftd| w.config_dump().unwrap()["certificates"][0]["notAfter"].clone();
     let first = (expiry(&n1), expiry(&n2));
     let mut c = connect_via(&n1.addrs, ip(id, 1, 1), echo_vip(id))
@@ -309,10 +294,8 @@ async fn connection_survives_certificate_renewals() {
 async fn invalid_mesh_edit_is_refused_and_traffic_keeps_flowing() {
     let id = 19;
     let m = sleep_echo(id);
-    let (n1, _n2) = start(&m);
-    let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
-        .await
-        .unwrap();
+    let (n1, _n2) = m.start_both().unwrap();
+    let _echo = echo_server(echo_addr(id)).await.unwrap();
     let mut open = connect_via(&n1.addrs, ip(id, 1, 1), echo_vip(id))
         .await
         .unwrap();

@@ -10,13 +10,9 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 use weft_tests::traffic::{self, echo_server};
 use weft_tests::{
-    Mesh, Weftd, connect_via, eventually, http, ip, metric_sum, round_trip, sleep_echo, workload,
+    Weftd, connect_via, echo_addr, eventually, http, ip, metric_sum, round_trip, sleep_echo,
+    workload,
 };
-
-fn start(m: &Mesh) -> (Weftd, Weftd) {
-    m.write().unwrap();
-    (m.start(1).unwrap(), m.start(2).unwrap())
-}
 
 /// True when the peer closed or reset the connection within 3 s, without sending data.
 async fn refused(tcp: &mut TcpStream) -> bool {
@@ -42,10 +38,8 @@ async fn named_server(addr: SocketAddr, name: &'static str) -> traffic::Server {
 async fn unknown_source_is_refused_and_counted() {
     let id = 20;
     let m = sleep_echo(id);
-    let (n1, _n2) = start(&m);
-    let server = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
-        .await
-        .unwrap();
+    let (n1, _n2) = m.start_both().unwrap();
+    let server = echo_server(echo_addr(id)).await.unwrap();
     let mut c = connect_via(
         &n1.addrs,
         ip(id, 1, 77),
@@ -77,7 +71,7 @@ async fn destinations_outside_the_mesh_and_unmeshed_workloads_pass_through() {
     let mut legacy = workload("legacy", "legacy", ip(id, 2, 9), "node2");
     legacy["mode"] = json!("none");
     m.workloads.push(legacy);
-    let (n1, _n2) = start(&m);
+    let (n1, _n2) = m.start_both().unwrap();
     let _outside = echo_server(SocketAddr::new(ip(id, 9, 1), 9000))
         .await
         .unwrap();
@@ -113,7 +107,7 @@ async fn weftd_never_dials_itself() {
     let mut open = workload("open", "open", ip(id, 2, 2), "node2");
     open["inbound"] = json!("permissive");
     m.workloads.push(open);
-    let (n1, n2) = start(&m);
+    let (n1, n2) = m.start_both().unwrap();
     // A workload asking for its node's admin API, or for another node's mesh listeners.
     for dst in [
         n1.addrs.admin,
@@ -124,9 +118,7 @@ async fn weftd_never_dials_itself() {
         assert!(refused(&mut c).await, "weftd dialled {dst} for a workload");
     }
     // A plaintext client naming another workload than the one whose address it reached.
-    let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
-        .await
-        .unwrap();
+    let _echo = echo_server(echo_addr(id)).await.unwrap();
     let sock = TcpSocket::new_v4().unwrap();
     sock.bind(SocketAddr::new(ip(id, 9, 9), 0)).unwrap();
     let mut c = sock
@@ -165,8 +157,8 @@ async fn service_spreads_connections_over_its_endpoints() {
     m.workloads
         .push(workload("echo-b", "echo", ip(id, 2, 2), "node2"));
     m.workloads.last_mut().unwrap()["labels"] = json!({"app": "echo"});
-    let (n1, _n2) = start(&m);
-    let _a = named_server(SocketAddr::new(ip(id, 2, 1), 8080), "a").await;
+    let (n1, _n2) = m.start_both().unwrap();
+    let _a = named_server(echo_addr(id), "a").await;
     let _b = named_server(SocketAddr::new(ip(id, 2, 2), 8080), "b").await;
     let mut seen = Vec::new();
     for _ in 0..4 {
@@ -217,10 +209,8 @@ async fn plaintext_inbound_only_for_permissive_workloads_that_policy_allows() {
         .push(json!({"name": "guarded-mesh-only", "namespace": "default",
         "selector": {"matchLabels": {"app": "guarded"}},
         "rules": [{"from": [{"source": {"principals": ["*"]}}]}]}));
-    let (_n1, n2) = start(&m);
-    let strict = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
-        .await
-        .unwrap();
+    let (_n1, n2) = m.start_both().unwrap();
+    let strict = echo_server(echo_addr(id)).await.unwrap();
     let _open = echo_server(SocketAddr::new(ip(id, 2, 2), 8080))
         .await
         .unwrap();
@@ -228,7 +218,7 @@ async fn plaintext_inbound_only_for_permissive_workloads_that_policy_allows() {
         .await
         .unwrap();
 
-    let mut c = plaintext_client(id, SocketAddr::new(ip(id, 2, 1), 8080)).await;
+    let mut c = plaintext_client(id, echo_addr(id)).await;
     assert!(refused(&mut c).await, "STRICT workload accepted plaintext");
     let mut c = plaintext_client(id, SocketAddr::new(ip(id, 2, 2), 8080)).await;
     round_trip(&mut c, b"hi\n").await.unwrap();
@@ -281,10 +271,10 @@ fn reset_on_close(tcp: &TcpStream) {
 async fn resets_propagate_both_ways() {
     let id = 24;
     let m = sleep_echo(id);
-    let (n1, _n2) = start(&m);
+    let (n1, _n2) = m.start_both().unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     // Port 8080: the server reports how its read ended. Port 8081: the server resets at once.
-    let _watch = traffic::serve(SocketAddr::new(ip(id, 2, 1), 8080), move |mut s| {
+    let _watch = traffic::serve(echo_addr(id), move |mut s| {
         let tx = tx.clone();
         async move {
             let mut b = [0u8; 64];
@@ -340,7 +330,7 @@ async fn same_node_traffic_is_mutual_tls() {
     let mut m = sleep_echo(id);
     m.workloads
         .push(workload("local", "local", ip(id, 1, 2), "node1"));
-    let (n1, _n2) = start(&m);
+    let (n1, _n2) = m.start_both().unwrap();
     let _local = echo_server(SocketAddr::new(ip(id, 1, 2), 7000))
         .await
         .unwrap();
@@ -368,7 +358,7 @@ async fn same_node_traffic_is_mutual_tls() {
 async fn log_level_changes_at_run_time() {
     let id = 26;
     let m = sleep_echo(id);
-    let (n1, _n2) = start(&m);
+    let (n1, _n2) = m.start_both().unwrap();
     assert_eq!(
         http(n1.addrs.admin, "POST", "/logging?level=debug")
             .unwrap()
@@ -396,10 +386,8 @@ async fn log_level_changes_at_run_time() {
 async fn sigterm_stops_accepting_drains_then_closes() {
     let id = 27;
     let m = sleep_echo(id);
-    let (mut n1, _n2) = start(&m);
-    let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
-        .await
-        .unwrap();
+    let (mut n1, _n2) = m.start_both().unwrap();
+    let _echo = echo_server(echo_addr(id)).await.unwrap();
     let vip = SocketAddr::new(ip(id, 0, 100), 80);
     let mut open = connect_via(&n1.addrs, ip(id, 1, 1), vip).await.unwrap();
     round_trip(&mut open, b"one\n").await.unwrap();
@@ -435,10 +423,8 @@ async fn idle_hbone_connections_are_closed() {
     let id = 28;
     let mut m = sleep_echo(id);
     m.hbone = json!({"idleTimeout": "1s"});
-    let (n1, _n2) = start(&m);
-    let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
-        .await
-        .unwrap();
+    let (n1, _n2) = m.start_both().unwrap();
+    let _echo = echo_server(echo_addr(id)).await.unwrap();
     let pool = |w: &Weftd| {
         w.config_dump().unwrap()["hbonePool"]["connections"]
             .as_u64()
@@ -466,10 +452,8 @@ async fn keepalive_detects_a_peer_that_stops_answering() {
     let id = 29;
     let mut m = sleep_echo(id);
     m.hbone = json!({"keepaliveInterval": "300ms", "keepaliveTimeout": "300ms"});
-    let (n1, n2) = start(&m);
-    let _echo = echo_server(SocketAddr::new(ip(id, 2, 1), 8080))
-        .await
-        .unwrap();
+    let (n1, n2) = m.start_both().unwrap();
+    let _echo = echo_server(echo_addr(id)).await.unwrap();
     let vip = SocketAddr::new(ip(id, 0, 100), 80);
     let mut c = connect_via(&n1.addrs, ip(id, 1, 1), vip).await.unwrap();
     round_trip(&mut c, b"x").await.unwrap();
