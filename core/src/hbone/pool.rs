@@ -163,7 +163,11 @@ impl Pool {
     async fn checkout(&self, key: &PoolKey) -> Result<Arc<Conn>, HboneError> {
         let slot = {
             let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
-            slots.entry(key.clone()).or_default().clone()
+            // The key (six strings) is cloned only for the first connection to a destination.
+            match slots.get(key) {
+                Some(slot) => slot.clone(),
+                None => slots.entry(key.clone()).or_default().clone(),
+            }
         };
         let addr = key.address;
         let mut conns =
