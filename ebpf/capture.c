@@ -10,6 +10,10 @@
 // of flows weftd owns, so that an `ip rule fwmark` makes them local; sk_lookup then hands new
 // connections to weftd's transparent listeners.
 //
+// Maps are pinned by name (the loader picks the directory) and links are pinned by weftd, so
+// capture outlives a weftd crash and fails closed: connects go to a listener that is not there
+// and SYNs to enrolled pods find no socket. A restarted weftd reuses the maps.
+//
 // Only UAPI headers and libbpf's helper headers: no CO-RE relocations, loads on any kernel
 // with these helpers. Settings arrive as `const volatile` globals set by the loader.
 
@@ -59,14 +63,18 @@ struct {
 	__uint(max_entries, 4096);
 	__type(key, __u64);
 	__type(value, struct pod);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pods_by_netns SEC(".maps");
 
-// Enrolled pod IPs, for the classifier and sk_lookup (value: ENROLLED | DRAINING flags).
+// Pod IPs, for the classifier and sk_lookup (value: ENROLLED | DRAINING flags). An unenrolled
+// pod stays here as DRAINING: its new connections are left alone, but packets of flows weftd
+// already owns keep being marked, or they would be forwarded to the pod, which would reset them.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 8192);
 	__type(key, __u32);
 	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pod_ips SEC(".maps");
 
 struct {
@@ -74,6 +82,7 @@ struct {
 	__uint(max_entries, 65536);
 	__type(key, __u64);
 	__type(value, struct orig_dst);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } orig_by_cookie SEC(".maps");
 
 struct {
@@ -81,6 +90,7 @@ struct {
 	__uint(max_entries, 65536);
 	__type(key, struct addr_key);
 	__type(value, struct orig_dst);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } orig_by_addr SEC(".maps");
 
 // weftd's transparent listeners: 0 plaintext (15006), 1 HBONE (15008).
@@ -89,6 +99,7 @@ struct {
 	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } listeners SEC(".maps");
 
 enum stat {
@@ -105,6 +116,7 @@ struct {
 	__uint(max_entries, STAT_MAX);
 	__type(key, __u32);
 	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } stats SEC(".maps");
 
 static __always_inline void count(__u32 which)

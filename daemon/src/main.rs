@@ -74,6 +74,15 @@ enum CaptureCommand {
         #[arg(long, default_value = "/sys/fs/bpf")]
         bpffs: PathBuf,
     },
+    /// Remove everything capture installed: the pinned links (detaching every program), the
+    /// pinned maps, and, in the current network namespace, the ip rule and local route table.
+    /// Stop weftd first: while weftd is stopped, pinned capture fails closed; after this,
+    /// pods' connections go direct again.
+    Uninstall {
+        /// The node's `ebpf.pinPath`.
+        #[arg(long, default_value = "/sys/fs/bpf/weft")]
+        pin_path: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -129,6 +138,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Command::Capture {
+            command: CaptureCommand::Uninstall { pin_path },
+        } => match capture::uninstall::run(&pin_path) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weftd capture uninstall: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Ca {
             command: CaCommand::Init { dir, lifetime },
         } => match weft_core::identity::init_root_dir(&dir, lifetime) {

@@ -23,9 +23,6 @@ use crate::capture::DestinationSource;
 use crate::capture::bpf::ProgramSettings;
 use crate::capture::ebpf::Capture;
 use crate::capture::netlink::Routing;
-
-/// Routing table of the capture rule (`ip rule fwmark 0x100/0xfff lookup 100`).
-const CAPTURE_TABLE: u32 = 100;
 use crate::proxy::Proxy;
 use crate::proxy::listeners::{self, WorkloadListeners};
 
@@ -108,8 +105,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 node.listen.inbound_plaintext_port,
             ))
             .context("binding the transparent plaintext listener")?;
-            let routing =
-                Routing::new(settings.capture_mark, CAPTURE_TABLE).context("opening netlink")?;
+            let routing = Routing::new(settings.capture_mark, crate::capture::netlink::TABLE)
+                .context("opening netlink")?;
             c.start_inbound(&hbone_listener, &plaintext_listener, &routing)
                 .await
                 .context("starting inbound capture")?;

@@ -42,6 +42,8 @@ pub struct Topology {
     pub gateway: String,
     subnet: u8,
     pods: std::collections::HashMap<String, String>,
+    /// A bpffs instance of this test's own, for capture's pins (`<bpffs>/<node>`).
+    pub bpffs: PathBuf,
 }
 
 impl Topology {
@@ -50,7 +52,12 @@ impl Topology {
         let prefix = format!("wt{id}x{}", std::process::id() % 10000);
         let cgroup = cgroup2_root()?.join(format!("weft-test-{prefix}"));
         std::fs::create_dir_all(&cgroup)?;
+        // Each bpffs mount is a separate instance: pins made here are this test's only.
+        let bpffs = std::env::temp_dir().join(format!("weft-bpf-{prefix}"));
+        std::fs::create_dir_all(&bpffs)?;
+        sh(&format!("mount -t bpf bpf {}", bpffs.display()))?;
         Ok(Topology {
+            bpffs,
             prefix,
             namespaces: Vec::new(),
             cgroup,
@@ -186,6 +193,9 @@ impl Drop for Topology {
             let _ = sh(&format!("ip netns pids {ns} | xargs -r kill -9"));
             let _ = sh(&format!("ip netns del {ns}"));
         }
+        // Unmounting drops every pin, and with them the links still attached to the cgroups.
+        let _ = sh(&format!("umount {}", self.bpffs.display()));
+        let _ = std::fs::remove_dir(&self.bpffs);
         for cg in std::iter::once(&self.cgroup).chain(&self.extra_cgroups) {
             if let Ok(procs) = std::fs::read_to_string(cg.join("cgroup.procs")) {
                 for pid in procs.split_whitespace() {

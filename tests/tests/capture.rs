@@ -11,9 +11,10 @@ use weft_tests::require_root;
 /// A node entry for the mesh file: eBPF capture of the pods in `cgroup`.
 fn ebpf_node(t: &Topology, name: &str, cgroup: &Path, uplinks: &str) -> String {
     format!(
-        "  - {{name: {name}, capture: ebpf, ebpf: {{cgroup: \"{}\", redirectAddress: \"{}\", interfaces: [{uplinks}]}}, listen: {{outbound: \"0.0.0.0:15001\"}}}}\n",
+        "  - {{name: {name}, capture: ebpf, ebpf: {{cgroup: \"{}\", redirectAddress: \"{}\", interfaces: [{uplinks}], pinPath: \"{}\"}}, listen: {{outbound: \"0.0.0.0:15001\"}}}}\n",
         cgroup.display(),
-        t.gateway
+        t.gateway,
+        t.bpffs.join(name).display()
     )
 }
 
@@ -118,12 +119,21 @@ fn enrolled_pod_connections_are_captured_and_unenrolled_ones_are_not() {
         serde_json::json!(["default/client"])
     );
     assert_eq!(dump["capture"]["mode"], "ebpf");
-    assert!(
-        dump["capture"]["attached"]
+    let attached = |program: &str| {
+        dump["capture"]["attachments"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|p| p == "weft_connect4")
+            .any(|a| a["program"] == program && a["attached"] == true)
+    };
+    assert!(attached("weft_connect4"), "{dump}");
+    assert!(attached("weft_ingress"), "{dump}");
+    assert!(
+        metrics.contains(&format!(
+            "weft_capture_attached{{program=\"weft_connect4\",target=\"cgroup:{}\"}} 1",
+            t.cgroup.display()
+        )),
+        "{metrics}"
     );
 }
 

@@ -111,9 +111,9 @@ pub enum CaptureKind {
     /// workload's address. For tests, and for hosts where eBPF capture is not installed.
     #[default]
     None,
-    /// Transparent capture with eBPF (see `ebpf`). Outbound capture only, for now: inbound
-    /// steering is not built yet, so HBONE and plaintext listeners still bind workload
-    /// addresses.
+    /// Transparent capture with eBPF (see `ebpf`): outbound connects of enrolled pods are
+    /// redirected to weftd, inbound connections to them are steered to its transparent
+    /// listeners.
     Ebpf,
 }
 
@@ -134,6 +134,14 @@ pub struct EbpfFile {
     /// is attached to them as well as to every local pod's interface.
     #[serde(default)]
     pub interfaces: Vec<String>,
+    /// bpffs directory where capture pins its maps and links, so capture outlives a weftd
+    /// restart (failing closed meanwhile) and the next weftd takes it over. One per node.
+    #[serde(default = "default_pin_path")]
+    pub pin_path: PathBuf,
+}
+
+fn default_pin_path() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/weft")
 }
 
 fn default_weftd_mark() -> u32 {

@@ -1,9 +1,9 @@
 //! Loading the capture programs into the kernel (aya). The object is the one `build.rs` put in
 //! OUT_DIR; settings reach the programs as `const volatile` globals.
-//!
-//! Today this backs `weftd capture check`; attaching, pinning and enrolment build on it.
 
 use aya::programs::{CgroupSockAddr, CgroupSockopt, SchedClassifier, SkLookup, SockOps};
+use std::path::Path;
+
 use aya::{Ebpf, EbpfLoader};
 
 /// The compiled capture programs.
@@ -60,9 +60,11 @@ pub enum LoadError {
     },
 }
 
-/// Creates the maps and loads every program through the verifier, without attaching anything.
-pub fn load(settings: &ProgramSettings) -> Result<Ebpf, LoadError> {
+/// Creates the maps, or opens the ones pinned in `maps` (pinning new ones there), and loads
+/// every program through the verifier, without attaching anything.
+pub fn load(settings: &ProgramSettings, maps: &Path) -> Result<Ebpf, LoadError> {
     let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(maps)
         .override_global("weftd_mark", &settings.weftd_mark, true)
         .override_global("capture_mark", &settings.capture_mark, true)
         .override_global("outbound_port", &settings.outbound_port, true)

@@ -6,11 +6,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use super::bpf::{self, ProgramSettings};
+use super::pin;
 
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+pub(super) const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-fn fs_magic(path: &Path) -> Option<i64> {
+pub(super) fn fs_magic(path: &Path) -> Option<i64> {
     let c = CString::new(path.as_os_str().as_bytes()).ok()?;
     let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
     // SAFETY: `c` is a valid C string and `st` is large enough for statfs to fill.
@@ -63,24 +64,36 @@ pub fn run(cgroup: &Path, bpffs: &Path) -> bool {
             ),
         ),
     }
-    match fs_magic(bpffs) {
-        Some(BPF_FS_MAGIC) => report(true, format!("bpffs at {}", bpffs.display())),
-        _ => report(
+    if fs_magic(bpffs) != Some(BPF_FS_MAGIC) {
+        report(
             false,
             format!(
                 "{} is not a bpf file system: mount one with `mount -t bpf bpf {}`",
                 bpffs.display(),
                 bpffs.display()
             ),
-        ),
+        );
+        println!("skipped: loading the programs (their maps are pinned on bpffs)");
+        return false;
     }
-    match bpf::load(&ProgramSettings::default()) {
+    report(true, format!("bpffs at {}", bpffs.display()));
+    // The maps are pinned by name: load them into a private directory and remove it after.
+    let scratch = bpffs.join(format!("weft-check-{}", std::process::id()));
+    let loaded = pin::PinDir::open(&scratch)
+        .map_err(|e| e.to_string())
+        .and_then(|dir| {
+            bpf::load(&ProgramSettings::default(), &dir.maps()).map_err(|e| e.to_string())
+        });
+    match loaded {
         Ok(_) => {
             for name in bpf::program_names() {
                 report(true, format!("program {name} accepted by the verifier"));
             }
         }
-        Err(e) => report(false, format!("{e}")),
+        Err(e) => report(false, e),
+    }
+    if let Err(e) = pin::uninstall(&scratch) {
+        println!("warning: removing {}: {e}", scratch.display());
     }
     ok
 }

@@ -1,28 +1,36 @@
-//! Running eBPF capture: attach the outbound programs to the pods' cgroup, enrol and unenrol
-//! workloads by updating maps (never by reloading programs), and read original destinations.
+//! Running eBPF capture: attach the programs (outbound to the pods' cgroup, sk_lookup to the
+//! node namespace, the classifier to pod interfaces and uplinks), pin every link and map so
+//! capture outlives weftd, enrol and unenrol workloads by updating maps (never by reloading
+//! programs), and read original destinations.
 //!
 //! weftd reads original destinations from the `orig_by_addr` map directly. The getsockopt
 //! (`SO_ORIGINAL_DST`) program is loaded but not attached: it only runs for processes in the
 //! cgroup it is attached to, and two weftd sharing a cgroup (tests) cannot both attach there.
-//!
-//! Not built yet: inbound steering (TCX classifier, ip rule, sk_lookup), pinning and takeover.
-//! Until pinning, links live as long as weftd: if it dies, capture stops (fails open).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use aya::Ebpf;
 use aya::maps::HashMap as BpfHashMap;
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps};
+use aya::programs::links::{FdLink, LinkError};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, SkLookup, SockOps};
 use weft_core::config::EbpfFile;
 use weft_core::model::{CaptureMode, MeshState};
 
 use super::bpf::{self, LoadError, ProgramSettings, SOCK_ADDR, SOCK_OPS};
+use super::pin::{PinDir, PinError};
 
+/// `pod_ips` / `pods_by_netns` flags (capture.c).
 const ENROLLED: u32 = 1;
+const DRAINING: u32 = 2;
+
+/// Attach state per (program, target), shared with the metrics collector. `None`: attached;
+/// `Some(error)`: the attach failed.
+pub type Attachments = Arc<Mutex<BTreeMap<(&'static str, String), Option<String>>>>;
 
 /// `struct pod` in capture.c.
 #[repr(C)]
@@ -69,6 +77,13 @@ pub enum CaptureError {
     Routing(super::netlink::NetlinkError),
     #[error("no /32 route to {0}: cannot find its host-side interface")]
     NoInterface(Ipv4Addr),
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    #[error("link of {name}: {source}")]
+    Link {
+        name: &'static str,
+        source: LinkError,
+    },
 }
 
 /// What capture is doing, for `/config_dump`.
@@ -77,10 +92,34 @@ pub enum CaptureError {
 pub struct CaptureStatus {
     pub mode: &'static str,
     pub cgroup: String,
+    pub pin_path: String,
     pub redirect_address: String,
-    pub attached: Vec<&'static str>,
+    /// What this weftd found pinned when it started, from a previous one.
+    pub took_over: TakeOver,
+    pub attachments: Vec<AttachmentStatus>,
     pub loaded_not_attached: Vec<&'static str>,
     pub enrolled: Vec<String>,
+    /// Unenrolled workloads whose flows through weftd are still steered to it.
+    pub draining: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TakeOver {
+    pub links: usize,
+    pub maps: bool,
+    pub enrolled_pods: usize,
+}
+
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachmentStatus {
+    pub program: &'static str,
+    /// `cgroup:<path>`, `netns`, or the interface name.
+    pub target: String,
+    pub attached: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 struct Enrolled {
@@ -140,21 +179,39 @@ impl OriginalDestinations {
 /// The loaded and attached capture programs, and who is enrolled.
 pub struct Capture {
     ebpf: Ebpf,
+    pins: PinDir,
     redirect: Ipv4Addr,
     enrolled: HashMap<String, Enrolled>,
-    destinations: std::sync::Arc<OriginalDestinations>,
-    enrolled_count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Unenrolled workloads still present, whose pod IP stays in `pod_ips` as DRAINING.
+    draining: HashMap<String, Ipv4Addr>,
+    destinations: Arc<OriginalDestinations>,
+    enrolled_count: Arc<std::sync::atomic::AtomicUsize>,
     stats: Option<super::stats::CaptureStats>,
     cgroup: PathBuf,
-    /// Host-side interfaces the classifier is attached to.
-    classified: std::collections::HashSet<String>,
+    /// Interfaces the classifier is attached to, with their index: a pod interface that was
+    /// deleted and created again under the same name has a new index and needs a new link.
+    classified: HashMap<String, u32>,
+    attachments: Attachments,
     inbound: bool,
     uplinks: Vec<String>,
+    took_over: TakeOver,
+    /// Set after the first reconcile has removed what the previous weftd left and this one
+    /// does not want.
+    settled: bool,
 }
 
 impl Capture {
+    /// Loads the programs (reusing maps a previous weftd pinned) and attaches the outbound
+    /// ones to the pods' cgroup, replacing the previous weftd's links without a gap.
     pub fn start(cfg: &EbpfFile, settings: &ProgramSettings) -> Result<Self, CaptureError> {
-        let mut ebpf = bpf::load(settings)?;
+        let mut pins = PinDir::open(&cfg.pin_path)?;
+        pins.check_maps(bpf::OBJECT)?;
+        let took_over = TakeOver {
+            links: pins.links().len(),
+            maps: pins.has_maps(),
+            enrolled_pods: 0,
+        };
+        let mut ebpf = bpf::load(settings, &pins.maps())?;
         let path = cfg
             .cgroup
             .clone()
@@ -164,39 +221,66 @@ impl Capture {
             path: path.clone(),
             source,
         })?;
-        let attach_err = |name| move |source| CaptureError::Attach { name, source };
+        let target = format!("cgroup:{}", path.display());
+        let attachments: Attachments = Default::default();
         for &name in SOCK_ADDR {
-            program::<CgroupSockAddr>(&mut ebpf, name)?
+            let p = program::<CgroupSockAddr>(&mut ebpf, name)?;
+            let id = p
                 .attach(&cgroup, CgroupAttachMode::Single)
                 .map_err(attach_err(name))?;
+            let link = p.take_link(id).map_err(attach_err(name))?;
+            let link = FdLink::try_from(link).map_err(link_err(name))?;
+            pins.replace_link(&PinDir::link_name("cgroup", name), link)?;
+            record(&attachments, name, &target, None);
         }
-        program::<SockOps>(&mut ebpf, SOCK_OPS)?
+        let p = program::<SockOps>(&mut ebpf, SOCK_OPS)?;
+        let id = p
             .attach(&cgroup, CgroupAttachMode::Single)
             .map_err(attach_err(SOCK_OPS))?;
+        let link = p.take_link(id).map_err(attach_err(SOCK_OPS))?;
+        let link = FdLink::try_from(link).map_err(link_err(SOCK_OPS))?;
+        pins.replace_link(&PinDir::link_name("cgroup", SOCK_OPS), link)?;
+        record(&attachments, SOCK_OPS, &target, None);
+
         let map = ebpf
             .take_map("orig_by_addr")
             .ok_or_else(|| no_map("orig_by_addr"))?;
         let map = BpfHashMap::try_from(map).map_err(map_error("orig_by_addr"))?;
         let stats = ebpf.take_map("stats").ok_or_else(|| no_map("stats"))?;
         let counters = aya::maps::PerCpuArray::try_from(stats).map_err(map_error("stats"))?;
-        let enrolled_count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        tracing::info!(cgroup = %path.display(), redirect = %cfg.redirect_address, "eBPF outbound capture attached");
-        let path = path.clone();
-        Ok(Capture {
+        let enrolled_count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut c = Capture {
             ebpf,
+            pins,
             redirect: cfg.redirect_address,
             enrolled: HashMap::new(),
-            destinations: std::sync::Arc::new(OriginalDestinations { map }),
+            draining: HashMap::new(),
+            destinations: Arc::new(OriginalDestinations { map }),
             stats: Some(super::stats::CaptureStats {
                 counters,
                 enrolled: enrolled_count.clone(),
+                attachments: attachments.clone(),
             }),
             enrolled_count,
-            cgroup: path,
-            classified: Default::default(),
+            cgroup: path.clone(),
+            classified: HashMap::new(),
+            attachments,
             inbound: false,
             uplinks: cfg.interfaces.clone(),
-        })
+            took_over,
+            settled: false,
+        };
+        c.took_over.enrolled_pods = c.pods()?.keys().count();
+        if c.took_over.maps {
+            tracing::info!(
+                pins = %c.pins.root().display(),
+                links = c.took_over.links,
+                enrolled_pods = c.took_over.enrolled_pods,
+                "taking over the capture state a previous weftd pinned"
+            );
+        }
+        tracing::info!(cgroup = %path.display(), redirect = %cfg.redirect_address, pins = %c.pins.root().display(), "eBPF outbound capture attached");
+        Ok(c)
     }
 
     /// Inbound steering: sk_lookup on weftd's network namespace handing new connections to
@@ -222,42 +306,74 @@ impl Capture {
             netns: "/proc/self/ns/net".into(),
             source,
         })?;
-        program::<aya::programs::SkLookup>(&mut self.ebpf, bpf::SK_LOOKUP)?
-            .attach(netns)
-            .map_err(|source| CaptureError::Attach {
-                name: bpf::SK_LOOKUP,
-                source,
-            })?;
+        let p = program::<SkLookup>(&mut self.ebpf, bpf::SK_LOOKUP)?;
+        let id = p.attach(netns).map_err(attach_err(bpf::SK_LOOKUP))?;
+        let link = p.take_link(id).map_err(attach_err(bpf::SK_LOOKUP))?;
+        self.pins.replace_link(
+            &PinDir::link_name("netns", bpf::SK_LOOKUP),
+            FdLink::from(link),
+        )?;
+        record(&self.attachments, bpf::SK_LOOKUP, "netns", None);
         routing.install().await.map_err(CaptureError::Routing)?;
         for iface in self.uplinks.clone() {
-            self.attach_classifier(&iface)?;
+            self.attach_classifier(&iface);
         }
         self.inbound = true;
         tracing::info!("eBPF inbound capture attached");
         Ok(())
     }
 
-    /// Attaches the classifier to the host-side interface of `ip` (once per interface).
-    fn classify(&mut self, ip: Ipv4Addr) -> Result<(), CaptureError> {
-        let Some(iface) = host_interface(ip) else {
-            return Err(CaptureError::NoInterface(ip));
-        };
-        self.attach_classifier(&iface)
+    /// Attaches the classifier to `iface` unless it is attached there already (to the same
+    /// interface, not only the same name). A failure is recorded in the attach status and
+    /// logged; the other interfaces are unaffected.
+    fn attach_classifier(&mut self, iface: &str) {
+        let index = interface_index(iface);
+        if index.is_some() && self.classified.get(iface) == index.as_ref() {
+            return;
+        }
+        let result = index
+            .ok_or_else(|| format!("no interface {iface}"))
+            .and_then(|index| {
+                self.attach_classifier_link(iface)
+                    .map(|()| index)
+                    .map_err(|e| e.to_string())
+            });
+        match result {
+            Ok(index) => {
+                tracing::info!(interface = %iface, "classifier attached");
+                self.classified.insert(iface.to_string(), index);
+                record(&self.attachments, bpf::CLASSIFIER, iface, None);
+            }
+            Err(e) => {
+                tracing::error!(interface = %iface, "attaching the inbound classifier: {e}");
+                self.classified.remove(iface);
+                record(&self.attachments, bpf::CLASSIFIER, iface, Some(e));
+            }
+        }
     }
 
-    fn attach_classifier(&mut self, iface: &str) -> Result<(), CaptureError> {
-        if self.classified.contains(iface) {
-            return Ok(());
-        }
-        program::<aya::programs::SchedClassifier>(&mut self.ebpf, bpf::CLASSIFIER)?
+    fn attach_classifier_link(&mut self, iface: &str) -> Result<(), CaptureError> {
+        let p = program::<SchedClassifier>(&mut self.ebpf, bpf::CLASSIFIER)?;
+        let id = p
             .attach(iface, aya::programs::TcAttachType::Ingress)
-            .map_err(|source| CaptureError::Attach {
-                name: bpf::CLASSIFIER,
-                source,
-            })?;
-        tracing::info!(interface = %iface, "classifier attached");
-        self.classified.insert(iface.to_string());
+            .map_err(attach_err(bpf::CLASSIFIER))?;
+        let link = p.take_link(id).map_err(attach_err(bpf::CLASSIFIER))?;
+        let link = FdLink::try_from(link).map_err(link_err(bpf::CLASSIFIER))?;
+        self.pins
+            .replace_link(&PinDir::link_name("tcx", iface), link)?;
         Ok(())
+    }
+
+    /// Unpins (so detaches) the classifier of an interface no local pod uses any more.
+    fn detach_classifier(&mut self, iface: &str) {
+        self.classified.remove(iface);
+        if let Ok(mut a) = self.attachments.lock() {
+            a.remove(&(bpf::CLASSIFIER, iface.to_string()));
+        }
+        match self.pins.remove_link(&PinDir::link_name("tcx", iface)) {
+            Ok(()) => tracing::info!(interface = %iface, "classifier detached"),
+            Err(e) => tracing::warn!(interface = %iface, "detaching the classifier: {e}"),
+        }
     }
 
     /// The metrics collector, once (the registry owns it from then on).
@@ -267,19 +383,34 @@ impl Capture {
 
     /// For `/config_dump`.
     pub fn status(&self) -> CaptureStatus {
-        let mut enrolled: Vec<String> = self.enrolled.keys().cloned().collect();
-        enrolled.sort();
+        let sorted = |mut v: Vec<String>| {
+            v.sort();
+            v
+        };
+        let attachments = self
+            .attachments
+            .lock()
+            .map(|a| {
+                a.iter()
+                    .map(|((program, target), error)| AttachmentStatus {
+                        program,
+                        target: target.clone(),
+                        attached: error.is_none(),
+                        error: error.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         CaptureStatus {
             mode: "ebpf",
             cgroup: self.cgroup.display().to_string(),
+            pin_path: self.pins.root().display().to_string(),
             redirect_address: self.redirect.to_string(),
-            attached: bpf::SOCK_ADDR
-                .iter()
-                .copied()
-                .chain([bpf::SOCK_OPS])
-                .collect(),
-            loaded_not_attached: vec![bpf::SOCKOPT, bpf::CLASSIFIER, bpf::SK_LOOKUP],
-            enrolled,
+            took_over: self.took_over.clone(),
+            attachments,
+            loaded_not_attached: vec![bpf::SOCKOPT],
+            enrolled: sorted(self.enrolled.keys().cloned().collect()),
+            draining: sorted(self.draining.keys().cloned().collect()),
         }
     }
 
@@ -287,40 +418,75 @@ impl Capture {
         self.destinations.clone()
     }
 
-    /// Enrols the local ambient workloads of `state` and unenrols the others. A workload that
+    /// Enrols the local ambient workloads of `state` and unenrols the others, and keeps the
+    /// classifier on exactly the interfaces of local pods and the uplinks. A workload that
     /// cannot be enrolled is logged and skipped; the rest still are.
     pub fn reconcile(&mut self, state: &MeshState, node: &str) {
-        let wanted: Vec<_> = state
-            .local_workloads(node)
+        let local: Vec<_> = state.local_workloads(node).cloned().collect();
+        let present: HashSet<&str> = local.iter().map(|w| w.uid.as_str()).collect();
+        let wanted: HashSet<&str> = local
+            .iter()
             .filter(|w| w.mode == CaptureMode::Ambient)
-            .cloned()
+            .map(|w| w.uid.as_str())
             .collect();
-        let keep: std::collections::HashSet<&str> = wanted.iter().map(|w| w.uid.as_str()).collect();
         let gone: Vec<String> = self
             .enrolled
             .keys()
-            .filter(|k| !keep.contains(k.as_str()))
+            .filter(|k| !wanted.contains(k.as_str()))
             .cloned()
             .collect();
         for uid in gone {
-            if let Err(e) = self.unenrol(&uid) {
+            if let Err(e) = self.unenrol(&uid, present.contains(uid.as_str())) {
                 tracing::warn!(workload = %uid, "unenrolling: {e}");
+            }
+        }
+        // A draining workload that left the mesh has no flows worth keeping.
+        let finished: Vec<String> = self
+            .draining
+            .keys()
+            .filter(|k| !present.contains(k.as_str()))
+            .cloned()
+            .collect();
+        for uid in finished {
+            if let Some(ip) = self.draining.remove(&uid) {
+                let _ = self.pod_ips().and_then(|mut m| {
+                    m.remove(&u32::from_ne_bytes(ip.octets()))
+                        .map_err(map_error("pod_ips"))
+                });
             }
         }
         if self.inbound {
             // Every local pod's interface carries traffic towards enrolled pods, enrolled
             // or not itself.
-            let ips: Vec<Ipv4Addr> = state
-                .local_workloads(node)
-                .flat_map(|w| w.ips.iter().filter_map(ipv4))
-                .collect();
-            for ip in ips {
-                if let Err(e) = self.classify(ip) {
-                    tracing::error!(%ip, "inbound capture for this pod's interface: {e}");
+            let mut interfaces: HashSet<String> = self.uplinks.iter().cloned().collect();
+            for ip in local.iter().flat_map(|w| w.ips.iter().filter_map(ipv4)) {
+                match host_interface(ip) {
+                    Some(iface) => {
+                        interfaces.insert(iface);
+                    }
+                    None => tracing::error!(
+                        %ip,
+                        "inbound capture for this pod's interface: {}",
+                        CaptureError::NoInterface(ip)
+                    ),
                 }
             }
+            let unused: Vec<String> = self
+                .classified
+                .keys()
+                .filter(|i| !interfaces.contains(*i))
+                .cloned()
+                .collect();
+            for iface in unused {
+                self.detach_classifier(&iface);
+            }
+            let mut interfaces: Vec<String> = interfaces.into_iter().collect();
+            interfaces.sort();
+            for iface in interfaces {
+                self.attach_classifier(&iface);
+            }
         }
-        for w in wanted {
+        for w in local.iter().filter(|w| wanted.contains(w.uid.as_str())) {
             if self.enrolled.contains_key(&w.uid) {
                 continue;
             }
@@ -333,6 +499,52 @@ impl Capture {
                 Ok(()) => tracing::info!(workload = %w.key(), "enrolled for capture"),
                 Err(e) => tracing::error!(workload = %w.key(), "not captured: {e}"),
             }
+        }
+        if !self.settled {
+            self.settled = true;
+            self.remove_leftovers();
+        }
+    }
+
+    /// After taking over: map entries of pods this weftd did not enrol (they left the mesh
+    /// while no weftd ran) and links it did not replace are removed.
+    fn remove_leftovers(&mut self) {
+        let cookies: HashSet<u64> = self.enrolled.values().map(|e| e.cookie).collect();
+        let ips: HashSet<u32> = self
+            .enrolled
+            .values()
+            .map(|e| e.ip)
+            .chain(self.draining.values().copied())
+            .map(|ip| u32::from_ne_bytes(ip.octets()))
+            .collect();
+        let mut removed = 0;
+        if let Ok(mut pods) = self.pods() {
+            let stale: Vec<u64> = pods
+                .keys()
+                .flatten()
+                .filter(|k| !cookies.contains(k))
+                .collect();
+            for k in stale {
+                removed += usize::from(pods.remove(&k).is_ok());
+            }
+        }
+        if let Ok(mut pod_ips) = self.pod_ips() {
+            let stale: Vec<u32> = pod_ips
+                .keys()
+                .flatten()
+                .filter(|k| !ips.contains(k))
+                .collect();
+            for k in stale {
+                removed += usize::from(pod_ips.remove(&k).is_ok());
+            }
+        }
+        let links = self.pins.remove_leftovers();
+        if removed > 0 || !links.is_empty() {
+            tracing::info!(
+                map_entries = removed,
+                links = ?links,
+                "removed capture state the previous weftd left and this one does not use"
+            );
         }
     }
 
@@ -360,6 +572,7 @@ impl Capture {
             let _ = self.pods()?.remove(&cookie);
             return Err(e);
         }
+        self.draining.remove(uid);
         self.enrolled
             .insert(uid.to_string(), Enrolled { cookie, ip });
         self.enrolled_count
@@ -367,17 +580,26 @@ impl Capture {
         Ok(())
     }
 
-    fn unenrol(&mut self, uid: &str) -> Result<(), CaptureError> {
+    /// New connections of the pod go direct from now on; ones already redirected keep their
+    /// map entries (keyed by socket) and finish through weftd. While the workload is still
+    /// `present`, its IP stays DRAINING so inbound flows weftd owns keep reaching weftd.
+    fn unenrol(&mut self, uid: &str, present: bool) -> Result<(), CaptureError> {
         let Some(e) = self.enrolled.remove(uid) else {
             return Ok(());
         };
         self.enrolled_count
             .store(self.enrolled.len(), std::sync::atomic::Ordering::Relaxed);
-        // New connections go direct from now on; ones already redirected keep their map
-        // entries (keyed by socket) and finish through weftd.
         let _ = self.pods()?.remove(&e.cookie);
-        let _ = self.pod_ips()?.remove(&u32::from_ne_bytes(e.ip.octets()));
-        tracing::info!(workload = %uid, "unenrolled from capture");
+        let key = u32::from_ne_bytes(e.ip.octets());
+        if present {
+            self.pod_ips()?
+                .insert(key, DRAINING, 0)
+                .map_err(map_error("pod_ips"))?;
+            self.draining.insert(uid.to_string(), e.ip);
+        } else {
+            let _ = self.pod_ips()?.remove(&key);
+        }
+        tracing::info!(workload = %uid, draining = present, "unenrolled from capture");
         Ok(())
     }
 
@@ -396,6 +618,27 @@ impl Capture {
             .ok_or_else(|| no_map("pod_ips"))?;
         BpfHashMap::try_from(map).map_err(map_error("pod_ips"))
     }
+}
+
+fn attach_err(name: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> CaptureError {
+    move |source| CaptureError::Attach { name, source }
+}
+
+fn link_err(name: &'static str) -> impl FnOnce(LinkError) -> CaptureError {
+    move |source| CaptureError::Link { name, source }
+}
+
+fn record(attachments: &Attachments, program: &'static str, target: &str, error: Option<String>) {
+    if let Ok(mut a) = attachments.lock() {
+        a.insert((program, target.to_string()), error);
+    }
+}
+
+fn interface_index(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `c` is a valid C string; if_nametoindex only reads it.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (index != 0).then_some(index)
 }
 
 fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> CaptureError {

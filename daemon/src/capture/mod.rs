@@ -9,8 +9,10 @@ pub mod bpf;
 pub mod check;
 pub mod ebpf;
 pub mod netlink;
+pub mod pin;
 pub mod proxy_protocol;
 pub mod stats;
+pub mod uninstall;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,8 +1,7 @@
 //! The routing half of inbound capture, through rtnetlink (no `ip` commands): a policy rule
 //! sends packets the classifier marked to a table whose only route makes every address local,
 //! so they reach weftd's transparent listeners instead of being forwarded to the pod.
-//! Installing is idempotent. Removing it (`capture uninstall`) is not built yet; in tests the
-//! node namespace goes, and the rule with it.
+//! Installing and removing are both idempotent; `weftd capture uninstall` removes them.
 
 use std::net::Ipv4Addr;
 
@@ -10,6 +9,8 @@ use rtnetlink::packet_route::route::{RouteScope, RouteType};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute};
 use rtnetlink::{Handle, RouteMessageBuilder};
 
+/// Routing table of the capture rule (`ip rule fwmark 0x100/0xfff lookup 100`).
+pub const TABLE: u32 = 100;
 /// Priority of our rule: before the main table (32766), after the local one (0).
 const RULE_PRIORITY: u32 = 1000;
 /// The mask keeps weftd's own SO_MARK (0x539 has bit 0x100 set) out of the rule.
@@ -63,8 +64,7 @@ impl Routing {
             .build()
     }
 
-    /// `ip rule add fwmark MARK/0xfff lookup TABLE` + `ip route add local 0/0 dev lo table TABLE`.
-    pub async fn install(&self) -> Result<(), NetlinkError> {
+    fn rule(&self) -> rtnetlink::RuleAddRequest<Ipv4Addr> {
         let mut rule = self
             .handle
             .rule()
@@ -78,7 +78,12 @@ impl Routing {
         rule.message_mut()
             .attributes
             .push(RuleAttribute::FwMask(MARK_MASK));
-        match rule.execute().await {
+        rule
+    }
+
+    /// `ip rule add fwmark MARK/0xfff lookup TABLE` + `ip route add local 0/0 dev lo table TABLE`.
+    pub async fn install(&self) -> Result<(), NetlinkError> {
+        match self.rule().execute().await {
             Err(e) if !exists(&e) => return Err(request("adding the capture ip rule")(e)),
             _ => {}
         }
@@ -90,4 +95,26 @@ impl Routing {
             .await
             .map_err(request("adding the capture local route"))
     }
+
+    /// Removes the rule and the route. Returns what was there to remove.
+    pub async fn uninstall(&self) -> Result<Vec<&'static str>, NetlinkError> {
+        let mut removed = Vec::new();
+        let rule = self.rule().message_mut().clone();
+        match self.handle.rule().del(rule).execute().await {
+            Ok(()) => removed.push("ip rule"),
+            Err(e) if absent(&e) => {}
+            Err(e) => return Err(request("removing the capture ip rule")(e)),
+        }
+        match self.handle.route().del(self.local_route()).execute().await {
+            Ok(()) => removed.push("local route table"),
+            Err(e) if absent(&e) => {}
+            Err(e) => return Err(request("removing the capture local route")(e)),
+        }
+        Ok(removed)
+    }
+}
+
+fn absent(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m)
+        if m.raw_code() == -libc::ENOENT || m.raw_code() == -libc::ESRCH)
 }

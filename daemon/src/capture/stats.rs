@@ -1,5 +1,5 @@
-//! Capture metrics, read from the kernel at scrape time: the per-CPU event counters the BPF
-//! programs keep, and how many workloads are enrolled. Reading at scrape time means no
+//! Capture metrics, read at scrape time: the per-CPU event counters the BPF programs keep, how
+//! many workloads are enrolled, and where each program is attached. Reading at scrape time means no
 //! polling task and numbers that are exact when they are read.
 
 use std::sync::Arc;
@@ -24,6 +24,7 @@ const EVENTS: [&str; 5] = [
 pub struct CaptureStats {
     pub(super) counters: PerCpuArray<MapData, u64>,
     pub enrolled: Arc<AtomicUsize>,
+    pub(super) attachments: super::ebpf::Attachments,
 }
 
 impl std::fmt::Debug for CaptureStats {
@@ -41,6 +42,19 @@ impl Collector for CaptureStats {
             None,
             gauge.metric_type(),
         )?)?;
+        let mut attached = encoder.encode_descriptor(
+            "weft_capture_attached",
+            "Capture programs per attach point (cgroup, netns, interface): 1 attached, 0 failed",
+            None,
+            MetricType::Gauge,
+        )?;
+        if let Ok(a) = self.attachments.lock() {
+            for ((program, target), error) in a.iter() {
+                let labels = [("program", *program), ("target", target.as_str())];
+                ConstGauge::new(i64::from(error.is_none()))
+                    .encode(attached.encode_family(&labels)?)?;
+            }
+        }
         let mut family = encoder.encode_descriptor(
             "weft_capture_events",
             "Capture events counted by the BPF programs (redirected: outbound connects rewritten to weftd)",
