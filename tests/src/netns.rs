@@ -36,8 +36,10 @@ pub struct Topology {
     pub prefix: String,
     namespaces: Vec<String>,
     pub cgroup: PathBuf,
-    /// More cgroup directories (one per further node), removed on drop.
-    extra_cgroups: Vec<PathBuf>,
+    /// More cgroup directories (one per further node, by node name), removed on drop.
+    extra_cgroups: Vec<(String, PathBuf)>,
+    /// The node of each pod, for the cgroup its processes belong in.
+    pod_nodes: std::collections::HashMap<String, String>,
     /// The node-side address every pod uses as its gateway (on every host veth).
     pub gateway: String,
     subnet: u8,
@@ -62,6 +64,7 @@ impl Topology {
             namespaces: Vec::new(),
             cgroup,
             extra_cgroups: Vec::new(),
+            pod_nodes: Default::default(),
             gateway: format!("10.{id}.0.1"),
             subnet: id,
             pods: Default::default(),
@@ -73,13 +76,22 @@ impl Topology {
         self.pods.get(name).cloned().unwrap_or_default()
     }
 
-    /// Another cgroup2 directory, e.g. for a second node's pods: two weftd cannot both attach
-    /// to one cgroup.
-    pub fn extra_cgroup(&mut self, name: &str) -> anyhow::Result<PathBuf> {
-        let dir = cgroup2_root()?.join(format!("weft-test-{}-{name}", self.prefix));
+    /// The cgroup2 directory of `node`'s pods: two weftd cannot both attach to one cgroup,
+    /// so every node but the first gets its own. Pods of `node` run in it from then on.
+    pub fn extra_cgroup(&mut self, node: &str) -> anyhow::Result<PathBuf> {
+        let dir = cgroup2_root()?.join(format!("weft-test-{}-{node}", self.prefix));
         std::fs::create_dir_all(&dir)?;
-        self.extra_cgroups.push(dir.clone());
+        self.extra_cgroups.push((node.to_string(), dir.clone()));
         Ok(dir)
+    }
+
+    /// The cgroup the processes of `pod` run in: its node's.
+    pub fn pod_cgroup(&self, pod: &str) -> &Path {
+        let node = self.pod_nodes.get(pod);
+        self.extra_cgroups
+            .iter()
+            .find(|(n, _)| Some(n) == node)
+            .map_or(&self.cgroup, |(_, dir)| dir)
     }
 
     pub fn ns_path(&self, name: &str) -> PathBuf {
@@ -131,6 +143,7 @@ impl Topology {
             self.gateway
         ))?;
         self.pods.insert(name.to_string(), ip.clone());
+        self.pod_nodes.insert(name.to_string(), node.to_string());
         Ok(ip)
     }
 
@@ -174,7 +187,7 @@ impl Topology {
     /// Runs `cmd` as a pod process: in the pod's namespace and in the test cgroup, which is
     /// where capture applies. The wrapper moves only its own PID.
     pub fn pod_exec(&self, name: &str, cmd: &str) -> anyhow::Result<Output> {
-        let procs = self.cgroup.join("cgroup.procs");
+        let procs = self.pod_cgroup(name).join("cgroup.procs");
         let out = self
             .exec(
                 name,
@@ -196,7 +209,7 @@ impl Drop for Topology {
         // Unmounting drops every pin, and with them the links still attached to the cgroups.
         let _ = sh(&format!("umount {}", self.bpffs.display()));
         let _ = std::fs::remove_dir(&self.bpffs);
-        for cg in std::iter::once(&self.cgroup).chain(&self.extra_cgroups) {
+        for cg in std::iter::once(&self.cgroup).chain(self.extra_cgroups.iter().map(|(_, d)| d)) {
             if let Ok(procs) = std::fs::read_to_string(cg.join("cgroup.procs")) {
                 for pid in procs.split_whitespace() {
                     let _ = sh(&format!("kill -9 {pid}"));
@@ -303,5 +316,151 @@ impl Topology {
         )
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default()
+    }
+}
+
+/// The file at `path`, or "" when it cannot be read (not written yet).
+pub fn read(path: impl AsRef<Path>) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Writes `<dir>/mesh.yaml` atomically, with a fresh CA: `nodes` and `workloads` are YAML list
+/// items, `rest` further top-level sections.
+pub fn write_mesh(dir: &Path, nodes: &str, workloads: &str, rest: &str) -> anyhow::Result<()> {
+    if !dir.join("root-cert.pem").exists() {
+        write_ca(dir)?;
+    }
+    let text = format!(
+        "ca: {{certFile: root-cert.pem, keyFile: root-key.pem}}\nnodes:\n{nodes}workloads:\n{workloads}{rest}"
+    );
+    let tmp = dir.join("mesh.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, dir.join("mesh.yaml"))?;
+    Ok(())
+}
+
+/// How many connections a [`Topology::line_echo_server`] saw from `who`.
+pub fn connections_from(server_output: &str, who: &str) -> usize {
+    let want = format!("from {who}");
+    server_output.lines().filter(|l| *l == want).count()
+}
+
+/// A server that echoes lines and prints `from <peer ip>` per connection.
+const LINE_ECHO: &str = "import socket, sys, threading
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((sys.argv[1], int(sys.argv[2]))); l.listen(64); print('listening', flush=True)
+def serve(c, a):
+    print('from', a[0], flush=True)
+    f = c.makefile('rwb', 0)
+    for line in f:
+        f.write(line)
+while True:
+    c, a = l.accept(); threading.Thread(target=serve, args=(c, a), daemon=True).start()
+";
+
+/// A client holding one connection, sending a line per `send`; gives up after 5 s silence.
+const LINE_CLIENT: &str = "import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), 5); s.settimeout(5)
+f = s.makefile('rwb', 0)
+for line in sys.stdin:
+    f.write(line.encode()); print(f.readline().decode().strip(), flush=True)
+";
+
+/// A long-lived connection from a pod process, see [`Topology::line_client`].
+pub struct LineClient {
+    _child: Killed,
+    stdin: std::process::ChildStdin,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl LineClient {
+    /// Sends `line` and returns the echoed line, or None when the connection failed.
+    pub fn send(&mut self, line: &str) -> Option<String> {
+        use std::io::Write;
+        writeln!(self.stdin, "{line}").ok()?;
+        self.lines.next()?.ok().filter(|l| !l.is_empty())
+    }
+}
+
+impl Topology {
+    /// Node entry for a mesh file: eBPF capture of the pods in `cgroup`, pins under this
+    /// topology's bpffs, classifier also on `uplinks` (a YAML list body).
+    pub fn ebpf_node(&self, name: &str, cgroup: &Path, uplinks: &str) -> String {
+        format!(
+            "  - {{name: {name}, capture: ebpf, ebpf: {{cgroup: \"{}\", redirectAddress: \"{}\", interfaces: [{uplinks}], pinPath: \"{}\"}}, listen: {{outbound: \"0.0.0.0:15001\"}}}}\n",
+            cgroup.display(),
+            self.gateway,
+            self.pin_path(name).display()
+        )
+    }
+
+    /// Where node `name` pins its capture state.
+    pub fn pin_path(&self, node: &str) -> PathBuf {
+        self.bpffs.join(node)
+    }
+
+    /// Workload entry for pod `pod` (service account and `app` label = its name).
+    pub fn pod_entry(&self, pod: &str, ip: &str, node: &str, extra: &str) -> String {
+        format!(
+            "  - {{name: {pod}, serviceAccount: {pod}, ips: [{ip}], node: {node}, netns: \"{}\", labels: {{app: {pod}}}{extra}}}\n",
+            self.ns_path(pod).display()
+        )
+    }
+
+    /// [`LINE_ECHO`] on `ip:port` in `pod`, once listening. Returns it and its output file.
+    pub fn line_echo_server(
+        &self,
+        dir: &Path,
+        pod: &str,
+        ip: &str,
+        port: u16,
+    ) -> anyhow::Result<(Killed, PathBuf)> {
+        let script = dir.join("line_echo.py");
+        std::fs::write(&script, LINE_ECHO)?;
+        let out = dir.join(format!("{pod}-{port}.out"));
+        let server = Killed(
+            self.exec(
+                pod,
+                &format!("exec python3 -u {} {ip} {port}", script.display()),
+            )
+            .stdout(std::fs::File::create(&out)?)
+            .spawn()?,
+        );
+        if !wait_for(|| read(&out).contains("listening")) {
+            bail!("line echo server in {pod} did not start");
+        }
+        Ok((server, out))
+    }
+
+    /// A pod process holding one connection to `ip:port` (in the capture cgroup).
+    pub fn line_client(&self, pod: &str, ip: &str, port: u16) -> anyhow::Result<LineClient> {
+        let mut child = self
+            .exec(
+                pod,
+                &format!(
+                    "echo $$ > {}/cgroup.procs && exec python3 -u -c \"{LINE_CLIENT}\" {ip} {port}",
+                    self.pod_cgroup(pod).display()
+                ),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdin = child.stdin.take().context("no stdin")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        Ok(LineClient {
+            _child: Killed(child),
+            stdin,
+            lines: std::io::BufRead::lines(std::io::BufReader::new(stdout)),
+        })
+    }
+
+    /// One connection from a pod process: send `tag`, return the echo ("" on failure).
+    pub fn line_once(&self, pod: &str, ip: &str, port: u16, tag: &str) -> String {
+        let py = format!(
+            "import socket; s=socket.create_connection(('{ip}',{port}),5); s.settimeout(5); s.sendall(b'{tag}\\n'); print(s.recv(100).decode().strip())"
+        );
+        self.pod_exec(pod, &format!("python3 -c \"{py}\""))
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
     }
 }

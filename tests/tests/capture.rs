@@ -2,43 +2,10 @@
 //! with /32 routes like a ptp CNI), pod processes in a dedicated cgroup2 directory, real weftd,
 //! curl, python servers and tcpdump. Needs root; see `weft_tests::require_root`.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use weft_tests::netns::{Killed, Topology, wait_for, write_ca};
+use weft_tests::netns::{Killed, Topology, connections_from, read, wait_for, write_mesh};
 use weft_tests::require_root;
-
-/// A node entry for the mesh file: eBPF capture of the pods in `cgroup`.
-fn ebpf_node(t: &Topology, name: &str, cgroup: &Path, uplinks: &str) -> String {
-    format!(
-        "  - {{name: {name}, capture: ebpf, ebpf: {{cgroup: \"{}\", redirectAddress: \"{}\", interfaces: [{uplinks}], pinPath: \"{}\"}}, listen: {{outbound: \"0.0.0.0:15001\"}}}}\n",
-        cgroup.display(),
-        t.gateway,
-        t.bpffs.join(name).display()
-    )
-}
-
-/// A workload entry in namespace `pod` of the topology.
-fn pod_entry(t: &Topology, pod: &str, ip: &str, node: &str, extra: &str) -> String {
-    format!(
-        "  - {{name: {pod}, serviceAccount: {pod}, ips: [{ip}], node: {node}, netns: \"{}\", labels: {{app: {pod}}}{extra}}}\n",
-        t.ns_path(pod).display()
-    )
-}
-
-fn write_mesh(dir: &Path, nodes: &str, workloads: &str, rest: &str) {
-    write_ca(dir).unwrap();
-    let text = format!(
-        "ca: {{certFile: root-cert.pem, keyFile: root-key.pem}}\nnodes:\n{nodes}workloads:\n{workloads}{rest}"
-    );
-    let tmp = dir.join("mesh.tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join("mesh.yaml")).unwrap();
-}
-
-fn read(path: impl AsRef<Path>) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
 
 /// True when some `weft_tcp_connections_opened_total` series of `metrics` has every label.
 fn opened(metrics: &str, labels: &[&str]) -> bool {
@@ -65,14 +32,15 @@ fn enrolled_pod_connections_are_captured_and_unenrolled_ones_are_not() {
     let plain = t.pod("node1", "plain", 1, 3).unwrap();
     let ext = t.pod("node1", "ext", 9, 2).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let workloads = pod_entry(&t, "client", &client, "node1", "")
-        + &pod_entry(&t, "plain", &plain, "node1", ", mode: none");
+    let workloads = t.pod_entry("client", &client, "node1", "")
+        + &t.pod_entry("plain", &plain, "node1", ", mode: none");
     write_mesh(
         dir.path(),
-        &ebpf_node(&t, "node1", &t.cgroup, ""),
+        &t.ebpf_node("node1", &t.cgroup, ""),
         &workloads,
         "",
-    );
+    )
+    .unwrap();
     let _server = t.http_server(dir.path(), "ext", &ext).unwrap();
     let _weftd = t.start_weftd(dir.path(), "node1", "").unwrap();
     let logs = || read(dir.path().join("node1.log"));
@@ -145,72 +113,33 @@ fn enrolment_follows_the_mesh_file_and_spares_open_connections() {
     if !require_root("enrolment_follows_the_mesh_file_and_spares_open_connections") {
         return;
     }
-    use std::io::{BufRead, BufReader, Write};
     let mut t = Topology::new(42).unwrap();
     t.node("node1").unwrap();
     let client = t.pod("node1", "client", 1, 2).unwrap();
     let ext = t.pod("node1", "ext", 9, 2).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let node = ebpf_node(&t, "node1", &t.cgroup, "");
+    let node = t.ebpf_node("node1", &t.cgroup, "");
     let mesh = |mode: &str| {
         write_mesh(
             dir.path(),
             &node,
-            &pod_entry(&t, "client", &client, "node1", &format!(", mode: {mode}")),
+            &t.pod_entry("client", &client, "node1", &format!(", mode: {mode}")),
             "",
         )
+        .unwrap()
     };
     mesh("none");
 
     // The outside server echoes lines and prints who connected.
-    let server = "import socket, sys, threading
-l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-l.bind((sys.argv[1], 7000)); l.listen(16); print('listening', flush=True)
-def serve(c, a):
-    print('from', a[0], flush=True)
-    f = c.makefile('rwb', 0)
-    for line in f:
-        f.write(line)
-while True:
-    c, a = l.accept(); threading.Thread(target=serve, args=(c, a), daemon=True).start()
-";
-    std::fs::write(dir.path().join("server.py"), server).unwrap();
-    let out_path = dir.path().join("server.out");
-    let _server = Killed(
-        t.exec(
-            "ext",
-            &format!(
-                "exec python3 -u {} {ext}",
-                dir.path().join("server.py").display()
-            ),
-        )
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .spawn()
-        .unwrap(),
-    );
+    let (_server, out_path) = t.line_echo_server(dir.path(), "ext", &ext, 7000).unwrap();
     let seen = || read(&out_path);
-    assert!(wait_for(|| seen().contains("listening")));
     let _weftd = t
         .start_weftd(dir.path(), "node1", "--reload-interval 100ms")
         .unwrap();
     let logs = || read(dir.path().join("node1.log"));
 
-    // One request from a pod process: connect, send a line, read it back.
-    let once = |tag: &str| {
-        let py = format!(
-            "import socket; s=socket.create_connection(('{ext}',7000),5); s.sendall(b'{tag}\\n'); print(s.recv(100).decode().strip())"
-        );
-        let out = t
-            .pod_exec("client", &format!("python3 -c \"{py}\""))
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    let from = |who: &str| {
-        seen()
-            .lines()
-            .filter(|l| *l == format!("from {who}"))
-            .count()
-    };
+    let once = |tag: &str| t.line_once("client", &ext, 7000, tag);
+    let from = |who: &str| connections_from(&seen(), who);
 
     assert_eq!(once("direct"), "direct");
     assert_eq!(
@@ -235,25 +164,8 @@ while True:
     );
 
     // A long-lived connection through weftd, held by a pod process.
-    let py = format!(
-        "import socket,sys; s=socket.create_connection(('{ext}',7000),5); f=s.makefile('rwb',0)\nfor line in sys.stdin: f.write(line.encode()); print(f.readline().decode().strip(), flush=True)"
-    );
-    let mut long = t
-        .exec(
-            "client",
-            &format!(
-                "echo $$ > {}/cgroup.procs && exec python3 -u -c \"{py}\"",
-                t.cgroup.display()
-            ),
-        )
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = long.stdin.take().unwrap();
-    let mut lines = BufReader::new(long.stdout.take().unwrap()).lines();
-    writeln!(stdin, "before").unwrap();
-    assert_eq!(lines.next().unwrap().unwrap(), "before");
+    let mut long = t.line_client("client", &ext, 7000).unwrap();
+    assert_eq!(long.send("before").as_deref(), Some("before"));
     assert_eq!(from(&t.gateway), 2);
 
     mesh("none");
@@ -269,15 +181,11 @@ while True:
         "the unenrolled pod's new connection was still captured:\n{}",
         seen()
     );
-    writeln!(stdin, "after").unwrap();
     assert_eq!(
-        lines.next().unwrap().unwrap(),
-        "after",
+        long.send("after").as_deref(),
+        Some("after"),
         "the connection made through weftd broke at unenrolment"
     );
-    drop(stdin);
-    let _ = long.kill();
-    let _ = long.wait();
 }
 
 /// Inbound capture: a pod outside the mesh calling enrolled pods on the same node reaches them
@@ -294,15 +202,16 @@ fn plaintext_to_enrolled_pods_is_steered_through_weftd() {
     let strict = t.pod("node1", "strict", 1, 3).unwrap();
     let caller = t.pod("node1", "caller", 1, 4).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let workloads = pod_entry(&t, "open", &open, "node1", ", inbound: permissive")
-        + &pod_entry(&t, "strict", &strict, "node1", "")
-        + &pod_entry(&t, "caller", &caller, "node1", ", mode: none");
+    let workloads = t.pod_entry("open", &open, "node1", ", inbound: permissive")
+        + &t.pod_entry("strict", &strict, "node1", "")
+        + &t.pod_entry("caller", &caller, "node1", ", mode: none");
     write_mesh(
         dir.path(),
-        &ebpf_node(&t, "node1", &t.cgroup, ""),
+        &t.ebpf_node("node1", &t.cgroup, ""),
         &workloads,
         "",
-    );
+    )
+    .unwrap();
     let _open = t.http_server(dir.path(), "open", &open).unwrap();
     let _strict = t.http_server(dir.path(), "strict", &strict).unwrap();
     let _weftd = t.start_weftd(dir.path(), "node1", "").unwrap();
@@ -385,14 +294,14 @@ fn cross_node_traffic_between_enrolled_pods_is_mutual_tls_on_the_wire() {
     let dir = tempfile::tempdir().unwrap();
     let vip = format!("10.{id}.100.1");
     let nodes =
-        ebpf_node(&t, "node1", &t.cgroup, "uplink") + &ebpf_node(&t, "node2", &cgroup2, "uplink");
-    let workloads = pod_entry(&t, "client", &client, "node1", "")
-        + &pod_entry(&t, "plain", &plain, "node1", ", mode: none")
-        + &pod_entry(&t, "server", &server, "node2", ", inbound: permissive");
+        t.ebpf_node("node1", &t.cgroup, "uplink") + &t.ebpf_node("node2", &cgroup2, "uplink");
+    let workloads = t.pod_entry("client", &client, "node1", "")
+        + &t.pod_entry("plain", &plain, "node1", ", mode: none")
+        + &t.pod_entry("server", &server, "node2", ", inbound: permissive");
     let services = format!(
         "services:\n  - {{name: server, vips: [{vip}], ports: [{{port: 80, targetPort: 8080}}], selector: {{app: server}}}}\n"
     );
-    write_mesh(dir.path(), &nodes, &workloads, &services);
+    write_mesh(dir.path(), &nodes, &workloads, &services).unwrap();
     let _server = t.http_server(dir.path(), "server", &server).unwrap();
     let _weftd1 = t.start_weftd(dir.path(), "node1", "").unwrap();
     let _weftd2 = t.start_weftd(dir.path(), "node2", "").unwrap();
@@ -492,8 +401,8 @@ fn same_node(id: u8, policies: &str) -> (Topology, tempfile::TempDir, Killed, Ki
     let client = t.pod("node1", "client", 1, 2).unwrap();
     let server = t.pod("node1", "server", 1, 3).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let workloads = pod_entry(&t, "client", &client, "node1", "")
-        + &pod_entry(&t, "server", &server, "node1", "");
+    let workloads =
+        t.pod_entry("client", &client, "node1", "") + &t.pod_entry("server", &server, "node1", "");
     let rest = if policies.is_empty() {
         String::new()
     } else {
@@ -501,10 +410,11 @@ fn same_node(id: u8, policies: &str) -> (Topology, tempfile::TempDir, Killed, Ki
     };
     write_mesh(
         dir.path(),
-        &ebpf_node(&t, "node1", &t.cgroup, ""),
+        &t.ebpf_node("node1", &t.cgroup, ""),
         &workloads,
         &rest,
-    );
+    )
+    .unwrap();
     let s = t.http_server(dir.path(), "server", &server).unwrap();
     let w = t.start_weftd(dir.path(), "node1", "").unwrap();
     (t, dir, s, w)
