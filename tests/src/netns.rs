@@ -52,9 +52,20 @@ impl Topology {
     /// `id` picks the subnet 10.<id>.0.0/16 inside the test's own namespaces.
     pub fn new(id: u8) -> anyhow::Result<Self> {
         let prefix = format!("wt{id}x{}", std::process::id() % 10000);
-        let cgroup = cgroup2_root()?.join(format!("weft-test-{prefix}"));
+        let cgroup = format!("weft-test-{prefix}");
+        Self::create(prefix, &cgroup, id)
+    }
+
+    /// A topology whose namespaces are `<prefix>-<name>` and whose pods' cgroup is `<prefix>`
+    /// (for the demo, whose names a person types).
+    pub fn named(prefix: &str, id: u8) -> anyhow::Result<Self> {
+        Self::create(prefix.to_string(), prefix, id)
+    }
+
+    fn create(prefix: String, cgroup: &str, id: u8) -> anyhow::Result<Self> {
+        let cgroup = cgroup2_root()?.join(cgroup);
         std::fs::create_dir_all(&cgroup)?;
-        // Each bpffs mount is a separate instance: pins made here are this test's only.
+        // Each bpffs mount is a separate instance: pins made here are this topology's only.
         let bpffs = std::env::temp_dir().join(format!("weft-bpf-{prefix}"));
         std::fs::create_dir_all(&bpffs)?;
         sh(&format!("mount -t bpf bpf {}", bpffs.display()))?;
@@ -147,8 +158,10 @@ impl Topology {
         Ok(ip)
     }
 
-    /// Joins two nodes with a veth `uplink` in both at 10.<id>.254.<a>/<b>, and routes
-    /// each node's pod network (10.<id>.<n>.0/24) over it. Returns the uplink addresses.
+    /// Joins two nodes through a bridge (in a namespace `lan` of its own): each node has an
+    /// interface `uplink` at 10.<id>.254.<net> plugged into it, and routes the other node's pod
+    /// network (10.<id>.<net>.0/24) via the other node's uplink address. Returns the uplink
+    /// addresses.
     pub fn link_nodes(
         &mut self,
         a: &str,
@@ -156,14 +169,26 @@ impl Topology {
         b: &str,
         b_net: u8,
     ) -> anyhow::Result<(String, String)> {
+        let lan = self.ns("lan");
+        if !self.namespaces.contains(&lan) {
+            sh(&format!("ip netns add {lan}"))?;
+            self.namespaces.push(lan.clone());
+            sh(&format!("ip -n {lan} link add name br0 type bridge"))?;
+            sh(&format!("ip -n {lan} link set br0 up"))?;
+        }
         let (na, nb) = (self.ns(a), self.ns(b));
         let (ia, ib) = (
             format!("10.{}.254.{a_net}", self.subnet),
             format!("10.{}.254.{b_net}", self.subnet),
         );
-        sh(&format!(
-            "ip -n {na} link add name uplink type veth peer name uplink netns {nb}"
-        ))?;
+        for (ns, net) in [(&na, a_net), (&nb, b_net)] {
+            let port = format!("port{net}");
+            sh(&format!(
+                "ip -n {ns} link add name uplink type veth peer name {port} netns {lan}"
+            ))?;
+            sh(&format!("ip -n {lan} link set {port} master br0"))?;
+            sh(&format!("ip -n {lan} link set {port} up"))?;
+        }
         for (ns, mine, peer, peer_net) in [(&na, &ia, &ib, b_net), (&nb, &ib, &ia, a_net)] {
             sh(&format!("ip -n {ns} addr add {mine}/32 dev uplink"))?;
             sh(&format!("ip -n {ns} link set uplink up"))?;
@@ -247,14 +272,20 @@ pub fn write_ca(dir: &Path) -> anyhow::Result<()> {
 }
 
 impl Topology {
-    /// `python3 -m http.server` on `ip:8080` in `pod`, once it serves. Its access log (client
-    /// addresses) is `<dir>/<pod>.log`.
+    /// `python3 -m http.server` on `ip:8080` in `pod`, once it serves; `/` answers
+    /// `hello from <pod>`. Its access log (client addresses) is `<dir>/<pod>.log`.
     pub fn http_server(&self, dir: &Path, pod: &str, ip: &str) -> anyhow::Result<Killed> {
         let out = dir.join(format!("{pod}.out"));
+        let www = dir.join(format!("www-{pod}"));
+        std::fs::create_dir_all(&www)?;
+        std::fs::write(www.join("index.html"), format!("hello from {pod}\n"))?;
         let server = Killed(
             self.exec(
                 pod,
-                &format!("exec python3 -u -m http.server 8080 --bind {ip}"),
+                &format!(
+                    "exec python3 -u -m http.server 8080 --bind {ip} --directory {}",
+                    www.display()
+                ),
             )
             .stdout(std::fs::File::create(&out)?)
             .stderr(std::fs::File::create(dir.join(format!("{pod}.log")))?)

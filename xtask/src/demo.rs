@@ -1,133 +1,255 @@
-//! `cargo xtask demo`: a two-node mesh on loopback. A client workload on node1 calls the `echo`
-//! service (two replicas on node2) through both weftd; the demo prints the replies, the access
-//! log lines with the identities on each side, and the metric lines, then waits for Ctrl-C
-//! (or exits at once with `--once`) and removes what it made.
+//! `cargo xtask demo`: a local mesh of network namespaces with transparent eBPF capture.
+//!
+//! Two node namespaces joined by a bridge (each node's "uplink" plugs into it), each running
+//! weftd; a `client` pod on node1, two `web` pods on node2 behind the service VIP 10.60.100.1,
+//! and an `outside` host that is not in the mesh. Unmodified `curl` and `python3 -m http.server` are the applications. The
+//! demo sends requests, prints who talked to whom with which identities and the metric lines,
+//! prints commands to try, and waits for Ctrl-C (`--once`: exits at once). Everything it made
+//! is removed when it ends, by name.
+//!
+//! The topology is the one the end-to-end tests build (`weft_tests::netns`), so what the demo
+//! shows is what CI checks.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
+use weft_tests::netns::{Topology, read, write_mesh};
 
-const MESH: &str = r#"trustDomain: cluster.local
-ca: {certFile: root-cert.pem, keyFile: root-key.pem, leafLifetime: 1h}
-nodes:
-  - {name: node1, listen: {outbound: "127.0.1.250:15001", admin: "127.0.1.250:15000", metrics: "127.0.1.250:15020", readiness: "127.0.1.250:15021"}}
-  - {name: node2, listen: {outbound: "127.0.2.250:15001", admin: "127.0.2.250:15000", metrics: "127.0.2.250:15020", readiness: "127.0.2.250:15021"}}
-workloads:
-  - {name: sleep, serviceAccount: sleep, ips: [127.0.1.1], node: node1, labels: {app: sleep}}
-  - {name: echo-1, serviceAccount: echo, ips: [127.0.2.1], node: node2, labels: {app: echo}}
-  - {name: echo-2, serviceAccount: echo, ips: [127.0.2.2], node: node2, labels: {app: echo}}
-services:
-  - {name: echo, vips: [127.0.0.100], ports: [{port: 80, targetPort: 8080}], selector: {app: echo}}
-policies:
-  - name: echo-allow-sleep
-    namespace: default
-    selector: {matchLabels: {app: echo}}
-    rules: [{from: [{source: {principals: ["cluster.local/ns/default/sa/sleep"]}}]}]
-"#;
-
-struct Node {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-    admin: &'static str,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+const PREFIX: &str = "weft-demo";
+const ID: u8 = 60;
+const VIP: &str = "10.60.100.1";
+const NAMESPACES: [&str; 7] = [
+    "node1", "node2", "lan", "client", "outside", "web-1", "web-2",
+];
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
+    if args.iter().any(|a| a == "--loopback") {
+        return crate::loopback_demo::run(args);
+    }
     let once = args.iter().any(|a| a == "--once");
-    crate::cargo(&["build", "-p", "weftd"])?;
-    let weftd = crate::workspace_root().join("target/debug/weftd");
-    let dir = tempdir()?;
-    let result = demo(&weftd, &dir, once);
+    if !crate::tools::is_root() {
+        bail!(
+            "the demo creates network namespaces and loads eBPF programs, so it needs root: \
+             run it as root (e.g. `sudo -E cargo xtask demo`), or run `cargo xtask demo --loopback` \
+             for a mesh on loopback without capture"
+        );
+    }
+    crate::tools::ensure(&[
+        ("curl", "curl"),
+        ("python3", "python3"),
+        ("nsenter", "util-linux"),
+        ("unshare", "util-linux"),
+        ("ip", "iproute2"),
+    ])?;
+    // One demo at a time: a second one would take the first's names for leftovers.
+    let lock_path = std::env::temp_dir().join(format!("{PREFIX}.lock"));
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("creating {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        bail!(
+            "another `cargo xtask demo` is running (it holds {})",
+            lock_path.display()
+        );
+    }
+    // `cargo xtask test` has built everything already (`--no-build`).
+    if !args.iter().any(|a| a == "--no-build") {
+        crate::cargo(&["build", "-p", "weftd"])?;
+    }
+    let weftd = weft_tests::weftd_bin();
+    check_kernel(&weftd)?;
+    remove_leftovers();
+
+    let dir = std::env::temp_dir().join(format!("{PREFIX}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = demo(&dir, once);
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&lock_path);
     result
 }
 
-fn tempdir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+/// `weftd capture check` in a private mount namespace with a bpffs of its own: refuses with
+/// the check's own words when this kernel lacks something capture needs.
+fn check_kernel(weftd: &Path) -> anyhow::Result<()> {
+    let scratch = tempfile::tempdir()?;
+    let script = format!(
+        "mount -t bpf bpf {dir} && exec {weftd} capture check --bpffs {dir}",
+        dir = scratch.path().display(),
+        weftd = weftd.display()
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .context("running unshare")?;
+    if !out.status.success() {
+        bail!(
+            "this machine cannot run eBPF capture:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
-fn demo(weftd: &Path, dir: &Path, once: bool) -> anyhow::Result<()> {
-    let status = Command::new(weftd)
-        .args(["ca", "init", "--dir"])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .status()?;
-    if !status.success() {
-        bail!("weftd ca init failed");
+/// A demo killed before it could clean up leaves namespaces, a cgroup and a bpffs mount under
+/// its fixed names; they are removed by those names.
+fn remove_leftovers() {
+    let mut found = false;
+    for ns in NAMESPACES {
+        let name = format!("{PREFIX}-{ns}");
+        if Path::new("/var/run/netns").join(&name).exists() {
+            found = true;
+            let _ = weft_tests::netns::sh(&format!("ip netns pids {name} | xargs -r kill -9"));
+            let _ = weft_tests::netns::sh(&format!("ip netns del {name}"));
+        }
     }
-    let mesh = dir.join("mesh.yaml");
-    std::fs::write(&mesh, MESH)?;
+    let bpffs = std::env::temp_dir().join(format!("weft-bpf-{PREFIX}"));
+    if bpffs.exists() {
+        found = true;
+        let _ = weft_tests::netns::sh(&format!("umount {}", bpffs.display()));
+        let _ = std::fs::remove_dir(&bpffs);
+    }
+    if let Ok(root) = weft_tests::netns::cgroup2_root() {
+        for cg in [PREFIX.to_string(), format!("{PREFIX}-node2")] {
+            let dir = root.join(&cg);
+            if dir.exists() {
+                found = true;
+                let _ = std::fs::remove_dir(&dir);
+            }
+        }
+    }
+    if found {
+        println!("removed what an earlier demo left behind");
+    }
+}
+
+fn demo(dir: &Path, once: bool) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
         ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
             .context("installing the Ctrl-C handler")?;
     }
-    for (ip, name) in [("127.0.2.1", "echo-1"), ("127.0.2.2", "echo-2")] {
-        http_server(format!("{ip}:8080").parse()?, name)?;
-    }
-    let nodes = [
-        start(weftd, &mesh, dir, "node1", "127.0.1.250")?,
-        start(weftd, &mesh, dir, "node2", "127.0.2.250")?,
-    ];
+    let mut t = Topology::named(PREFIX, ID)?;
+    t.node("node1")?;
+    t.node("node2")?;
+    t.link_nodes("node1", 1, "node2", 2)?;
+    let client = t.pod("node1", "client", 1, 2)?;
+    let outside = t.pod("node1", "outside", 9, 2)?;
+    let web1 = t.pod("node2", "web-1", 2, 2)?;
+    let web2 = t.pod("node2", "web-2", 2, 3)?;
+    let cgroup2 = t.extra_cgroup("node2")?;
+    let nodes =
+        t.ebpf_node("node1", &t.cgroup, "uplink") + &t.ebpf_node("node2", &cgroup2, "uplink");
+    let netns = |pod: &str| t.ns_path(pod).display().to_string();
+    let workloads = format!(
+        "  - {{name: client, serviceAccount: client, ips: [{client}], node: node1, netns: \"{}\", labels: {{app: client}}}}
+  - {{name: web-1, serviceAccount: web, ips: [{web1}], node: node2, netns: \"{}\", labels: {{app: web}}}}
+  - {{name: web-2, serviceAccount: web, ips: [{web2}], node: node2, netns: \"{}\", labels: {{app: web}}}}
+",
+        netns("client"),
+        netns("web-1"),
+        netns("web-2")
+    );
+    let rest = format!(
+        "services:
+  - {{name: web, vips: [{VIP}], ports: [{{port: 80, targetPort: 8080}}], selector: {{app: web}}}}
+policies:
+  - name: web-allow-client
+    namespace: default
+    selector: {{matchLabels: {{app: web}}}}
+    rules: [{{from: [{{source: {{principals: [\"cluster.local/ns/default/sa/client\"]}}}}]}}]
+"
+    );
+    write_mesh(dir, &nodes, &workloads, &rest)?;
+    let _web1 = t.http_server(dir, "web-1", &web1)?;
+    let _web2 = t.http_server(dir, "web-2", &web2)?;
+    let _weftd1 = t.start_weftd(dir, "node1", "")?;
+    let _weftd2 = t.start_weftd(dir, "node2", "")?;
+    let in_pod = write_in_pod(&t, dir, &cgroup2)?;
+    let node_cmd =
+        |node: &str, cmd: &str| format!("nsenter --net={} {cmd}", t.ns_path(node).display());
 
     println!(
-        "\n== two weftd nodes on loopback; workload sleep (127.0.1.1, node1) calls service echo (127.0.0.100:80)\n"
+        "\n== topology (network namespaces {PREFIX}-*)
+  node1: weftd, pod client ({client}, enrolled), host outside ({outside}, not in the mesh)
+  node2: weftd, pods web-1 ({web1}) and web-2 ({web2}), enrolled, behind service web {VIP}:80
+  policy: web accepts only the identity of client"
     );
+    println!(
+        "\n== client calls http://{VIP}/ with plain curl; capture sends it through both weftd"
+    );
+    let mut served = std::collections::BTreeSet::new();
     for i in 1..=4 {
-        let reply = call("127.0.1.1", "127.0.1.250:15001", "127.0.0.100:80")?;
-        println!("request {i}: {}", reply.lines().last().unwrap_or(""));
+        let out = t.pod_exec("client", &format!("curl -s --max-time 5 http://{VIP}/"))?;
+        let reply = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        println!("request {i}: {reply}");
+        served.insert(reply);
     }
+    let replicas: std::collections::BTreeSet<String> = ["hello from web-1", "hello from web-2"]
+        .map(String::from)
+        .into();
+    if served != replicas {
+        bail!(
+            "the client's requests were not all answered by the two replicas ({served:?}); node1's log:\n{}",
+            read(dir.join("node1.log"))
+        );
+    }
+    println!("\n== outside (not in the mesh) calls web-1 directly: STRICT, so it is refused");
+    let status = t.curl_status("outside", &format!("http://{web1}:8080/"), "");
+    if status != "000" {
+        bail!("a host outside the mesh got HTTP {status} from a STRICT workload");
+    }
+    println!("curl http://{web1}:8080/ -> refused (no answer)");
     std::thread::sleep(Duration::from_millis(300));
-    println!("\n== access log (who talked to whom, with which identities)");
-    for n in &nodes {
-        for line in std::fs::read_to_string(&n.log)?
+
+    println!("\n== access log: who talked to whom, with which identities");
+    for node in ["node1", "node2"] {
+        for line in read(dir.join(format!("{node}.log")))
             .lines()
-            .filter(|l| l.contains("connection complete"))
+            .filter(|l| l.contains("weft::access"))
         {
             println!(
-                "{}: {}",
-                n.name,
+                "{node}: {}",
                 line.split("weft::access: ").last().unwrap_or(line)
             );
         }
     }
-    println!("\n== metrics (node2, reporter=destination)");
-    let metrics = get("127.0.2.250:15020", "/metrics")?;
-    for line in metrics
-        .lines()
-        .filter(|l| l.starts_with("weft_tcp_connections_opened_total"))
-    {
-        println!("{line}");
+    println!("\n== metrics");
+    for (node, prefixes) in [
+        (
+            "node1",
+            &["weft_capture_events_total", "weft_capture_enrolled"][..],
+        ),
+        ("node2", &["weft_tcp_connections_opened_total"][..]),
+    ] {
+        for line in t
+            .metrics(node)
+            .lines()
+            .filter(|l| prefixes.iter().any(|p| l.starts_with(p)))
+        {
+            println!("{node}: {line}");
+        }
     }
-    println!("\n== try");
+
     println!(
-        "  curl -s {}/config_dump | less          # node1 state, certificates, HBONE pool",
-        nodes[0].admin
-    );
-    println!("  curl -s 127.0.2.250:15020/metrics | grep weft_");
-    println!(
-        "  tail -f {}                             # node2 log",
-        nodes[1].log.display()
-    );
-    println!(
-        "  edit {} (e.g. remove the policy's principal) and watch it reload",
-        mesh.display()
+        "\n== try (as root, in another terminal)
+  {in_pod} client curl -s http://{VIP}/                      # through the mesh
+  {in_pod} outside curl -s --max-time 3 http://{web1}:8080/  # refused: not in the mesh
+  {}   # only TLS crosses the link
+  {}   # metrics of node1
+  {}   # state: capture, certificates, pool
+  tail -f {}                                      # node2's log
+  edit {} (e.g. set client's `mode: none`) and watch weftd reload it",
+        node_cmd("node1", "tcpdump -ni uplink -A tcp port 15008"),
+        node_cmd("node1", "curl -s 127.0.0.1:15020/metrics | grep ^weft_"),
+        node_cmd("node1", "curl -s 127.0.0.1:15000/config_dump"),
+        dir.join("node2.log").display(),
+        dir.join("mesh.yaml").display()
     );
     if once {
         return Ok(());
@@ -136,107 +258,20 @@ fn demo(weftd: &Path, dir: &Path, once: bool) -> anyhow::Result<()> {
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(200));
     }
-    println!("\nstopping");
+    println!("\nstopping and removing the namespaces, cgroups and pinned capture state");
     Ok(())
 }
 
-fn start(
-    weftd: &Path,
-    mesh: &Path,
-    dir: &Path,
-    name: &'static str,
-    ip: &str,
-) -> anyhow::Result<Node> {
-    let log = dir.join(format!("{name}.log"));
-    let child = Command::new(weftd)
-        .args(["run", "--mesh"])
-        .arg(mesh)
-        .args(["--node", name])
-        .stdin(Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()?;
-    let admin: &'static str = Box::leak(format!("{ip}:15000").into_boxed_str());
-    let node = Node {
-        name,
-        child,
-        log,
-        admin,
-    };
-    let start = Instant::now();
-    while get(&format!("{ip}:15021"), "/healthz/ready")
-        .map(|b| b != "ready\n")
-        .unwrap_or(true)
-    {
-        if start.elapsed() > Duration::from_secs(15) {
-            bail!(
-                "{name} did not become ready:\n{}",
-                std::fs::read_to_string(&node.log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    println!("{name} ready (admin {admin})");
-    Ok(node)
-}
-
-/// What the `sleep` workload does: connect from its address to its node and ask for `dst`.
-fn call(src: &str, node: &str, dst: &str) -> anyhow::Result<String> {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-    sock.bind(&format!("{src}:0").parse::<SocketAddr>()?.into())?;
-    sock.connect_timeout(&node.parse::<SocketAddr>()?.into(), Duration::from_secs(2))?;
-    let mut s: TcpStream = sock.into();
-    let local = s.local_addr()?;
-    let dst: SocketAddr = dst.parse()?;
-    write!(
-        s,
-        "PROXY TCP4 {} {} {} {}\r\n",
-        local.ip(),
-        dst.ip(),
-        local.port(),
-        dst.port()
-    )?;
-    write!(s, "GET / HTTP/1.0\r\nHost: echo\r\n\r\n")?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
-}
-
-fn get(addr: &str, path: &str) -> anyhow::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr.parse()?, Duration::from_secs(1))?;
-    write!(s, "GET {path} HTTP/1.0\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default())
-}
-
-/// A tiny HTTP server standing in for the `echo` application.
-fn http_server(addr: SocketAddr, name: &'static str) -> anyhow::Result<()> {
-    let l = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
-    std::thread::spawn(move || {
-        for mut s in l.incoming().flatten() {
-            let peer = s.peer_addr().ok();
-            let mut r = BufReader::new(match s.try_clone() {
-                Ok(c) => c,
-                Err(_) => continue,
-            });
-            let mut line = String::new();
-            while r.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
-                line.clear();
-            }
-            let body = format!(
-                "hello from {name} ({addr}), you are {}\n",
-                peer.map(|p| p.to_string()).unwrap_or_default()
-            );
-            let _ = write!(
-                s,
-                "HTTP/1.0 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    Ok(())
+/// `in-pod POD CMD...`: runs CMD as a process of POD, in its network namespace and its node's
+/// pod cgroup, which is what makes capture apply to it.
+fn write_in_pod(t: &Topology, dir: &Path, cgroup2: &Path) -> anyhow::Result<String> {
+    let path = dir.join("in-pod");
+    let script = format!(
+        "#!/bin/sh\n# in-pod POD CMD...: run CMD in POD's network namespace and its node's pod cgroup\npod=$1; shift\ncase $pod in web-*) cg={}/cgroup.procs;; *) cg={}/cgroup.procs;; esac\nexec nsenter --net=/var/run/netns/{PREFIX}-$pod sh -c 'echo $$ > \"$0\" && exec \"$@\"' \"$cg\" \"$@\"\n",
+        cgroup2.display(),
+        t.cgroup.display()
+    );
+    std::fs::write(&path, script)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(path.display().to_string())
 }
