@@ -286,10 +286,11 @@ fn cross_node_traffic_between_enrolled_pods_is_mutual_tls_on_the_wire() {
     let mut t = Topology::new(id).unwrap();
     t.node("node1").unwrap();
     t.node("node2").unwrap();
-    t.link_nodes("node1", 1, "node2", 2).unwrap();
+    let (node1_ip, _) = t.link_nodes("node1", 1, "node2", 2).unwrap();
     let client = t.pod("node1", "client", 1, 2).unwrap();
     let plain = t.pod("node1", "plain", 1, 3).unwrap();
     let server = t.pod("node2", "server", 2, 2).unwrap();
+    let other = t.pod("node2", "other", 2, 3).unwrap();
     let cgroup2 = t.extra_cgroup("node2").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let vip = format!("10.{id}.100.1");
@@ -297,15 +298,30 @@ fn cross_node_traffic_between_enrolled_pods_is_mutual_tls_on_the_wire() {
         t.ebpf_node("node1", &t.cgroup, "uplink") + &t.ebpf_node("node2", &cgroup2, "uplink");
     let workloads = t.pod_entry("client", &client, "node1", "")
         + &t.pod_entry("plain", &plain, "node1", ", mode: none")
-        + &t.pod_entry("server", &server, "node2", ", inbound: permissive");
+        + &t.pod_entry("server", &server, "node2", ", inbound: permissive")
+        + &t.pod_entry("other", &other, "node2", ", mode: none");
     let services = format!(
         "services:\n  - {{name: server, vips: [{vip}], ports: [{{port: 80, targetPort: 8080}}], selector: {{app: server}}}}\n"
     );
     write_mesh(dir.path(), &nodes, &workloads, &services).unwrap();
     let _server = t.http_server(dir.path(), "server", &server).unwrap();
+    let _other = t.http_server(dir.path(), "other", &other).unwrap();
     let _weftd1 = t.start_weftd(dir.path(), "node1", "").unwrap();
     let _weftd2 = t.start_weftd(dir.path(), "node2", "").unwrap();
     let logs = |node: &str| read(dir.path().join(format!("{node}.log")));
+
+    // To a pod outside the mesh on the other node: plain passthrough from node1's weftd.
+    assert_eq!(
+        t.curl_status("client", &format!("http://{other}:8080/"), ""),
+        "200",
+        "{}",
+        logs("node1")
+    );
+    let seen = read(dir.path().join("other.log"));
+    assert!(
+        seen.contains(&format!("{node1_ip} - -")) && !seen.contains(&format!("{client} - -")),
+        "the enrolled pod's call to an unenrolled pod did not pass through weftd:\n{seen}"
+    );
 
     // Capture the link between the nodes while the requests run.
     let pcap = dir.path().join("link.pcap");
