@@ -46,6 +46,7 @@ fn local_identities(state: &MeshState, node: &str) -> Vec<weft_core::identity::S
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    raise_fd_limit();
     let loaded = config::load_file(&opts.mesh)?;
     let node = loaded.node(&opts.node);
     let Some(ca_files) = loaded.ca.clone() else {
@@ -274,7 +275,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         let ca_files = ca_files.clone();
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            let apply = |mesh: LoadedMesh| {
+            let apply = |mesh: LoadedMesh, load_time: Duration| {
+                let applying = std::time::Instant::now();
                 if mesh.state.trust_domain != trust_domain {
                     // Every identity would change at once and no certificate would match it:
                     // keep the running mesh, as for any other refused edit.
@@ -326,7 +328,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     c.reloads += 1;
                     c.last_error = None;
                 }
-                tracing::info!("mesh file reloaded: {summary}");
+                let apply_time = applying.elapsed();
+                tracing::info!(
+                    load_ms = load_time.as_secs_f64() * 1e3,
+                    apply_ms = apply_time.as_secs_f64() * 1e3,
+                    "mesh file reloaded: {summary}"
+                );
             };
             let refused = |e: &ConfigError| {
                 tracing::error!("{e}\nkeeping the last good mesh state");
@@ -351,6 +358,28 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     drain(&px, &shutdown, node.drain_period).await;
     Ok(())
+}
+
+/// Every proxied connection holds a descriptor or two: a node proxy must not stop at the
+/// 1024 a shell gives by default. The soft limit is raised to the hard one.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid out-parameter for getrlimit and is only read by setrlimit.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0
+        }
+    };
+    if !raised {
+        tracing::warn!(
+            "could not raise the open-file limit: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// Binds and unbinds workload listeners for the current state and publishes the result.

@@ -4,6 +4,7 @@
 //! - `cargo xtask demo`: two weftd nodes in network namespaces capturing unmodified pods' traffic
 //!   with eBPF and carrying it over mutual-TLS HBONE (`--loopback`: on loopback, no root).
 
+mod bench;
 mod demo;
 mod ebpf;
 mod loopback_demo;
@@ -19,9 +20,12 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("demo") => demo::run(&args[1..]),
         Some("build-ebpf") => ebpf::run(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
+        // What the benchmarks run inside pods (release build; see bench::loadgen).
+        Some("loadgen") => bench::loadgen::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|build-ebpf>\n  test        run formatting, clippy and the whole test suite\n  demo        run a local two-node mesh (network namespaces, eBPF capture; root) and send traffic through it\n              --once: exit after the requests; --loopback: on loopback without capture or root\n  build-ebpf  compile ebpf/capture.c into ebpf/capture.bpf.o (--check: verify it is current)"
+                "usage: cargo xtask <test|demo|bench|build-ebpf>\n  test        run formatting, clippy and the whole test suite\n  demo        run a local two-node mesh (network namespaces, eBPF capture; root) and send traffic through it\n              --once: exit after the requests; --loopback: on loopback without capture or root\n  bench l4    measure weft against the direct path (root; writes docs/benchmarks.md)\n  build-ebpf  compile ebpf/capture.c into ebpf/capture.bpf.o (--check: verify it is current)"
             );
             return ExitCode::from(2);
         }

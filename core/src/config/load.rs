@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -288,6 +288,12 @@ fn build_services(mesh: &MeshFile, workloads: &[Arc<Workload>], errs: &mut Error
         .enumerate()
         .map(|(i, w)| ((w.namespace.as_str(), w.name.as_str()), i))
         .collect();
+    let labels = LabelIndex::new(workloads);
+    let ip_owner: HashMap<IpAddr, usize> = workloads
+        .iter()
+        .enumerate()
+        .flat_map(|(i, w)| w.ips.iter().map(move |ip| (*ip, i)))
+        .collect();
     let mut vip_owner: HashMap<SocketAddr, usize> = HashMap::new();
     let mut keys = HashSet::new();
     let mut out = Vec::with_capacity(mesh.services.len());
@@ -342,7 +348,7 @@ fn build_services(mesh: &MeshFile, workloads: &[Arc<Workload>], errs: &mut Error
             }
         }
         for (j, vip) in s.vips.iter().enumerate() {
-            if let Some(w) = workloads.iter().position(|w| w.ips.contains(vip)) {
+            if let Some(w) = ip_owner.get(vip) {
                 errs.push(
                     at(&format!("vips[{j}]")),
                     format!("{vip} is an IP of workloads[{w}]"),
@@ -357,7 +363,7 @@ fn build_services(mesh: &MeshFile, workloads: &[Arc<Workload>], errs: &mut Error
                 );
                 Vec::new()
             }
-            (Some(sel), None) => select(workloads, &s.namespace, sel),
+            (Some(sel), None) => labels.select(workloads, &s.namespace, sel),
             (None, Some(names)) => {
                 let mut eps = Vec::with_capacity(names.len());
                 for (j, n) in names.iter().enumerate() {
@@ -392,13 +398,60 @@ fn build_services(mesh: &MeshFile, workloads: &[Arc<Workload>], errs: &mut Error
     out
 }
 
-fn select(workloads: &[Arc<Workload>], ns: &str, sel: &BTreeMap<String, String>) -> Vec<usize> {
-    workloads
-        .iter()
-        .enumerate()
-        .filter(|(_, w)| w.namespace == ns && sel.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
-        .map(|(i, _)| i)
-        .collect()
+/// Workloads by namespace and by (namespace, label key, label value). A selector is answered
+/// from the posting list of its rarest label rather than by scanning every workload: services
+/// times workloads was half of loading a 10 000-workload mesh.
+struct LabelIndex<'a> {
+    by_namespace: HashMap<&'a str, Vec<usize>>,
+    by_label: HashMap<(&'a str, &'a str, &'a str), Vec<usize>>,
+}
+
+impl<'a> LabelIndex<'a> {
+    fn new(workloads: &'a [Arc<Workload>]) -> Self {
+        let mut by_namespace: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut by_label: HashMap<(&str, &str, &str), Vec<usize>> = HashMap::new();
+        for (i, w) in workloads.iter().enumerate() {
+            by_namespace
+                .entry(w.namespace.as_str())
+                .or_default()
+                .push(i);
+            for (k, v) in &w.labels {
+                by_label
+                    .entry((w.namespace.as_str(), k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(i);
+            }
+        }
+        LabelIndex {
+            by_namespace,
+            by_label,
+        }
+    }
+
+    /// The workloads of namespace `ns` whose labels include all of `sel`, in file order.
+    fn select(
+        &self,
+        workloads: &[Arc<Workload>],
+        ns: &str,
+        sel: &BTreeMap<String, String>,
+    ) -> Vec<usize> {
+        fn list(l: Option<&Vec<usize>>) -> &[usize] {
+            l.map(Vec::as_slice).unwrap_or(&[])
+        }
+        let candidates: &[usize] = sel
+            .iter()
+            .map(|(k, v)| list(self.by_label.get(&(ns, k.as_str(), v.as_str()))))
+            .min_by_key(|l| l.len())
+            .unwrap_or_else(|| list(self.by_namespace.get(ns)));
+        candidates
+            .iter()
+            .copied()
+            .filter(|&i| {
+                sel.iter()
+                    .all(|(k, v)| workloads[i].labels.get(k) == Some(v))
+            })
+            .collect()
+    }
 }
 
 /// Kubernetes object names: DNS-1123 subdomains.

@@ -2,6 +2,7 @@
 
 pub mod load;
 pub mod meshfile;
+pub mod synthetic;
 pub mod watch;
 
 pub use load::{ConfigError, FieldError, LoadedMesh, load_file, load_str};

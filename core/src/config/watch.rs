@@ -30,7 +30,8 @@ fn fingerprint(path: &Path) -> Option<Fingerprint> {
     })
 }
 
-/// Watches one mesh file. `apply` receives each valid new version; invalid versions go to
+/// Watches one mesh file. `apply` receives each valid new version (and how long loading it
+/// took); invalid versions go to
 /// `refused`, and the state built from the last valid one keeps running.
 pub struct MeshWatcher {
     pub path: PathBuf,
@@ -53,7 +54,7 @@ impl MeshWatcher {
     pub async fn run(
         self,
         cancel: CancellationToken,
-        mut apply: impl FnMut(LoadedMesh),
+        mut apply: impl FnMut(LoadedMesh, std::time::Duration),
         mut refused: impl FnMut(&ConfigError),
     ) {
         let mut applied = fingerprint(&self.path);
@@ -73,8 +74,9 @@ impl MeshWatcher {
                 continue;
             }
             applied = now;
+            let started = std::time::Instant::now();
             match load_file(&self.path) {
-                Ok(mesh) => apply(mesh),
+                Ok(mesh) => apply(mesh, started.elapsed()),
                 Err(e) => refused(&e),
             }
         }

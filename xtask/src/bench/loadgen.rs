@@ -1,0 +1,236 @@
+//! The load generator the L4 benchmarks run inside pods (`xtask loadgen ...`, release build).
+//! Each mode prints one JSON object on stdout.
+//!
+//! - `echo ADDR`: echoes every byte back, any number of connections (tokio).
+//! - `latency ADDR RATE SECONDS CONNECTIONS SIZE`: request/response of SIZE bytes at a fixed
+//!   total RATE over CONNECTIONS open connections. Each request has an intended send time on
+//!   a fixed schedule and its latency is measured from that time, not from when it was sent,
+//!   so a stall counts against every request it delayed (no coordinated omission).
+//! - `connrate ADDR SECONDS WORKERS`: closed loop of connect + 64-byte exchange + close.
+//! - `hold ADDR COUNT`: opens COUNT connections, prints once they are all up, then holds them
+//!   until stdin closes.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let arg = |i: usize, what: &str| -> anyhow::Result<&str> {
+        args.get(i)
+            .map(String::as_str)
+            .with_context(|| format!("loadgen: missing {what}"))
+    };
+    let addr: SocketAddr = arg(1, "address")?.parse().context("loadgen: address")?;
+    raise_fd_limit();
+    match arg(0, "mode")? {
+        "echo" => echo(addr),
+        "latency" => latency(
+            addr,
+            arg(2, "rate")?.parse()?,
+            Duration::from_secs(arg(3, "seconds")?.parse()?),
+            arg(4, "connections")?.parse()?,
+            arg(5, "size")?.parse()?,
+        ),
+        "connrate" => connrate(
+            addr,
+            Duration::from_secs(arg(2, "seconds")?.parse()?),
+            arg(3, "workers")?.parse()?,
+        ),
+        "hold" => hold(addr, arg(2, "count")?.parse()?),
+        other => bail!("loadgen: unknown mode {other}"),
+    }
+}
+
+/// Many connections need many descriptors: use the hard limit.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid out-parameter; setrlimit only reads it.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+fn echo(addr: SocketAddr) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    rt.block_on(async {
+        let l = tokio::net::TcpListener::bind(addr).await?;
+        println!("{}", json!({"listening": addr.to_string()}));
+        loop {
+            let (mut s, _) = l.accept().await?;
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    })
+}
+
+fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    Ok(s)
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 us .. 60 s in nanoseconds, 3 significant digits.
+    Histogram::new_with_bounds(1_000, 60_000_000_000, 3).expect("constant bounds are valid")
+}
+
+fn summary(h: &Histogram<u64>) -> serde_json::Value {
+    let us = |ns: u64| ns as f64 / 1000.0;
+    json!({
+        "count": h.len(),
+        "p50_us": us(h.value_at_quantile(0.50)),
+        "p90_us": us(h.value_at_quantile(0.90)),
+        "p99_us": us(h.value_at_quantile(0.99)),
+        "max_us": us(h.max()),
+    })
+}
+
+/// Sleeps until `when` with the kernel's timer slack at its minimum, so the schedule holds to
+/// microseconds without spinning a core the proxies need.
+fn sleep_until(when: Instant) {
+    let now = Instant::now();
+    if when > now {
+        std::thread::sleep(when - now);
+    }
+}
+
+fn latency(
+    addr: SocketAddr,
+    rate: f64,
+    duration: Duration,
+    connections: usize,
+    size: usize,
+) -> anyhow::Result<()> {
+    let streams: Vec<TcpStream> = (0..connections)
+        .map(|_| connect(addr))
+        .collect::<Result<_, _>>()
+        .context("opening the connections")?;
+    let interval = Duration::from_secs_f64(connections as f64 / rate);
+    // Start every connection's schedule at once, offset so requests interleave evenly.
+    let start = Instant::now() + Duration::from_millis(100);
+    let warmup = Duration::from_millis(500);
+    let results: Vec<anyhow::Result<(Histogram<u64>, u64)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = streams
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut stream)| {
+                s.spawn(move || -> anyhow::Result<(Histogram<u64>, u64)> {
+                    // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
+                    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) };
+                    let mut hist = histogram();
+                    let (req, mut resp) = (vec![0x5a_u8; size], vec![0_u8; size]);
+                    let offset = interval.mul_f64(i as f64 / connections as f64);
+                    let mut sent = 0u64;
+                    for k in 0u32.. {
+                        let intended = start + offset + interval * k;
+                        if intended > start + warmup + duration {
+                            break;
+                        }
+                        sleep_until(intended);
+                        stream.write_all(&req)?;
+                        stream.read_exact(&mut resp)?;
+                        sent += 1;
+                        if intended >= start + warmup {
+                            let ns = intended.elapsed().as_nanos() as u64;
+                            let _ = hist.record(ns.max(1_000));
+                        }
+                    }
+                    Ok((hist, sent))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| bail!("a client thread panicked"))
+            })
+            .collect()
+    });
+    let mut all = histogram();
+    for r in results {
+        let (h, _) = r?;
+        all.add(&h).context("merging histograms")?;
+    }
+    let mut out = summary(&all);
+    out["rate"] = json!(all.len() as f64 / duration.as_secs_f64());
+    println!("{out}");
+    Ok(())
+}
+
+fn connrate(addr: SocketAddr, duration: Duration, workers: usize) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let results: Vec<(Histogram<u64>, u64)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(move || {
+                    let mut hist = histogram();
+                    let mut failed = 0u64;
+                    let (req, mut resp) = ([7_u8; 64], [0_u8; 64]);
+                    while start.elapsed() < duration {
+                        let t = Instant::now();
+                        let ok = connect(addr).and_then(|mut s| {
+                            s.write_all(&req)?;
+                            s.read_exact(&mut resp)
+                        });
+                        match ok {
+                            Ok(()) => {
+                                let _ = hist.record((t.elapsed().as_nanos() as u64).max(1_000));
+                            }
+                            Err(_) => failed += 1,
+                        }
+                    }
+                    (hist, failed)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| (histogram(), 1)))
+            .collect()
+    });
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut all = histogram();
+    let mut failed = 0;
+    for (h, f) in results {
+        let _ = all.add(&h);
+        failed += f;
+    }
+    let mut out = summary(&all);
+    out["rate"] = json!(all.len() as f64 / elapsed);
+    out["failed"] = json!(failed);
+    println!("{out}");
+    Ok(())
+}
+
+fn hold(addr: SocketAddr, count: usize) -> anyhow::Result<()> {
+    let mut held = Vec::with_capacity(count);
+    for i in 0..count {
+        let mut s = connect(addr).with_context(|| format!("connection {i}"))?;
+        // One byte each way proves the connection reaches the server through the proxies.
+        s.write_all(b"x")?;
+        let mut b = [0_u8; 1];
+        s.read_exact(&mut b)?;
+        held.push(s);
+    }
+    println!("{}", json!({"held": held.len()}));
+    let mut sink = String::new();
+    let _ = std::io::stdin().read_to_string(&mut sink);
+    Ok(())
+}

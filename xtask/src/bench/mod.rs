@@ -1,0 +1,246 @@
+//! `cargo xtask bench l4`: what the mesh costs, against the direct path, in one run.
+//!
+//! The topology is the end-to-end tests' (`weft_tests::netns`): two node namespaces on a
+//! bridge, each with weftd (release build) and eBPF capture. On node1 an enrolled client pod
+//! and an unenrolled one; on node2 an enrolled server pod and an unenrolled one. "direct" is
+//! unenrolled to unenrolled (the kernel path alone), "weft" is enrolled to enrolled (both weftd,
+//! mutual-TLS HBONE). Every figure is measured `RUNS` times, alternating the two paths, and
+//! reported as medians and ratios of medians from the same run: absolute figures drift on
+//! these machines, ratios hold.
+//!
+//! Writes `docs/benchmarks.md` and `target/bench/l4.json` (every run's raw numbers).
+
+mod figures;
+pub mod loadgen;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use weft_tests::netns::{Killed, Topology, read, write_mesh};
+
+pub const RUNS: usize = 5;
+const PREFIX: &str = "weft-bench";
+const ID: u8 = 70;
+const ECHO_PORT: u16 = 9000;
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    match args.first().map(String::as_str) {
+        Some("l4") => l4(),
+        _ => bail!("usage: cargo xtask bench l4"),
+    }
+}
+
+/// The bench's namespaces, processes and paths.
+pub struct Bench {
+    pub t: Topology,
+    pub dir: PathBuf,
+    pub loadgen: PathBuf,
+    pub ips: Ips,
+    pub cgroup2: PathBuf,
+    weftd: Vec<Killed>,
+    _servers: Vec<Killed>,
+}
+
+#[derive(Clone)]
+pub struct Ips {
+    pub client_mesh: String,
+    pub client_plain: String,
+    pub server_mesh: String,
+    pub server_plain: String,
+}
+
+/// The two paths every figure compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Path2 {
+    Direct,
+    Weft,
+}
+
+impl Path2 {
+    pub const BOTH: [Path2; 2] = [Path2::Direct, Path2::Weft];
+
+    /// (client pod, server address) of this path.
+    pub fn ends(self, ips: &Ips) -> (&'static str, String) {
+        match self {
+            Path2::Direct => ("client-plain", ips.server_plain.clone()),
+            Path2::Weft => ("client-mesh", ips.server_mesh.clone()),
+        }
+    }
+}
+
+fn l4() -> anyhow::Result<()> {
+    if !crate::tools::is_root() {
+        bail!("the L4 benchmarks build network namespaces and load eBPF programs: run as root");
+    }
+    crate::tools::ensure(&[
+        ("iperf3", "iperf3"),
+        ("curl", "curl"),
+        ("python3", "python3"),
+        ("nsenter", "util-linux"),
+        ("ip", "iproute2"),
+    ])?;
+    let started = std::time::Instant::now();
+    crate::cargo(&["build", "--release", "-p", "weftd", "-p", "xtask"])?;
+    let target = crate::workspace_root().join("target/release");
+    // SAFETY: single-threaded here; the harness reads WEFTD to find the binary to run.
+    unsafe { std::env::set_var("WEFTD", target.join("weftd")) };
+    let dir = std::env::temp_dir().join(format!("{PREFIX}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = (|| {
+        let mut bench = Bench::new(&dir, target.join("xtask"))?;
+        let mut results = figures::Results::default();
+        figures::throughput(&mut bench, &mut results)?;
+        figures::latency(&mut bench, &mut results)?;
+        figures::connection_rate(&mut bench, &mut results)?;
+        figures::memory(&mut bench, &mut results)?;
+        figures::control_path(&mut bench, &mut results)?;
+        Ok::<_, anyhow::Error>(results)
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    let results = result?;
+    let criterion = figures::criterion()?;
+    report::write(&results, &criterion, started.elapsed())
+}
+
+impl Bench {
+    fn new(dir: &Path, loadgen: PathBuf) -> anyhow::Result<Self> {
+        let mut t = Topology::named(PREFIX, ID)?;
+        t.node("node1")?;
+        t.node("node2")?;
+        t.link_nodes("node1", 1, "node2", 2)?;
+        let ips = Ips {
+            client_mesh: t.pod("node1", "client-mesh", 1, 2)?,
+            client_plain: t.pod("node1", "client-plain", 1, 3)?,
+            server_mesh: t.pod("node2", "server-mesh", 2, 2)?,
+            server_plain: t.pod("node2", "server-plain", 2, 3)?,
+        };
+        let cgroup2 = t.extra_cgroup("node2")?;
+        // Connection-rate runs open tens of thousands of connections: a wide port range and
+        // TIME_WAIT reuse, in the bench's own namespaces only.
+        for ns in ["node1", "node2", "client-mesh", "client-plain"] {
+            t.exec(
+                ns,
+                "sysctl -qw net.ipv4.ip_local_port_range='1024 65000' net.ipv4.tcp_tw_reuse=1",
+            )
+            .status()?;
+        }
+        let mut bench = Bench {
+            t,
+            dir: dir.to_path_buf(),
+            loadgen,
+            ips,
+            cgroup2,
+            weftd: Vec::new(),
+            _servers: Vec::new(),
+        };
+        bench.write_mesh(0)?;
+        let mut servers = Vec::new();
+        for (pod, ip) in [
+            ("server-mesh", bench.ips.server_mesh.clone()),
+            ("server-plain", bench.ips.server_plain.clone()),
+        ] {
+            servers.push(bench.spawn(pod, &format!("iperf3 -s -B {ip}"), "iperf3")?);
+            servers.push(bench.spawn(
+                pod,
+                &format!("{} loadgen echo {ip}:{ECHO_PORT}", bench.loadgen.display()),
+                "echo",
+            )?);
+        }
+        bench._servers = servers;
+        std::thread::sleep(Duration::from_millis(500));
+        bench.start_weftd()?;
+        Ok(bench)
+    }
+
+    /// The mesh file: the bench's four pods plus `synthetic` generated workloads (with a tenth
+    /// as many services and as many policies) on nodes that do not exist.
+    pub fn write_mesh(&self, synthetic: usize) -> anyhow::Result<()> {
+        let t = &self.t;
+        let nodes = t.ebpf_node("node1", &t.cgroup, "uplink")
+            + &t.ebpf_node("node2", &self.cgroup2, "uplink");
+        let i = &self.ips;
+        let workloads = t.pod_entry("client-mesh", &i.client_mesh, "node1", "")
+            + &t.pod_entry("client-plain", &i.client_plain, "node1", ", mode: none")
+            + &t.pod_entry("server-mesh", &i.server_mesh, "node2", "")
+            + &t.pod_entry("server-plain", &i.server_plain, "node2", ", mode: none");
+        let mut rest = String::new();
+        if synthetic > 0 {
+            let generated =
+                weft_core::config::synthetic::mesh_sections(weft_core::config::synthetic::Size {
+                    workloads: synthetic,
+                    services: synthetic / 10,
+                    policies: synthetic / 10,
+                });
+            // The generated sections start with their own `workloads:` key: append the items.
+            let (w, others) = generated
+                .split_once("services:\n")
+                .map(|(w, o)| (w.to_string(), format!("services:\n{o}")))
+                .unwrap_or((generated.clone(), String::new()));
+            let items = w.trim_start_matches("workloads:\n");
+            rest = format!("{items}{others}");
+        }
+        write_mesh(&self.dir, &nodes, &(workloads + &rest), "")
+    }
+
+    /// A process in `pod` (its namespace and cgroup), output to `<dir>/<name>.out`.
+    pub fn spawn(&self, pod: &str, cmd: &str, name: &str) -> anyhow::Result<Killed> {
+        let out = self.dir.join(format!("{pod}-{name}.out"));
+        let child = self
+            .t
+            .exec(
+                pod,
+                &format!(
+                    "echo $$ > {}/cgroup.procs && exec {cmd}",
+                    self.t.pod_cgroup(pod).display()
+                ),
+            )
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::fs::File::create(&out)?)
+            .stderr(std::fs::File::create(
+                self.dir.join(format!("{pod}-{name}.err")),
+            )?)
+            .spawn()
+            .with_context(|| format!("starting {cmd} in {pod}"))?;
+        Ok(Killed(child))
+    }
+
+    /// Runs `cmd` in `pod` to completion and returns its stdout, failing with its stderr.
+    pub fn run_in(&self, pod: &str, cmd: &str) -> anyhow::Result<String> {
+        let out = self.t.pod_exec(pod, cmd)?;
+        if !out.status.success() {
+            bail!(
+                "`{cmd}` in {pod} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn start_weftd(&mut self) -> anyhow::Result<()> {
+        self.weftd.clear();
+        for node in ["node1", "node2"] {
+            self.weftd.push(self.t.start_weftd(
+                &self.dir,
+                node,
+                "--log warn --reload-interval 50ms",
+            )?);
+        }
+        Ok(())
+    }
+
+    pub fn stop_weftd(&mut self) {
+        self.weftd.clear();
+    }
+
+    /// weftd's process ids (node1, node2).
+    pub fn weftd_pids(&self) -> Vec<u32> {
+        self.weftd.iter().map(|w| w.0.id()).collect()
+    }
+
+    pub fn log(&self, node: &str) -> String {
+        read(self.dir.join(format!("{node}.log")))
+    }
+}
