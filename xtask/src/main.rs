@@ -80,6 +80,8 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ])?;
+    // Benchmarks are not run here, but they must keep building.
+    cargo(&["bench", "--workspace", "--no-run"])?;
     // The end-to-end tests run the real daemon binary. Building every target at once unifies
     // dependency features as the test run does, so the test run rebuilds nothing.
     cargo(&["build", "--workspace", "--all-targets"])?;

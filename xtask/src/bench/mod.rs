@@ -27,8 +27,18 @@ const ECHO_PORT: u16 = 9000;
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
-        Some("l4") => l4(),
-        _ => bail!("usage: cargo xtask bench l4"),
+        Some("l4") => {
+            let only: Vec<String> = args
+                .iter()
+                .skip_while(|a| *a != "--only")
+                .nth(1)
+                .map(|v| v.split(',').map(String::from).collect())
+                .unwrap_or_default();
+            l4(&only)
+        }
+        _ => bail!(
+            "usage: cargo xtask bench l4 [--only throughput,latency,connrate,memory,reload,criterion]"
+        ),
     }
 }
 
@@ -71,7 +81,10 @@ impl Path2 {
     }
 }
 
-fn l4() -> anyhow::Result<()> {
+/// `only`: figures to run (empty: all). A partial run prints its table but does not rewrite
+/// docs/benchmarks.md.
+fn l4(only: &[String]) -> anyhow::Result<()> {
+    let want = |f: &str| only.is_empty() || only.iter().any(|o| o == f);
     if !crate::tools::is_root() {
         bail!("the L4 benchmarks build network namespaces and load eBPF programs: run as root");
     }
@@ -92,17 +105,29 @@ fn l4() -> anyhow::Result<()> {
     let result = (|| {
         let mut bench = Bench::new(&dir, target.join("xtask"))?;
         let mut results = figures::Results::default();
-        figures::throughput(&mut bench, &mut results)?;
-        figures::latency(&mut bench, &mut results)?;
-        figures::connection_rate(&mut bench, &mut results)?;
-        figures::memory(&mut bench, &mut results)?;
-        figures::control_path(&mut bench, &mut results)?;
+        type Figure = fn(&mut Bench, &mut figures::Results) -> anyhow::Result<()>;
+        let all: [(&str, Figure); 5] = [
+            ("throughput", figures::throughput),
+            ("latency", figures::latency),
+            ("connrate", figures::connection_rate),
+            ("memory", figures::memory),
+            ("reload", figures::control_path),
+        ];
+        for (name, figure) in all {
+            if want(name) {
+                figure(&mut bench, &mut results)?;
+            }
+        }
         Ok::<_, anyhow::Error>(results)
     })();
     let _ = std::fs::remove_dir_all(&dir);
     let results = result?;
-    let criterion = figures::criterion()?;
-    report::write(&results, &criterion, started.elapsed())
+    let criterion = if want("criterion") {
+        figures::criterion()?
+    } else {
+        Vec::new()
+    };
+    report::write(&results, &criterion, started.elapsed(), only.is_empty())
 }
 
 impl Bench {

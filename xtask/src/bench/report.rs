@@ -38,7 +38,12 @@ fn sh(cmd: &str) -> String {
         .unwrap_or_default()
 }
 
-pub fn write(r: &Results, criterion: &[(String, f64)], took: Duration) -> anyhow::Result<()> {
+pub fn write(
+    r: &Results,
+    criterion: &[(String, f64)],
+    took: Duration,
+    complete: bool,
+) -> anyhow::Result<()> {
     let mut t = String::new();
     let row = |t: &mut String, cells: &[String]| {
         let _ = writeln!(t, "| {} |", cells.join(" | "));
@@ -224,7 +229,9 @@ Written by `cargo xtask bench l4` (as root). Do not edit by hand: run it again.
     );
     println!("\n{t}");
     let root = crate::workspace_root();
-    std::fs::write(root.join("docs/benchmarks.md"), doc)?;
+    if complete {
+        std::fs::write(root.join("docs/benchmarks.md"), doc)?;
+    }
     let raw = root.join("target/bench");
     std::fs::create_dir_all(&raw)?;
     std::fs::write(
@@ -236,7 +243,8 @@ Written by `cargo xtask bench l4` (as root). Do not edit by hand: run it again.
         }))?,
     )?;
     println!(
-        "wrote docs/benchmarks.md and {}",
+        "wrote {}{}",
+        if complete { "docs/benchmarks.md and " } else { "" },
         raw.join("l4.json").display()
     );
     Ok(())
