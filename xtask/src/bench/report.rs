@@ -244,7 +244,11 @@ Written by `cargo xtask bench l4` (as root). Do not edit by hand: run it again.
     )?;
     println!(
         "wrote {}{}",
-        if complete { "docs/benchmarks.md and " } else { "" },
+        if complete {
+            "docs/benchmarks.md and "
+        } else {
+            ""
+        },
         raw.join("l4.json").display()
     );
     Ok(())
