@@ -260,7 +260,11 @@ pub fn control_path(b: &mut Bench, r: &mut Results) -> anyhow::Result<()> {
                 break l.clone();
             }
             if started.elapsed() > Duration::from_secs(60) {
-                bail!("weftd did not reload the mesh file:\n{}", b.log("node1"));
+                bail!(
+                    "weftd did not reload the mesh file {}:\n{}",
+                    b.dir.join("mesh.yaml").display(),
+                    b.log("node1")
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         };

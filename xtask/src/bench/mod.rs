@@ -113,21 +113,38 @@ fn l4(only: &[String]) -> anyhow::Result<()> {
             ("memory", figures::memory),
             ("reload", figures::control_path),
         ];
+        // A figure that fails is reported, and the others still run.
+        let mut failed = Vec::new();
         for (name, figure) in all {
-            if want(name) {
-                figure(&mut bench, &mut results)?;
+            if want(name)
+                && let Err(e) = figure(&mut bench, &mut results)
+            {
+                eprintln!("figure {name} failed: {e:#}");
+                failed.push(format!("{name}: {e:#}"));
             }
         }
-        Ok::<_, anyhow::Error>(results)
+        Ok::<_, anyhow::Error>((results, failed))
     })();
-    let _ = std::fs::remove_dir_all(&dir);
-    let results = result?;
+    let clean = result.as_ref().is_ok_and(|(_, failed)| failed.is_empty());
+    if clean || std::env::var_os("WEFT_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let (results, failed) = result?;
     let criterion = if want("criterion") {
         figures::criterion()?
     } else {
         Vec::new()
     };
-    report::write(&results, &criterion, started.elapsed(), only.is_empty())
+    report::write(
+        &results,
+        &criterion,
+        started.elapsed(),
+        only.is_empty() && failed.is_empty(),
+    )?;
+    if !failed.is_empty() {
+        bail!("some figures failed:\n{}", failed.join("\n"));
+    }
+    Ok(())
 }
 
 impl Bench {
@@ -247,11 +264,10 @@ impl Bench {
     pub fn start_weftd(&mut self) -> anyhow::Result<()> {
         self.weftd.clear();
         for node in ["node1", "node2"] {
-            self.weftd.push(self.t.start_weftd(
-                &self.dir,
-                node,
-                "--log warn --reload-interval 50ms",
-            )?);
+            self.weftd.push(
+                self.t
+                    .start_weftd(&self.dir, node, "--reload-interval 50ms")?,
+            );
         }
         Ok(())
     }
