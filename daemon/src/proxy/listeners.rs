@@ -129,7 +129,7 @@ impl WorkloadListeners {
     pub fn reconcile(&mut self, state: &MeshState) -> usize {
         let mut wanted = Vec::new();
         // With eBPF capture workload addresses are not local to weftd: inbound arrives through
-        // transparent listeners (not built yet), not per-workload binds.
+        // the transparent listeners sk_lookup steers to, not per-workload binds.
         let per_workload = matches!(
             self.px.destinations,
             crate::capture::DestinationSource::ProxyProtocol { .. }
