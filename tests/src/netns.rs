@@ -212,15 +212,32 @@ impl Topology {
     /// Runs `cmd` as a pod process: in the pod's namespace and in the test cgroup, which is
     /// where capture applies. The wrapper moves only its own PID.
     pub fn pod_exec(&self, name: &str, cmd: &str) -> anyhow::Result<Output> {
+        Ok(self.pod_command(name, cmd).stdin(Stdio::null()).output()?)
+    }
+
+    /// `cmd` as a pod process (see [`Topology::pod_exec`]), to be spawned by the caller.
+    pub fn pod_command(&self, name: &str, cmd: &str) -> Command {
         let procs = self.pod_cgroup(name).join("cgroup.procs");
-        let out = self
-            .exec(
-                name,
-                &format!("echo $$ > {} && exec {cmd}", procs.display()),
+        self.exec(
+            name,
+            &format!("echo $$ > {} && exec {cmd}", procs.display()),
+        )
+    }
+
+    /// tcpdump of TCP on `node`'s uplink into `<dir>/link.pcap`, running once this returns.
+    pub fn capture_uplink(&self, dir: &Path, node: &str) -> anyhow::Result<LinkCapture> {
+        let path = dir.join("link.pcap");
+        let dump = Killed(
+            self.exec(
+                node,
+                &format!("exec tcpdump -i uplink -s 0 -U -w {} tcp", path.display()),
             )
-            .stdin(Stdio::null())
-            .output()?;
-        Ok(out)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("tcpdump must be installed")?,
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(LinkCapture { _dump: dump, path })
     }
 }
 
@@ -243,6 +260,29 @@ impl Drop for Topology {
             let _ = std::fs::remove_dir(cg);
         }
     }
+}
+
+/// A running [`Topology::capture_uplink`].
+pub struct LinkCapture {
+    _dump: Killed,
+    path: PathBuf,
+}
+
+impl LinkCapture {
+    /// Waits `settle` for the last packets, stops tcpdump and returns what it recorded.
+    pub fn finish(self, settle: Duration) -> Vec<u8> {
+        std::thread::sleep(settle);
+        let path = self.path.clone();
+        drop(self);
+        std::fs::read(path).unwrap_or_default()
+    }
+}
+
+/// Whether `needle` occurs in a packet capture (or any bytes).
+pub fn contains(captured: &[u8], needle: &str) -> bool {
+    captured
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
 }
 
 /// A child process killed (and reaped) when dropped.
@@ -466,13 +506,7 @@ impl Topology {
     /// A pod process holding one connection to `ip:port` (in the capture cgroup).
     pub fn line_client(&self, pod: &str, ip: &str, port: u16) -> anyhow::Result<LineClient> {
         let mut child = self
-            .exec(
-                pod,
-                &format!(
-                    "echo $$ > {}/cgroup.procs && exec python3 -u -c \"{LINE_CLIENT}\" {ip} {port}",
-                    self.pod_cgroup(pod).display()
-                ),
-            )
+            .pod_command(pod, &format!("python3 -u -c \"{LINE_CLIENT}\" {ip} {port}"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()?;

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use weft_tests::netns::{Killed, Topology, connections_from, read, wait_for, write_mesh};
+use weft_tests::netns::{Killed, Topology, connections_from, contains, read, wait_for, write_mesh};
 use weft_tests::require_root;
 
 /// True when some `weft_tcp_connections_opened_total` series of `metrics` has every label.
@@ -324,17 +324,7 @@ fn cross_node_traffic_between_enrolled_pods_is_mutual_tls_on_the_wire() {
     );
 
     // Capture the link between the nodes while the requests run.
-    let pcap = dir.path().join("link.pcap");
-    let mut dump = Killed(
-        t.exec(
-            "node1",
-            &format!("exec tcpdump -i uplink -s 0 -U -w {} tcp", pcap.display()),
-        )
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("tcpdump must be installed"),
-    );
-    std::thread::sleep(Duration::from_millis(500));
+    let dump = t.capture_uplink(dir.path(), "node1").unwrap();
     let mesh_marker = "SECRET-THROUGH-THE-MESH-7f3a";
     let plain_marker = "VISIBLE-WITHOUT-THE-MESH-91c2";
     let status = t.curl_status(
@@ -355,22 +345,14 @@ fn cross_node_traffic_between_enrolled_pods_is_mutual_tls_on_the_wire() {
         &format!("-H 'x-marker: {plain_marker}'"),
     );
     assert_eq!(status, "200", "node2:\n{}", logs("node2"));
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = dump.0.kill();
-    let _ = dump.0.wait();
-    let captured = std::fs::read(&pcap).unwrap();
-    let contains = |needle: &str| {
-        captured
-            .windows(needle.len())
-            .any(|w| w == needle.as_bytes())
-    };
+    let captured = dump.finish(Duration::from_millis(500));
     assert!(
-        contains(plain_marker),
+        contains(&captured, plain_marker),
         "the capture did not see the unenrolled pod's request ({} bytes)",
         captured.len()
     );
     assert!(
-        !contains(mesh_marker),
+        !contains(&captured, mesh_marker),
         "the enrolled pod's request crossed the link in clear text"
     );
 

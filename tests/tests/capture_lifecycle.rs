@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use weft_tests::metric_sum;
-use weft_tests::netns::{Killed, Topology, connections_from, read, wait_for, write_mesh};
+use weft_tests::netns::{Topology, connections_from, contains, read, wait_for, write_mesh};
 use weft_tests::{require_root, weftd_bin};
 
 const OPENED: &str = "weft_tcp_connections_opened_total";
@@ -55,17 +55,7 @@ fn killed_weftd_fails_closed_and_restarted_weftd_takes_over() {
         w.0.kill().unwrap();
         w.0.wait().unwrap();
     }
-    let pcap = dir.path().join("link.pcap");
-    let mut dump = Killed(
-        t.exec(
-            "node1",
-            &format!("exec tcpdump -i uplink -s 0 -U -w {} tcp", pcap.display()),
-        )
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("tcpdump must be installed"),
-    );
-    std::thread::sleep(Duration::from_millis(500));
+    let dump = t.capture_uplink(dir.path(), "node1").unwrap();
     let marker = "SECRET-WHILE-WEFTD-IS-DOWN-5d1e";
     let start = Instant::now();
     let status = t.curl_status("client", &url, &format!("-H 'x-marker: {marker}'"));
@@ -80,14 +70,9 @@ fn killed_weftd_fails_closed_and_restarted_weftd_takes_over() {
         "000",
         "a plaintext caller reached an enrolled pod with weftd down"
     );
-    std::thread::sleep(Duration::from_millis(300));
-    let _ = dump.0.kill();
-    let _ = dump.0.wait();
-    let captured = std::fs::read(&pcap).unwrap();
+    let captured = dump.finish(Duration::from_millis(300));
     assert!(
-        !captured
-            .windows(marker.len())
-            .any(|w| w == marker.as_bytes()),
+        !contains(&captured, marker),
         "the enrolled pod's request crossed the link in clear text while weftd was down"
     );
     assert_eq!(
