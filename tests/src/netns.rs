@@ -90,7 +90,12 @@ impl Topology {
     /// The cgroup2 directory of `node`'s pods: two weftd cannot both attach to one cgroup,
     /// so every node but the first gets its own. Pods of `node` run in it from then on.
     pub fn extra_cgroup(&mut self, node: &str) -> anyhow::Result<PathBuf> {
-        let dir = cgroup2_root()?.join(format!("weft-test-{}-{node}", self.prefix));
+        let name = self
+            .cgroup
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy();
+        let dir = self.cgroup.with_file_name(format!("{name}-{node}"));
         std::fs::create_dir_all(&dir)?;
         self.extra_cgroups.push((node.to_string(), dir.clone()));
         Ok(dir)
@@ -260,6 +265,72 @@ impl Drop for Topology {
             let _ = std::fs::remove_dir(cg);
         }
     }
+}
+
+/// Sole use of the fixed names of a [`Topology::named`] run (`what` names the command, for the
+/// refusal). A second run at once would take the first's namespaces for leftovers, so it is
+/// refused; holding the claim, what a killed earlier run left is removed. Released on drop.
+pub fn claim_names(what: &str, prefix: &str, names: &[&str]) -> anyhow::Result<NameClaim> {
+    let path = std::env::temp_dir().join(format!("{prefix}.lock"));
+    let file =
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    if file.try_lock().is_err() {
+        bail!("another `{what}` is running (it holds {})", path.display());
+    }
+    if remove_leftovers(prefix, names) {
+        println!("removed what an earlier `{what}` left behind");
+    }
+    Ok(NameClaim { _file: file, path })
+}
+
+/// See [`claim_names`].
+pub struct NameClaim {
+    _file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Drop for NameClaim {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Removes what a killed [`Topology::named`] run left behind under its fixed names: the
+/// namespaces `<prefix>-<name>` (and their processes), its bpffs mount, its cgroups `<prefix>`
+/// and `<prefix>-<name>`. Only those names are touched. Returns whether anything was found.
+fn remove_leftovers(prefix: &str, names: &[&str]) -> bool {
+    let mut found = false;
+    for name in names {
+        let ns = format!("{prefix}-{name}");
+        if Path::new("/var/run/netns").join(&ns).exists() {
+            found = true;
+            let _ = sh(&format!("ip netns pids {ns} | xargs -r kill -9"));
+            let _ = sh(&format!("ip netns del {ns}"));
+        }
+    }
+    let bpffs = std::env::temp_dir().join(format!("weft-bpf-{prefix}"));
+    if bpffs.exists() {
+        found = true;
+        let _ = sh(&format!("umount {}", bpffs.display()));
+        let _ = std::fs::remove_dir(&bpffs);
+    }
+    if let Ok(root) = cgroup2_root() {
+        let cgroups = std::iter::once(prefix.to_string())
+            .chain(names.iter().map(|name| format!("{prefix}-{name}")));
+        for cg in cgroups {
+            let dir = root.join(cg);
+            if dir.exists() {
+                found = true;
+                if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                    for pid in procs.split_whitespace() {
+                        let _ = sh(&format!("kill -9 {pid}"));
+                    }
+                }
+                let _ = std::fs::remove_dir(&dir);
+            }
+        }
+    }
+    found
 }
 
 /// A running [`Topology::capture_uplink`].

@@ -46,29 +46,19 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         ("unshare", "util-linux"),
         ("ip", "iproute2"),
     ])?;
-    // One demo at a time: a second one would take the first's names for leftovers.
-    let lock_path = std::env::temp_dir().join(format!("{PREFIX}.lock"));
-    let lock = std::fs::File::create(&lock_path)
-        .with_context(|| format!("creating {}", lock_path.display()))?;
-    if lock.try_lock().is_err() {
-        bail!(
-            "another `cargo xtask demo` is running (it holds {})",
-            lock_path.display()
-        );
-    }
+    // One demo at a time; what a killed one left is removed.
+    let _claim = weft_tests::netns::claim_names("cargo xtask demo", PREFIX, &NAMESPACES)?;
     // `cargo xtask test` has built everything already (`--no-build`).
     if !args.iter().any(|a| a == "--no-build") {
         crate::cargo(&["build", "-p", "weftd"])?;
     }
     let weftd = weft_tests::weftd_bin();
     check_kernel(&weftd)?;
-    remove_leftovers();
 
     let dir = std::env::temp_dir().join(format!("{PREFIX}-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let result = demo(&dir, once);
     let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_file(&lock_path);
     result
 }
 
@@ -93,38 +83,6 @@ fn check_kernel(weftd: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// A demo killed before it could clean up leaves namespaces, a cgroup and a bpffs mount under
-/// its fixed names; they are removed by those names.
-fn remove_leftovers() {
-    let mut found = false;
-    for ns in NAMESPACES {
-        let name = format!("{PREFIX}-{ns}");
-        if Path::new("/var/run/netns").join(&name).exists() {
-            found = true;
-            let _ = weft_tests::netns::sh(&format!("ip netns pids {name} | xargs -r kill -9"));
-            let _ = weft_tests::netns::sh(&format!("ip netns del {name}"));
-        }
-    }
-    let bpffs = std::env::temp_dir().join(format!("weft-bpf-{PREFIX}"));
-    if bpffs.exists() {
-        found = true;
-        let _ = weft_tests::netns::sh(&format!("umount {}", bpffs.display()));
-        let _ = std::fs::remove_dir(&bpffs);
-    }
-    if let Ok(root) = weft_tests::netns::cgroup2_root() {
-        for cg in [PREFIX.to_string(), format!("{PREFIX}-node2")] {
-            let dir = root.join(&cg);
-            if dir.exists() {
-                found = true;
-                let _ = std::fs::remove_dir(&dir);
-            }
-        }
-    }
-    if found {
-        println!("removed what an earlier demo left behind");
-    }
 }
 
 fn demo(dir: &Path, once: bool) -> anyhow::Result<()> {

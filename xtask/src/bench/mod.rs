@@ -24,6 +24,16 @@ pub const RUNS: usize = 5;
 const PREFIX: &str = "weft-bench";
 const ID: u8 = 70;
 const ECHO_PORT: u16 = 9000;
+/// The bench topology's namespaces, `<PREFIX>-<name>`.
+const NAMESPACES: [&str; 7] = [
+    "node1",
+    "node2",
+    "lan",
+    "client-mesh",
+    "client-plain",
+    "server-mesh",
+    "server-plain",
+];
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
@@ -95,6 +105,8 @@ fn l4(only: &[String]) -> anyhow::Result<()> {
         ("nsenter", "util-linux"),
         ("ip", "iproute2"),
     ])?;
+    // One bench at a time; what a killed one left is removed.
+    let _claim = weft_tests::netns::claim_names("cargo xtask bench", PREFIX, &NAMESPACES)?;
     let started = std::time::Instant::now();
     crate::cargo(&["build", "--release", "-p", "weftd", "-p", "xtask"])?;
     let target = crate::workspace_root().join("target/release");
