@@ -58,12 +58,14 @@ pub struct Results {
     pub reload_ms: Vec<f64>,
 }
 
-fn json_line(out: &str) -> anyhow::Result<Value> {
+/// Runs `xtask loadgen <args>` in `client` and reads the percentiles of its last JSON line.
+fn loadgen(b: &Bench, client: &str, args: &str) -> anyhow::Result<Percentiles> {
+    let out = b.run_in(client, &format!("{} loadgen {args}", b.loadgen.display()))?;
     let line = out
         .lines()
         .rev()
         .find(|l| l.starts_with('{'))
-        .with_context(|| format!("no JSON in the output: {out}"))?;
+        .with_context(|| format!("no JSON in the load generator's output: {out}"))?;
     Ok(serde_json::from_str(line)?)
 }
 
@@ -105,7 +107,9 @@ pub fn throughput(b: &mut Bench, r: &mut Results) -> anyhow::Result<()> {
                     &format!("iperf3 -c {server} -t {SECONDS} -P {streams} -J"),
                 )?;
                 let cpu = pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>() - cpu0;
-                let v = json_line_all(&out)?;
+                // iperf3 -J prints one pretty-printed JSON document.
+                let v: Value = serde_json::from_str(&out)
+                    .with_context(|| format!("iperf3 output is not JSON: {out}"))?;
                 let received = &v["end"]["sum_received"];
                 let gbits = received["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9;
                 let bytes = received["bytes"].as_f64().unwrap_or(0.0);
@@ -127,11 +131,6 @@ pub fn throughput(b: &mut Bench, r: &mut Results) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// iperf3 -J prints one pretty-printed JSON document.
-fn json_line_all(out: &str) -> anyhow::Result<Value> {
-    serde_json::from_str(out).with_context(|| format!("iperf3 output is not JSON: {out}"))
-}
-
 pub fn latency(b: &mut Bench, r: &mut Results) -> anyhow::Result<()> {
     eprintln!("== latency (1 KiB request/reply at fixed rates, {RUNS} runs of {SECONDS} s)");
     for (rate, connections) in [(1_000u32, 4), (10_000, 16)] {
@@ -139,14 +138,11 @@ pub fn latency(b: &mut Bench, r: &mut Results) -> anyhow::Result<()> {
         for run in 0..RUNS {
             for path in Path2::BOTH {
                 let (client, server) = path.ends(&b.ips);
-                let out = b.run_in(
+                let p = loadgen(
+                    b,
                     client,
-                    &format!(
-                        "{} loadgen latency {server}:{ECHO_PORT} {rate} {SECONDS} {connections} 1024",
-                        b.loadgen.display()
-                    ),
+                    &format!("latency {server}:{ECHO_PORT} {rate} {SECONDS} {connections} 1024"),
                 )?;
-                let p: Percentiles = serde_json::from_value(json_line(&out)?)?;
                 eprintln!(
                     "run {run} {path:?} {rate}/s: p50 {:.0} us, p99 {:.0} us, achieved {:.0}/s",
                     p.p50_us, p.p99_us, p.rate
@@ -164,14 +160,11 @@ pub fn connection_rate(b: &mut Bench, r: &mut Results) -> anyhow::Result<()> {
     for run in 0..RUNS {
         for path in Path2::BOTH {
             let (client, server) = path.ends(&b.ips);
-            let out = b.run_in(
+            let p = loadgen(
+                b,
                 client,
-                &format!(
-                    "{} loadgen connrate {server}:{ECHO_PORT} {SECONDS} 4",
-                    b.loadgen.display()
-                ),
+                &format!("connrate {server}:{ECHO_PORT} {SECONDS} 4"),
             )?;
-            let p: Percentiles = serde_json::from_value(json_line(&out)?)?;
             eprintln!(
                 "run {run} {path:?}: {:.0} connections/s, p50 {:.0} us, p99 {:.0} us, {} failed",
                 p.rate, p.p50_us, p.p99_us, p.failed

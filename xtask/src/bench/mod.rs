@@ -244,13 +244,7 @@ impl Bench {
         let out = self.dir.join(format!("{pod}-{name}.out"));
         let child = self
             .t
-            .exec(
-                pod,
-                &format!(
-                    "echo $$ > {}/cgroup.procs && exec {cmd}",
-                    self.t.pod_cgroup(pod).display()
-                ),
-            )
+            .pod_command(pod, cmd)
             .stdin(std::process::Stdio::piped())
             .stdout(std::fs::File::create(&out)?)
             .stderr(std::fs::File::create(
