@@ -459,8 +459,9 @@ impl Capture {
             // Every local pod's interface carries traffic towards enrolled pods, enrolled
             // or not itself.
             let mut interfaces: HashSet<String> = self.uplinks.iter().cloned().collect();
+            let routes = HostRoutes::read();
             for ip in local.iter().flat_map(|w| w.ips.iter().filter_map(ipv4)) {
-                match host_interface(ip) {
+                match routes.interface(ip) {
                     Some(iface) => {
                         interfaces.insert(iface);
                     }
@@ -707,15 +708,35 @@ pub fn netns_cookie(path: &Path) -> std::io::Result<u64> {
     })
 }
 
-/// The interface the main table routes `ip`/32 through (a ptp CNI's host-side veth), from
-/// /proc/net/route: the same table netlink reads, without a round trip per pod.
-fn host_interface(ip: Ipv4Addr) -> Option<String> {
-    let table = std::fs::read_to_string("/proc/net/route").ok()?;
-    let want = format!("{:08X}", u32::from_ne_bytes(ip.octets()));
-    table.lines().skip(1).find_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        (f.len() > 7 && f[1] == want && f[7] == "FFFFFFFF").then(|| f[0].to_string())
-    })
+/// The main table's /32 routes (a ptp CNI's route to each pod through its host-side veth),
+/// from /proc/net/route: the same table netlink reads, read once per reconcile rather than
+/// once per pod.
+struct HostRoutes(HashMap<Ipv4Addr, String>);
+
+impl HostRoutes {
+    fn read() -> Self {
+        let table = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+        let routes = table.lines().skip(1).filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() <= 7 || f[7] != "FFFFFFFF" {
+                return None;
+            }
+            // The file prints the address in host byte order.
+            let ip = u32::from_str_radix(f[1], 16).ok()?;
+            Some((Ipv4Addr::from(ip.to_ne_bytes()), f[0].to_string()))
+        });
+        // The first route wins, as it does in the kernel's listing order.
+        let mut first = HashMap::new();
+        for (ip, iface) in routes {
+            first.entry(ip).or_insert(iface);
+        }
+        HostRoutes(first)
+    }
+
+    /// The interface the main table routes `ip`/32 through.
+    fn interface(&self, ip: Ipv4Addr) -> Option<String> {
+        self.0.get(&ip).cloned()
+    }
 }
 
 fn ipv4(ip: &IpAddr) -> Option<Ipv4Addr> {
