@@ -123,9 +123,11 @@ impl fmt::Debug for TrustAnchors {
 /// The one crypto provider the mesh uses; built once because every config needs it.
 pub(crate) fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
-        .clone()
+    #[cfg(feature = "aws-lc-rs")]
+    let make = rustls::crypto::aws_lc_rs::default_provider;
+    #[cfg(not(feature = "aws-lc-rs"))]
+    let make = rustls::crypto::ring::default_provider;
+    PROVIDER.get_or_init(|| Arc::new(make())).clone()
 }
 
 /// The SPIFFE identity a certificate speaks for.

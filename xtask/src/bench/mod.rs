@@ -38,16 +38,15 @@ const NAMESPACES: [&str; 7] = [
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("l4") => {
-            let only: Vec<String> = args
-                .iter()
-                .skip_while(|a| *a != "--only")
-                .nth(1)
+            let value = |flag: &str| args.iter().skip_while(|a| *a != flag).nth(1).cloned();
+            let only: Vec<String> = value("--only")
                 .map(|v| v.split(',').map(String::from).collect())
                 .unwrap_or_default();
-            l4(&only)
+            l4(&only, value("--features").as_deref())
         }
         _ => bail!(
-            "usage: cargo xtask bench l4 [--only throughput,latency,connrate,memory,reload,criterion]"
+            "usage: cargo xtask bench l4 [--only throughput,latency,connrate,memory,reload,criterion] \
+             [--features <weftd features, e.g. aws-lc-rs>]"
         ),
     }
 }
@@ -92,8 +91,9 @@ impl Path2 {
 }
 
 /// `only`: figures to run (empty: all). A partial run prints its table but does not rewrite
-/// docs/benchmarks.md.
-fn l4(only: &[String]) -> anyhow::Result<()> {
+/// docs/benchmarks.md. `features`: cargo features of weftd for this run (to compare builds,
+/// e.g. crypto providers); such a run is not the project's figure either.
+fn l4(only: &[String], features: Option<&str>) -> anyhow::Result<()> {
     let want = |f: &str| only.is_empty() || only.iter().any(|o| o == f);
     if !crate::tools::is_root() {
         bail!("the L4 benchmarks build network namespaces and load eBPF programs: run as root");
@@ -108,7 +108,12 @@ fn l4(only: &[String]) -> anyhow::Result<()> {
     // One bench at a time; what a killed one left is removed.
     let _claim = weft_tests::netns::claim_names("cargo xtask bench", PREFIX, &NAMESPACES)?;
     let started = std::time::Instant::now();
-    crate::cargo(&["build", "--release", "-p", "weftd", "-p", "xtask"])?;
+    let mut build = vec!["build", "--release", "-p", "weftd", "-p", "xtask"];
+    let qualified = features.map(|f| format!("weftd/{f}"));
+    if let Some(f) = &qualified {
+        build.extend(["--features", f]);
+    }
+    crate::cargo(&build)?;
     let target = crate::workspace_root().join("target/release");
     // SAFETY: single-threaded here; the harness reads WEFTD to find the binary to run.
     unsafe { std::env::set_var("WEFTD", target.join("weftd")) };
@@ -151,7 +156,8 @@ fn l4(only: &[String]) -> anyhow::Result<()> {
         &results,
         &criterion,
         started.elapsed(),
-        only.is_empty() && failed.is_empty(),
+        features,
+        only.is_empty() && failed.is_empty() && features.is_none(),
     )?;
     if !failed.is_empty() {
         bail!("some figures failed:\n{}", failed.join("\n"));

@@ -42,6 +42,7 @@ pub fn write(
     r: &Results,
     criterion: &[(String, f64)],
     took: Duration,
+    features: Option<&str>,
     complete: bool,
 ) -> anyhow::Result<()> {
     let mut t = String::new();
@@ -58,6 +59,10 @@ pub fn write(
         ("1 stream", &r.throughput_1),
         ("8 streams", &r.throughput_8),
     ] {
+        // A partial run (--only) shows only the figures it ran.
+        if runs.weft.is_empty() {
+            continue;
+        }
         let (d, w) = (median(&runs.direct), median(&runs.weft));
         let (target, ok) = if name == "1 stream" {
             (">= 0.45 x direct", Some(w / d >= 0.45))
@@ -76,17 +81,19 @@ pub fn write(
             ],
         );
     }
-    row(
-        &mut t,
-        &[
-            "weftd CPU per GB, 8 streams (both nodes)".into(),
-            String::new(),
-            format!("{:.2} s/GB", median(&r.weftd_cpu_s_per_gb)),
-            String::new(),
-            "report".into(),
-            String::new(),
-        ],
-    );
+    if !r.weftd_cpu_s_per_gb.is_empty() {
+        row(
+            &mut t,
+            &[
+                "weftd CPU per GB, 8 streams (both nodes)".into(),
+                String::new(),
+                format!("{:.2} s/GB", median(&r.weftd_cpu_s_per_gb)),
+                String::new(),
+                "report".into(),
+                String::new(),
+            ],
+        );
+    }
     for (rate, runs) in &r.latency {
         let q = |runs: &[Percentiles]| {
             [
@@ -112,26 +119,28 @@ pub fn write(
         );
     }
     let c = &r.connection_rate;
-    let (d, w) = (med(&c.direct, |p| p.rate), med(&c.weft, |p| p.rate));
-    row(
-        &mut t,
-        &[
-            "connection setup (connections/s; p50 / p99 us)".into(),
-            format!(
-                "{d:.0}; {:.0} / {:.0}",
-                med(&c.direct, |p| p.p50_us),
-                med(&c.direct, |p| p.p99_us)
-            ),
-            format!(
-                "{w:.0}; {:.0} / {:.0}",
-                med(&c.weft, |p| p.p50_us),
-                med(&c.weft, |p| p.p99_us)
-            ),
-            format!("{:.2} x", w / d),
-            ">= 0.5 x direct".into(),
-            verdict(w / d >= 0.5).into(),
-        ],
-    );
+    if !c.weft.is_empty() {
+        let (d, w) = (med(&c.direct, |p| p.rate), med(&c.weft, |p| p.rate));
+        row(
+            &mut t,
+            &[
+                "connection setup (connections/s; p50 / p99 us)".into(),
+                format!(
+                    "{d:.0}; {:.0} / {:.0}",
+                    med(&c.direct, |p| p.p50_us),
+                    med(&c.direct, |p| p.p99_us)
+                ),
+                format!(
+                    "{w:.0}; {:.0} / {:.0}",
+                    med(&c.weft, |p| p.p50_us),
+                    med(&c.weft, |p| p.p99_us)
+                ),
+                format!("{:.2} x", w / d),
+                ">= 0.5 x direct".into(),
+                verdict(w / d >= 0.5).into(),
+            ],
+        );
+    }
     for (workloads, runs) in &r.idle_rss_mib {
         let m = median(runs);
         let (target, ok) = if *workloads == 1_000 {
@@ -165,18 +174,20 @@ pub fn write(
             ],
         );
     }
-    let reload = median(&r.reload_ms);
-    row(
-        &mut t,
-        &[
-            "mesh-file reload, 10 000 workloads / 1 000 services / 1 000 policies".into(),
-            String::new(),
-            format!("{reload:.0} ms"),
-            String::new(),
-            "<= 200 ms".into(),
-            verdict(reload <= 200.0).into(),
-        ],
-    );
+    if !r.reload_ms.is_empty() {
+        let reload = median(&r.reload_ms);
+        row(
+            &mut t,
+            &[
+                "mesh-file reload, 10 000 workloads / 1 000 services / 1 000 policies".into(),
+                String::new(),
+                format!("{reload:.0} ms"),
+                String::new(),
+                "<= 200 ms".into(),
+                verdict(reload <= 200.0).into(),
+            ],
+        );
+    }
     for (name, ns) in criterion {
         let per_call = !name.starts_with("control_path");
         row(
@@ -227,6 +238,9 @@ Written by `cargo xtask bench l4` (as root). Do not edit by hand: run it again.
         mem = sh("free -g | awk '/Mem:/ {print $2 \" GiB\"}'"),
         kernel = sh("uname -r"),
     );
+    if let Some(f) = features {
+        println!("\nweftd built with features: {f}");
+    }
     println!("\n{t}");
     let root = crate::workspace_root();
     if complete {
@@ -238,6 +252,7 @@ Written by `cargo xtask bench l4` (as root). Do not edit by hand: run it again.
         raw.join("l4.json"),
         serde_json::to_string_pretty(&serde_json::json!({
             "commit": commit,
+            "weftd_features": features,
             "results": r,
             "criterion": criterion,
         }))?,
