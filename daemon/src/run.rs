@@ -47,7 +47,8 @@ fn local_identities(state: &MeshState, node: &str) -> Vec<weft_core::identity::S
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     raise_fd_limit();
-    let loaded = config::load_file(&opts.mesh)?;
+    let mut loader = config::MeshLoader::new(opts.mesh.clone());
+    let loaded = loader.load()?;
     let node = loaded.node(&opts.node);
     let Some(ca_files) = loaded.ca.clone() else {
         bail!(
@@ -266,7 +267,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     );
 
     // Mesh-file edits.
-    let watcher = MeshWatcher::new(opts.mesh.clone(), opts.reload_interval);
+    let watcher = MeshWatcher::new(loader, opts.reload_interval);
     let reload_now = watcher.trigger.clone();
     {
         let admin = admin.clone();

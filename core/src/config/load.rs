@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::incremental::{self, ItemCache};
 use super::meshfile::{CaFile, MeshFile, NodeFile};
 use crate::authz::PolicyIndex;
 use crate::identity::SpiffeId;
@@ -71,36 +72,94 @@ impl LoadedMesh {
 }
 
 pub fn load_file(path: &Path) -> Result<LoadedMesh, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = read(path)?;
     let base = path.parent().unwrap_or(Path::new("."));
     load_str(&text, &path.display().to_string(), base)
 }
 
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Parses and validates `text`; `file` names it in errors and `base` resolves relative CA paths.
 pub fn load_str(text: &str, file: &str, base: &Path) -> Result<LoadedMesh, ConfigError> {
-    let de = serde_yaml_ng::Deserializer::from_str(text);
-    let mesh: MeshFile = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let mut message = e.into_inner().to_string();
-        // The YAML parser prefixes its own (coarser) path; ours is the precise one.
-        if let Some((prefix, rest)) = message.split_once(": ")
-            && !prefix.contains(' ')
-        {
-            message = rest.to_string();
+    finish(parse_whole(text, file)?, file, base)
+}
+
+/// Loads one mesh file again and again: list items whose text did not change since the last
+/// load are not parsed again (see [`super::incremental`]).
+pub struct MeshLoader {
+    path: PathBuf,
+    cache: ItemCache,
+}
+
+impl MeshLoader {
+    pub fn new(path: PathBuf) -> Self {
+        MeshLoader {
+            path,
+            cache: ItemCache::default(),
         }
-        ConfigError::Syntax {
-            file: file.to_string(),
-            path: if path == "." { "(top)".into() } else { path },
-            message,
-        }
-    })?;
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file as it is now: the same result as [`load_file`].
+    pub fn load(&mut self) -> Result<LoadedMesh, ConfigError> {
+        let text = read(&self.path)?;
+        let file = self.path.display().to_string();
+        let mesh = match incremental::parse(&text, &mut self.cache) {
+            Some((mesh, reuse)) => {
+                tracing::debug!(
+                    reused = reuse.reused,
+                    parsed = reuse.parsed,
+                    "mesh file list items"
+                );
+                mesh
+            }
+            None => parse_whole(&text, &file)?,
+        };
+        finish(mesh, &file, self.path.parent().unwrap_or(Path::new(".")))
+    }
+}
+
+fn finish(mesh: MeshFile, file: &str, base: &Path) -> Result<LoadedMesh, ConfigError> {
     build(mesh, base).map_err(|errors| ConfigError::Invalid {
         file: file.to_string(),
         errors,
     })
+}
+
+fn parse_whole(text: &str, file: &str) -> Result<MeshFile, ConfigError> {
+    // Tracking the path of every value costs a tenth of a large load; only a file that fails
+    // needs it, so that one is parsed a second time for the error.
+    let parsed = serde::Deserialize::deserialize(serde_yaml_ng::Deserializer::from_str(text));
+    parsed.map_err(|plain| syntax_error(text, file, plain))
+}
+
+/// The error of a file that does not parse (`plain`), with the path of the value at fault
+/// found by parsing it again with paths tracked.
+fn syntax_error(text: &str, file: &str, plain: serde_yaml_ng::Error) -> ConfigError {
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    let (path, mut message) = match serde_path_to_error::deserialize::<_, MeshFile>(de) {
+        Err(e) => (e.path().to_string(), e.into_inner().to_string()),
+        Ok(_) => (".".to_string(), plain.to_string()),
+    };
+    // The YAML parser prefixes its own (coarser) path; ours is the precise one.
+    if let Some((prefix, rest)) = message.split_once(": ")
+        && !prefix.contains(' ')
+    {
+        message = rest.to_string();
+    }
+    ConfigError::Syntax {
+        file: file.to_string(),
+        path: if path == "." { "(top)".into() } else { path },
+        message,
+    }
 }
 
 fn build(mesh: MeshFile, base: &Path) -> Result<LoadedMesh, Vec<FieldError>> {

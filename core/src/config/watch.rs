@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::load::{ConfigError, LoadedMesh, load_file};
+use super::load::{ConfigError, LoadedMesh, MeshLoader};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Fingerprint {
@@ -34,16 +34,18 @@ fn fingerprint(path: &Path) -> Option<Fingerprint> {
 /// took); invalid versions go to
 /// `refused`, and the state built from the last valid one keeps running.
 pub struct MeshWatcher {
-    pub path: PathBuf,
+    loader: MeshLoader,
     pub interval: Duration,
     /// Forces a reload at once (SIGHUP).
     pub trigger: std::sync::Arc<Notify>,
 }
 
 impl MeshWatcher {
-    pub fn new(path: PathBuf, interval: Duration) -> Self {
+    /// `loader` is the one that loaded the file the caller runs on, so the first reload can
+    /// reuse its items.
+    pub fn new(loader: MeshLoader, interval: Duration) -> Self {
         MeshWatcher {
-            path,
+            loader,
             interval,
             trigger: Default::default(),
         }
@@ -57,7 +59,9 @@ impl MeshWatcher {
         mut apply: impl FnMut(LoadedMesh, std::time::Duration),
         mut refused: impl FnMut(&ConfigError),
     ) {
-        let mut applied = fingerprint(&self.path);
+        let path: PathBuf = self.loader.path().to_path_buf();
+        let mut loader = Some(self.loader);
+        let mut applied = fingerprint(&path);
         let mut seen = applied;
         loop {
             let forced = tokio::select! {
@@ -65,7 +69,7 @@ impl MeshWatcher {
                 _ = tokio::time::sleep(self.interval) => false,
                 _ = self.trigger.notified() => true,
             };
-            let now = fingerprint(&self.path);
+            let now = fingerprint(&path);
             // A file rewritten in place can be caught half-written, and a half file may still
             // parse (with fewer policies). Load only once it has stopped changing for a poll.
             let settled = now == seen;
@@ -75,7 +79,27 @@ impl MeshWatcher {
             }
             applied = now;
             let started = std::time::Instant::now();
-            match load_file(&self.path) {
+            // Parsing a large file takes a good part of a second: off the runtime's workers,
+            // which carry traffic meanwhile.
+            let mut current = loader
+                .take()
+                .unwrap_or_else(|| MeshLoader::new(path.clone()));
+            let result = match tokio::task::spawn_blocking(move || {
+                let result = current.load();
+                (current, result)
+            })
+            .await
+            {
+                Ok((current, result)) => {
+                    loader = Some(current);
+                    result
+                }
+                Err(e) => Err(ConfigError::Read {
+                    path: path.clone(),
+                    source: std::io::Error::other(format!("loading stopped: {e}")),
+                }),
+            };
+            match result {
                 Ok(mesh) => apply(mesh, started.elapsed()),
                 Err(e) => refused(&e),
             }

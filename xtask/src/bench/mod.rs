@@ -142,9 +142,11 @@ fn l4(only: &[String], features: Option<&str>) -> anyhow::Result<()> {
         }
         Ok::<_, anyhow::Error>((results, failed))
     })();
-    let clean = result.as_ref().is_ok_and(|(_, failed)| failed.is_empty());
-    if clean || std::env::var_os("WEFT_BENCH_KEEP").is_none() {
+    // WEFT_BENCH_KEEP=1 keeps the logs and mesh files (weftd's own timings are in its log).
+    if std::env::var_os("WEFT_BENCH_KEEP").is_none() {
         let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        eprintln!("kept {}", dir.display());
     }
     let (results, failed) = result?;
     let criterion = if want("criterion") {
