@@ -15,45 +15,6 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, reload};
 
-/// mimalloc instead of glibc malloc: a mesh-file reload of 10 000 workloads is mostly small
-/// allocations and frees, and glibc's took over half of it and grew slower as the daemon ran
-/// (fragmentation); see docs/architecture.md, "Reloading a large mesh file".
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// mimalloc's defaults keep freed memory (and eagerly committed arena memory) resident while a
-/// daemon idles, as weftd mostly does: 39 MiB idle with 10 workloads against 11 MiB with these.
-/// Each is left alone when the operator sets it (`MIMALLOC_<NAME>`). The numbers are positions
-/// in mimalloc 3's `mi_option_e`, which libmimalloc-sys does not name.
-///
-/// Arenas are reserved when mimalloc starts, before `main`, so this runs as an ELF constructor
-/// ordered before mimalloc's own (which has no priority). It must not allocate: getenv, not
-/// std::env.
-extern "C" fn tune_allocator() {
-    const OPTIONS: [(
-        &std::ffi::CStr,
-        libmimalloc_sys::mi_option_t,
-        std::ffi::c_long,
-    ); 3] = [
-        (c"MIMALLOC_ARENA_EAGER_COMMIT", 4, 0),
-        (c"MIMALLOC_PURGE_DELAY", 15, 0),
-        (c"MIMALLOC_ALLOW_THP", 43, 0),
-    ];
-    for (env, option, value) in OPTIONS {
-        // SAFETY: getenv with a NUL-terminated name, before any thread exists; mi_option_set
-        // stores one integer and does not allocate.
-        unsafe {
-            if libc::getenv(env.as_ptr()).is_null() {
-                libmimalloc_sys::mi_option_set(option, value);
-            }
-        }
-    }
-}
-
-#[used]
-#[unsafe(link_section = ".init_array.00200")]
-static TUNE_ALLOCATOR: extern "C" fn() = tune_allocator;
-
 #[derive(Parser)]
 #[command(
     name = "weftd",

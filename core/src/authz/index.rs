@@ -2,7 +2,7 @@
 //! evaluation looks at the root namespace's policies and the workload's namespace's, nothing
 //! else, and reaches a DENY verdict before looking at any ALLOW policy.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use crate::model::policy::{Action, AuthorizationPolicy};
 

@@ -1,7 +1,9 @@
 //! Parse and validate the mesh file, then build the indexed state from it. Validation runs to
 //! completion before anything is applied, so a bad edit never replaces a good state.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! The indexed mesh state: one immutable snapshot per configuration version, shared by every
 //! connection. Lookups on the per-connection path are hash lookups; nothing here allocates.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
