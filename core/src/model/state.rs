@@ -188,8 +188,10 @@ impl StateStore {
         self.tx.borrow().clone()
     }
 
-    pub fn replace(&self, state: MeshState) {
-        self.tx.send_replace(Arc::new(state));
+    /// Publishes `state` and returns the one it replaces, so that the caller chooses where a
+    /// large old state is freed.
+    pub fn replace(&self, state: MeshState) -> Arc<MeshState> {
+        self.tx.send_replace(Arc::new(state))
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Arc<MeshState>> {
