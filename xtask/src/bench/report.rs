@@ -54,6 +54,22 @@ pub fn write(
         &["figure", "direct", "weft", "weft vs direct", "target", ""].map(String::from),
     );
     row(&mut t, &["---"; 6].map(String::from));
+    // A figure of weft alone (no direct path, no ratio); `target` is (text, met), or none for a
+    // figure that is only reported.
+    let weft_row = |t: &mut String, name: String, value: String, target: Option<(&str, bool)>| {
+        let (target, ok) = target.map_or(("report", ""), |(text, met)| (text, verdict(met)));
+        row(
+            t,
+            &[
+                name,
+                String::new(),
+                value,
+                String::new(),
+                target.into(),
+                ok.into(),
+            ],
+        );
+    };
 
     for (name, runs) in [
         ("1 stream", &r.throughput_1),
@@ -82,16 +98,11 @@ pub fn write(
         );
     }
     if !r.weftd_cpu_s_per_gb.is_empty() {
-        row(
+        weft_row(
             &mut t,
-            &[
-                "weftd CPU per GB, 8 streams (both nodes)".into(),
-                String::new(),
-                format!("{:.2} s/GB", median(&r.weftd_cpu_s_per_gb)),
-                String::new(),
-                "report".into(),
-                String::new(),
-            ],
+            "weftd CPU per GB, 8 streams (both nodes)".into(),
+            format!("{:.2} s/GB", median(&r.weftd_cpu_s_per_gb)),
+            None,
         );
     }
     for (rate, runs) in &r.latency {
@@ -143,81 +154,50 @@ pub fn write(
     }
     for (workloads, runs) in &r.idle_rss_mib {
         let m = median(runs);
-        let (target, ok) = if *workloads == 1_000 {
-            ("<= 20 MiB", Some(m <= 20.0))
-        } else {
-            ("report", None)
-        };
-        row(
+        weft_row(
             &mut t,
-            &[
-                format!("weftd RSS idle, mesh of {workloads} workloads"),
-                String::new(),
-                format!("{m:.1} MiB"),
-                String::new(),
-                target.into(),
-                ok.map(verdict).unwrap_or("").into(),
-            ],
+            format!("weftd RSS idle, mesh of {workloads} workloads"),
+            format!("{m:.1} MiB"),
+            (*workloads == 1_000).then_some(("<= 20 MiB", m <= 20.0)),
         );
     }
     for (conns, runs) in &r.per_connection_kib {
         let m = median(runs);
-        row(
+        weft_row(
             &mut t,
-            &[
-                format!("weftd memory per proxied connection, {conns} open"),
-                String::new(),
-                format!("{m:.1} KiB"),
-                String::new(),
-                "<= 16 KiB".into(),
-                verdict(m <= 16.0).into(),
-            ],
+            format!("weftd memory per proxied connection, {conns} open"),
+            format!("{m:.1} KiB"),
+            Some(("<= 16 KiB", m <= 16.0)),
         );
     }
     if !r.reload_ms.is_empty() {
         let reload = median(&r.reload_ms);
-        row(
+        weft_row(
             &mut t,
-            &[
-                "mesh-file reload after an edit, 10 000 workloads / 1 000 services / 1 000 policies"
+            "mesh-file reload after an edit, 10 000 workloads / 1 000 services / 1 000 policies"
                 .into(),
-                String::new(),
-                format!("{reload:.0} ms"),
-                String::new(),
-                "<= 200 ms".into(),
-                verdict(reload <= 200.0).into(),
-            ],
+            format!("{reload:.0} ms"),
+            Some(("<= 200 ms", reload <= 200.0)),
         );
-    }
-    if !r.reload_ms.is_empty() {
-        row(
+        weft_row(
             &mut t,
-            &[
-                "mesh-file load of the whole 10 000 / 1 000 / 1 000 mesh (one run)".into(),
-                String::new(),
-                format!("{:.0} ms", r.first_load_ms),
-                String::new(),
-                "report".into(),
-                String::new(),
-            ],
+            "mesh-file load of the whole 10 000 / 1 000 / 1 000 mesh (one run)".into(),
+            format!("{:.0} ms", r.first_load_ms),
+            None,
         );
     }
     for (name, ns) in criterion {
         let per_call = !name.starts_with("control_path");
-        row(
+        let value = if *ns >= 1e6 {
+            format!("{:.1} ms", ns / 1e6)
+        } else {
+            format!("{ns:.0} ns")
+        };
+        weft_row(
             &mut t,
-            &[
-                format!("{name} (criterion)"),
-                String::new(),
-                if *ns >= 1e6 {
-                    format!("{:.1} ms", ns / 1e6)
-                } else {
-                    format!("{ns:.0} ns")
-                },
-                String::new(),
-                if per_call { "<= 1 us" } else { "report" }.into(),
-                if per_call { verdict(*ns <= 1000.0) } else { "" }.into(),
-            ],
+            format!("{name} (criterion)"),
+            value,
+            per_call.then_some(("<= 1 us", *ns <= 1000.0)),
         );
     }
 
