@@ -40,6 +40,18 @@ pub struct Reuse {
 
 const LISTS: [&str; 3] = ["workloads", "services", "policies"];
 
+/// The list being cut.
+struct OpenList<'a> {
+    /// Index into [`LISTS`].
+    list: usize,
+    /// Its header line as written.
+    header: &'a str,
+    /// The indentation of its dashes, once its first item is seen.
+    dash: Option<usize>,
+    /// The byte where its current item starts.
+    item: Option<usize>,
+}
+
 /// `text` cut into the skeleton (each list replaced by `[]`) and the items of each list.
 struct Cut<'a> {
     skeleton: String,
@@ -107,9 +119,7 @@ fn items<T: DeserializeOwned + Clone>(
 fn cut(text: &str) -> Option<Cut<'_>> {
     let mut skeleton = String::new();
     let mut items: [Vec<&str>; 3] = Default::default();
-    // The list being cut: its index, its header line, the indentation of its dashes, and the
-    // byte where its current item starts.
-    let mut open: Option<(usize, &str, Option<usize>, Option<usize>)> = None;
+    let mut open: Option<OpenList> = None;
     let mut offset = 0;
     for (n, line) in text.split_inclusive('\n').enumerate() {
         let start = offset;
@@ -123,7 +133,7 @@ fn cut(text: &str) -> Option<Cut<'_>> {
             return None;
         }
         let blank = body.trim().is_empty() || body.trim_start().starts_with('#');
-        if let Some((list, header, dash, item)) = &mut open {
+        if let Some(o) = &mut open {
             if blank {
                 continue;
             }
@@ -135,41 +145,48 @@ fn cut(text: &str) -> Option<Cut<'_>> {
             let is_dash = rest == "-" || rest.starts_with("- ");
             if indent == 0 && !is_dash {
                 // The list ended at the previous item; this line is outside it.
-                if let Some(from) = item.take() {
-                    items[*list].push(&text[from..start]);
+                if let Some(from) = o.item.take() {
+                    items[o.list].push(&text[from..start]);
                 }
-                close(&mut skeleton, *list, header, !items[*list].is_empty());
+                close(&mut skeleton, o.list, o.header, !items[o.list].is_empty());
                 open = None;
             } else {
-                match *dash {
-                    None if is_dash => *dash = Some(indent),
+                match o.dash {
+                    None if is_dash => o.dash = Some(indent),
                     None => return None,
                     Some(d) if indent < d => return None,
                     Some(d) if indent == d && !is_dash => return None,
                     Some(_) => {}
                 }
-                if *dash == Some(indent)
-                    && let Some(from) = item.replace(start)
+                if o.dash == Some(indent)
+                    && let Some(from) = o.item.replace(start)
                 {
-                    items[*list].push(&text[from..start]);
+                    items[o.list].push(&text[from..start]);
                 }
                 continue;
             }
         }
         let key = body.split('#').next().unwrap_or("").trim_end();
         match LISTS.iter().position(|l| key.strip_suffix(':') == Some(l)) {
-            Some(list) => open = Some((list, line, None, None)),
+            Some(list) => {
+                open = Some(OpenList {
+                    list,
+                    header: line,
+                    dash: None,
+                    item: None,
+                })
+            }
             None => skeleton.push_str(line),
         }
         if !line.ends_with('\n') && open.is_none() {
             skeleton.push('\n');
         }
     }
-    if let Some((list, header, _, item)) = open {
-        if let Some(from) = item {
-            items[list].push(&text[from..]);
+    if let Some(o) = open {
+        if let Some(from) = o.item {
+            items[o.list].push(&text[from..]);
         }
-        close(&mut skeleton, list, header, !items[list].is_empty());
+        close(&mut skeleton, o.list, o.header, !items[o.list].is_empty());
     }
     Some(Cut { skeleton, items })
 }

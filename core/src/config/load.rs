@@ -2,12 +2,12 @@
 //! completion before anything is applied, so a bad edit never replaces a good state.
 
 use std::collections::BTreeMap;
-
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use super::incremental::{self, ItemCache};
 use super::meshfile::{CaFile, MeshFile, NodeFile};
