@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{Bench, ECHO_PORT, Path2, RUNS};
+use super::{Bench, ECHO_PORT, IPERF_PORT, RUNS, Route};
 
 /// Seconds per throughput, latency and connection-rate run.
 const SECONDS: u64 = 5;
@@ -15,14 +15,16 @@ const SECONDS: u64 = 5;
 #[derive(Debug, Default, Serialize)]
 pub struct PerPath<T> {
     pub direct: Vec<T>,
+    pub relays: Vec<T>,
     pub weft: Vec<T>,
 }
 
 impl<T> PerPath<T> {
-    fn push(&mut self, path: Path2, v: T) {
+    fn push(&mut self, path: Route, v: T) {
         match path {
-            Path2::Direct => self.direct.push(v),
-            Path2::Weft => self.weft.push(v),
+            Route::Direct => self.direct.push(v),
+            Route::Relays => self.relays.push(v),
+            Route::Weft => self.weft.push(v),
         }
     }
 }
@@ -101,13 +103,13 @@ pub fn throughput(b: &mut Bench, r: &mut Results) -> anyhow::Result<()> {
     eprintln!("== throughput (iperf3, {RUNS} runs of {SECONDS} s per path and stream count)");
     for run in 0..RUNS {
         for streams in [1, 8] {
-            for path in Path2::BOTH {
-                let (client, server) = path.ends(&b.ips);
+            for path in Route::ALL {
+                let (client, server, port) = path.ends(&b.ips, IPERF_PORT);
                 let pids = b.weftd_pids();
                 let cpu0: f64 = pids.iter().map(|&p| cpu_seconds(p)).sum();
                 let out = b.run_in(
                     client,
-                    &format!("iperf3 -c {server} -t {SECONDS} -P {streams} -J"),
+                    &format!("iperf3 -c {server} -p {port} -t {SECONDS} -P {streams} -J"),
                 )?;
                 let cpu = pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>() - cpu0;
                 // iperf3 -J prints one pretty-printed JSON document.
@@ -124,7 +126,7 @@ pub fn throughput(b: &mut Bench, r: &mut Results) -> anyhow::Result<()> {
                     r.throughput_1.push(path, gbits);
                 } else {
                     r.throughput_8.push(path, gbits);
-                    if path == Path2::Weft {
+                    if path == Route::Weft {
                         r.weftd_cpu_s_per_gb.push(cpu / (bytes / 1e9));
                     }
                 }
@@ -139,12 +141,12 @@ pub fn latency(b: &mut Bench, r: &mut Results) -> anyhow::Result<()> {
     for (rate, connections) in [(1_000u32, 4), (10_000, 16)] {
         let mut runs = PerPath::default();
         for run in 0..RUNS {
-            for path in Path2::BOTH {
-                let (client, server) = path.ends(&b.ips);
+            for path in Route::ALL {
+                let (client, server, port) = path.ends(&b.ips, ECHO_PORT);
                 let p = loadgen(
                     b,
                     client,
-                    &format!("latency {server}:{ECHO_PORT} {rate} {SECONDS} {connections} 1024"),
+                    &format!("latency {server}:{port} {rate} {SECONDS} {connections} 1024"),
                 )?;
                 eprintln!(
                     "run {run} {path:?} {rate}/s: p50 {:.0} us, p99 {:.0} us, achieved {:.0}/s",
@@ -161,17 +163,19 @@ pub fn latency(b: &mut Bench, r: &mut Results) -> anyhow::Result<()> {
 pub fn connection_rate(b: &mut Bench, r: &mut Results) -> anyhow::Result<()> {
     eprintln!("== connection setup (connect + 64 B exchange + close, 4 workers, {RUNS} runs)");
     for run in 0..RUNS {
-        for path in Path2::BOTH {
-            let (client, server) = path.ends(&b.ips);
-            let p = loadgen(
-                b,
-                client,
-                &format!("connrate {server}:{ECHO_PORT} {SECONDS} 4"),
-            )?;
+        for path in Route::ALL {
+            let (client, server, port) = path.ends(&b.ips, ECHO_PORT);
+            let p = loadgen(b, client, &format!("connrate {server}:{port} {SECONDS} 4"))?;
             eprintln!(
                 "run {run} {path:?}: {:.0} connections/s, p50 {:.0} us, p99 {:.0} us, {} failed",
                 p.rate, p.p50_us, p.p99_us, p.failed
             );
+            if p.rate <= 0.0 {
+                bail!(
+                    "no connection through {path:?} succeeded ({} failed)",
+                    p.failed
+                );
+            }
             r.connection_rate.push(path, p);
         }
     }

@@ -9,6 +9,9 @@
 //! - `connrate ADDR SECONDS WORKERS`: closed loop of connect + 64-byte exchange + close.
 //! - `hold ADDR COUNT`: opens COUNT connections, prints once they are all up, then holds them
 //!   until stdin closes.
+//! - `relay ADDR TARGET`: a plain TCP relay (no TLS, no HTTP/2, no policy): every connection
+//!   accepted on ADDR is copied both ways to a new connection to TARGET. Two of them in a row
+//!   are the floor any design with a user-space proxy on each node pays on this machine.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -41,6 +44,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             arg(3, "workers")?.parse()?,
         ),
         "hold" => hold(addr, arg(2, "count")?.parse()?),
+        "relay" => relay(addr, arg(2, "target")?.parse().context("loadgen: target")?),
         other => bail!("loadgen: unknown mode {other}"),
     }
 }
@@ -217,6 +221,33 @@ fn connrate(addr: SocketAddr, duration: Duration, workers: usize) -> anyhow::Res
     out["failed"] = json!(failed);
     println!("{out}");
     Ok(())
+}
+
+/// Shaped like weftd's data path where it is not weft's own: the multi-thread runtime with
+/// its default workers, TCP_NODELAY on both sides, 64 KiB copy buffers, one task per
+/// connection.
+fn relay(addr: SocketAddr, target: SocketAddr) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_io()
+        .build()?;
+    rt.block_on(async {
+        let l = tokio::net::TcpListener::bind(addr).await?;
+        println!(
+            "{}",
+            json!({"listening": addr.to_string(), "target": target.to_string()})
+        );
+        loop {
+            let (mut down, _) = l.accept().await?;
+            tokio::spawn(async move {
+                let Ok(mut up) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let _ = (down.set_nodelay(true), up.set_nodelay(true));
+                let _ = tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, 65536, 65536)
+                    .await;
+            });
+        }
+    })
 }
 
 fn hold(addr: SocketAddr, count: usize) -> anyhow::Result<()> {

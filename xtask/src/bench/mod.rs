@@ -4,9 +4,10 @@
 //! bridge, each with weftd (release build) and eBPF capture. On node1 an enrolled client pod
 //! and an unenrolled one; on node2 an enrolled server pod and an unenrolled one. "direct" is
 //! unenrolled to unenrolled (the kernel path alone), "weft" is enrolled to enrolled (both weftd,
-//! mutual-TLS HBONE). Every figure is measured `RUNS` times, alternating the two paths, and
-//! reported as medians and ratios of medians from the same run: absolute figures drift on
-//! these machines, ratios hold.
+//! mutual-TLS HBONE). "relays" is the floor of any proxy per node: unenrolled to unenrolled
+//! through a plain TCP relay in each node namespace (`loadgen relay`). Every figure is
+//! measured `RUNS` times, alternating the paths, and reported as medians and ratios of medians
+//! from the same run: absolute figures drift on these machines, ratios hold.
 //!
 //! Writes `docs/benchmarks.md` and `target/bench/l4.json` (every run's raw numbers).
 
@@ -58,6 +59,8 @@ pub struct Bench {
     pub loadgen: PathBuf,
     pub ips: Ips,
     pub cgroup2: PathBuf,
+    /// More `weftd run` arguments (WEFT_BENCH_WEFTD_ARGS).
+    weftd_args: String,
     weftd: Vec<Killed>,
     _servers: Vec<Killed>,
 }
@@ -68,24 +71,37 @@ pub struct Ips {
     pub client_plain: String,
     pub server_mesh: String,
     pub server_plain: String,
+    /// The nodes' own addresses, where the relays listen.
+    pub node1: String,
+    pub node2: String,
 }
 
-/// The two paths every figure compares.
+/// The paths every figure compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Path2 {
+pub enum Route {
+    /// Unenrolled pod to unenrolled pod: the kernel alone.
     Direct,
+    /// Unenrolled pod to a plain TCP relay on node1, to one on node2, to an unenrolled pod:
+    /// what any proxy per node costs on this machine before it does anything of its own.
+    Relays,
+    /// Enrolled pod to enrolled pod, through both weftd.
     Weft,
 }
 
-impl Path2 {
-    pub const BOTH: [Path2; 2] = [Path2::Direct, Path2::Weft];
+/// A relay for server port P listens on P + RELAY_PORT_OFFSET on both nodes.
+const RELAY_PORT_OFFSET: u16 = 20_000;
+const IPERF_PORT: u16 = 5201;
 
-    /// (client pod, server address) of this path.
-    pub fn ends(self, ips: &Ips) -> (&'static str, String) {
+impl Route {
+    pub const ALL: [Route; 3] = [Route::Direct, Route::Relays, Route::Weft];
+
+    /// (client pod, host, port) a client of this route connects to, for a server on `port`.
+    pub fn ends(self, ips: &Ips, port: u16) -> (&'static str, String, u16) {
         match self {
-            Path2::Direct => ("client-plain", ips.server_plain.clone()),
-            Path2::Weft => ("client-mesh", ips.server_mesh.clone()),
+            Route::Direct => ("client-plain", ips.server_plain.clone(), port),
+            Route::Relays => ("client-plain", ips.node1.clone(), port + RELAY_PORT_OFFSET),
+            Route::Weft => ("client-mesh", ips.server_mesh.clone(), port),
         }
     }
 }
@@ -108,6 +124,11 @@ fn l4(only: &[String], features: Option<&str>) -> anyhow::Result<()> {
     // One bench at a time; what a killed one left is removed.
     let _claim = weft_tests::netns::claim_names("cargo xtask bench", PREFIX, &NAMESPACES)?;
     let started = std::time::Instant::now();
+    // More `weftd run` arguments, to compare settings; such a run is not the project's figure.
+    let weftd_args = std::env::var("WEFT_BENCH_WEFTD_ARGS").unwrap_or_default();
+    if !weftd_args.is_empty() {
+        eprintln!("weftd run with: {weftd_args}");
+    }
     let mut build = vec!["build", "--release", "-p", "weftd", "-p", "xtask"];
     let qualified = features.map(|f| format!("weftd/{f}"));
     if let Some(f) = &qualified {
@@ -120,7 +141,7 @@ fn l4(only: &[String], features: Option<&str>) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("{PREFIX}-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let result = (|| {
-        let mut bench = Bench::new(&dir, target.join("xtask"))?;
+        let mut bench = Bench::new(&dir, target.join("xtask"), &weftd_args)?;
         let mut results = figures::Results::default();
         type Figure = fn(&mut Bench, &mut figures::Results) -> anyhow::Result<()>;
         let all: [(&str, Figure); 5] = [
@@ -159,7 +180,7 @@ fn l4(only: &[String], features: Option<&str>) -> anyhow::Result<()> {
         &criterion,
         started.elapsed(),
         features,
-        only.is_empty() && failed.is_empty() && features.is_none(),
+        only.is_empty() && failed.is_empty() && features.is_none() && weftd_args.is_empty(),
     )?;
     if !failed.is_empty() {
         bail!("some figures failed:\n{}", failed.join("\n"));
@@ -168,7 +189,7 @@ fn l4(only: &[String], features: Option<&str>) -> anyhow::Result<()> {
 }
 
 impl Bench {
-    fn new(dir: &Path, loadgen: PathBuf) -> anyhow::Result<Self> {
+    fn new(dir: &Path, loadgen: PathBuf, weftd_args: &str) -> anyhow::Result<Self> {
         let mut t = Topology::named(PREFIX, ID)?;
         t.node("node1")?;
         t.node("node2")?;
@@ -178,6 +199,9 @@ impl Bench {
             client_plain: t.pod("node1", "client-plain", 1, 3)?,
             server_mesh: t.pod("node2", "server-mesh", 2, 2)?,
             server_plain: t.pod("node2", "server-plain", 2, 3)?,
+            // `link_nodes` addresses node N at 10.<id>.254.N.
+            node1: format!("10.{ID}.254.1"),
+            node2: format!("10.{ID}.254.2"),
         };
         let cgroup2 = t.extra_cgroup("node2")?;
         // Connection-rate runs open tens of thousands of connections: a wide port range and
@@ -195,6 +219,7 @@ impl Bench {
             loadgen,
             ips,
             cgroup2,
+            weftd_args: weftd_args.to_string(),
             weftd: Vec::new(),
             _servers: Vec::new(),
         };
@@ -210,6 +235,22 @@ impl Bench {
                 &format!("{} loadgen echo {ip}:{ECHO_PORT}", bench.loadgen.display()),
                 "echo",
             )?);
+        }
+        let loadgen = bench.loadgen.display().to_string();
+        for port in [IPERF_PORT, ECHO_PORT] {
+            let relay = port + RELAY_PORT_OFFSET;
+            let (n1, n2, server) = (&bench.ips.node1, &bench.ips.node2, &bench.ips.server_plain);
+            for (node, from, to) in [
+                ("node2", n2, format!("{server}:{port}")),
+                ("node1", n1, format!("{n2}:{relay}")),
+            ] {
+                let cmd = format!("exec {loadgen} loadgen relay {from}:{relay} {to}");
+                servers.push(bench.start(
+                    bench.t.exec(node, &cmd),
+                    node,
+                    &format!("relay{port}"),
+                )?);
+            }
         }
         bench._servers = servers;
         std::thread::sleep(Duration::from_millis(500));
@@ -247,19 +288,26 @@ impl Bench {
         write_mesh(&self.dir, &nodes, &(workloads + &rest), "")
     }
 
-    /// A process in `pod` (its namespace and cgroup), output to `<dir>/<name>.out`.
+    /// A process in `pod` (its namespace and cgroup), output to `<dir>/<pod>-<name>.out`.
     pub fn spawn(&self, pod: &str, cmd: &str, name: &str) -> anyhow::Result<Killed> {
-        let out = self.dir.join(format!("{pod}-{name}.out"));
-        let child = self
-            .t
-            .pod_command(pod, cmd)
+        self.start(self.t.pod_command(pod, cmd), pod, name)
+            .with_context(|| format!("starting {cmd} in {pod}"))
+    }
+
+    /// Spawns `cmd`, output to `<dir>/<place>-<name>.out` and `.err`.
+    fn start(
+        &self,
+        mut cmd: std::process::Command,
+        place: &str,
+        name: &str,
+    ) -> anyhow::Result<Killed> {
+        let file =
+            |ext: &str| std::fs::File::create(self.dir.join(format!("{place}-{name}.{ext}")));
+        let child = cmd
             .stdin(std::process::Stdio::piped())
-            .stdout(std::fs::File::create(&out)?)
-            .stderr(std::fs::File::create(
-                self.dir.join(format!("{pod}-{name}.err")),
-            )?)
-            .spawn()
-            .with_context(|| format!("starting {cmd} in {pod}"))?;
+            .stdout(file("out")?)
+            .stderr(file("err")?)
+            .spawn()?;
         Ok(Killed(child))
     }
 
@@ -278,10 +326,11 @@ impl Bench {
     pub fn start_weftd(&mut self) -> anyhow::Result<()> {
         self.weftd.clear();
         for node in ["node1", "node2"] {
-            self.weftd.push(
-                self.t
-                    .start_weftd(&self.dir, node, "--reload-interval 50ms")?,
-            );
+            self.weftd.push(self.t.start_weftd(
+                &self.dir,
+                node,
+                &format!("--reload-interval 50ms {}", self.weftd_args),
+            )?);
         }
         Ok(())
     }

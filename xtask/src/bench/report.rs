@@ -6,7 +6,7 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use super::RUNS;
-use super::figures::{Percentiles, Results};
+use super::figures::{PerPath, Percentiles, Results};
 
 pub fn median(v: &[f64]) -> f64 {
     let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
@@ -201,6 +201,7 @@ pub fn write(
         );
     }
 
+    let floor = floor_table(r);
     let commit = sh("git rev-parse --short HEAD");
     let dirty = if sh("git status --porcelain").is_empty() {
         ""
@@ -226,7 +227,17 @@ Written by `cargo xtask bench l4` (as root). Do not edit by hand: run it again.
   `xtask loadgen` (release); throughput is iperf3. weftd logs at `info` (access log on).
   Raw runs: `target/bench/l4.json`.
 
-{t}",
+{t}
+## Against the floor of any proxy per node
+
+*two relays*: the unenrolled client through a plain TCP relay on node1 and one on node2
+(`xtask loadgen relay`: tokio, 64 KiB buffers, TCP_NODELAY; no TLS, no HTTP/2, no policy) to the
+unenrolled server, in the same runs. It is the part of weft's cost that comes from having a
+user-space proxy on each node at all on this machine: two more TCP connections, two more
+processes to wake per direction. The rest (*weft vs relays*) is what weft adds on top: mutual
+TLS, HTTP/2 framing, capture, policy, telemetry.
+
+{floor}",
         date = sh("date -u +%Y-%m-%dT%H:%MZ"),
         cores = sh("nproc"),
         mem = sh("free -g | awk '/Mem:/ {print $2 \" GiB\"}'"),
@@ -235,7 +246,7 @@ Written by `cargo xtask bench l4` (as root). Do not edit by hand: run it again.
     if let Some(f) = features {
         println!("\nweftd built with features: {f}");
     }
-    println!("\n{t}");
+    println!("\n{t}\n{floor}");
     let root = crate::workspace_root();
     if complete {
         std::fs::write(root.join("docs/benchmarks.md"), doc)?;
@@ -261,4 +272,74 @@ Written by `cargo xtask bench l4` (as root). Do not edit by hand: run it again.
         raw.join("l4.json").display()
     );
     Ok(())
+}
+
+fn has_all<T>(p: &PerPath<T>) -> bool {
+    !p.direct.is_empty() && !p.relays.is_empty() && !p.weft.is_empty()
+}
+
+/// Direct, two plain relays and weft side by side, for the figures that have all three.
+fn floor_table(r: &Results) -> String {
+    let mut t = String::new();
+    let mut row = |cells: [String; 6]| {
+        let _ = writeln!(t, "| {} |", cells.join(" | "));
+    };
+    row([
+        "figure",
+        "direct",
+        "two relays",
+        "weft",
+        "relays vs direct",
+        "weft vs relays",
+    ]
+    .map(String::from));
+    row(["---"; 6].map(String::from));
+    for (name, runs) in [
+        ("1 stream", &r.throughput_1),
+        ("8 streams", &r.throughput_8),
+    ] {
+        if !has_all(runs) {
+            continue;
+        }
+        let [d, x, w] = [&runs.direct, &runs.relays, &runs.weft].map(|v| median(v));
+        row([
+            format!("throughput, {name} (Gbit/s)"),
+            format!("{d:.2}"),
+            format!("{x:.2}"),
+            format!("{w:.2}"),
+            format!("{:.2} x", x / d),
+            format!("{:.2} x", w / x),
+        ]);
+    }
+    for (rate, runs) in &r.latency {
+        if !has_all(runs) {
+            continue;
+        }
+        let [d, x, w] = [&runs.direct, &runs.relays, &runs.weft]
+            .map(|v| [med(v, |p| p.p50_us), med(v, |p| p.p99_us)]);
+        let show = |v: [f64; 2]| format!("{:.0} / {:.0}", v[0], v[1]);
+        let added =
+            |a: [f64; 2], b: [f64; 2]| format!("+{:.0} / +{:.0} us", a[0] - b[0], a[1] - b[1]);
+        row([
+            format!("latency at {rate} req/s, p50 / p99 (us)"),
+            show(d),
+            show(x),
+            show(w),
+            added(x, d),
+            added(w, x),
+        ]);
+    }
+    let c = &r.connection_rate;
+    if has_all(c) {
+        let [d, x, w] = [&c.direct, &c.relays, &c.weft].map(|v| med(v, |p| p.rate));
+        row([
+            "connection setup (connections/s)".into(),
+            format!("{d:.0}"),
+            format!("{x:.0}"),
+            format!("{w:.0}"),
+            format!("{:.2} x", x / d),
+            format!("{:.2} x", w / x),
+        ]);
+    }
+    t
 }
