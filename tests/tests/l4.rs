@@ -131,6 +131,39 @@ fn deny_sleep_to_echo() -> serde_json::Value {
            "action": "DENY", "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/default/sa/sleep"]}}]}]})
 }
 
+/// The first connection to a peer waits for a new tunnel (TCP, TLS, HTTP/2). What the client
+/// sends meanwhile goes out with the CONNECT; the rest follows it, in order, and the counters
+/// include both.
+#[tokio::test(flavor = "multi_thread")]
+async fn data_sent_before_the_tunnel_is_up_arrives_whole_and_in_order() {
+    let id = 31;
+    let m = sleep_echo(id);
+    let (n1, n2) = m.start_both().unwrap();
+    let _echo = echo_server(echo_addr(id)).await.unwrap();
+    let mut c = connect_via(&n1.addrs, ip(id, 1, 1), echo_vip(id))
+        .await
+        .unwrap();
+    const LEN: usize = 300 * 1024;
+    // More than one read's worth, written (and half-closed) before anything is read back.
+    send_pattern(&mut c, LEN, 7).await.unwrap();
+    timeout(Duration::from_secs(10), expect_pattern(&mut c, LEN, 7))
+        .await
+        .expect("echo did not come back")
+        .unwrap();
+    for (node, reporter) in [
+        (&n1, "reporter=\"source\""),
+        (&n2, "reporter=\"destination\""),
+    ] {
+        let counted = eventually(Duration::from_secs(3), || {
+            let t = node.metrics();
+            metric_sum(&t, "weft_tcp_sent_bytes_total", &[reporter]) == LEN as f64
+                && metric_sum(&t, "weft_tcp_received_bytes_total", &[reporter]) == LEN as f64
+        })
+        .await;
+        assert!(counted, "{reporter}:\n{}", node.metrics());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn deny_policy_closes_client_and_server_never_sees_it() {
     let id = 13;

@@ -105,11 +105,18 @@ impl Pool {
     }
 
     /// Opens a CONNECT stream to `key.address` and waits for the peer's 200.
+    ///
+    /// `early` is called once the request is on its way; what it returns is sent as the
+    /// stream's first data without waiting for the answer, so a client that speaks first does
+    /// not pay a round trip for it. The peer holds that data until it has decided, and drops it
+    /// if it refuses.
     pub async fn connect(
         &self,
         key: &PoolKey,
         req: &ConnectRequest,
+        early: impl FnOnce() -> Option<Bytes>,
     ) -> Result<PooledStream, HboneError> {
+        let mut early = Some(early);
         let request = req.to_http()?;
         let authority = req.authority.to_string();
         // A pooled connection can die between checkout and use (GOAWAY, peer restart); one
@@ -125,7 +132,7 @@ impl Pool {
                 Ok::<_, h2::Error>((response, stream))
             }
             .await;
-            let (response, stream) = match sent {
+            let (response, mut stream) = match sent {
                 Ok(v) => v,
                 Err(e) if attempt < 2 && (e.is_go_away() || e.is_io() || e.is_library()) => {
                     conn.closed.cancel();
@@ -138,6 +145,15 @@ impl Pool {
                     });
                 }
             };
+            if let Some(data) = early.take().and_then(|f| f()) {
+                // Within the fresh stream's window: h2 queues it without reserved capacity.
+                stream
+                    .send_data(data, false)
+                    .map_err(|source| HboneError::H2 {
+                        addr: key.address,
+                        source,
+                    })?;
+            }
             let response = tokio::time::timeout(self.inner.settings.connect_timeout, response)
                 .await
                 .map_err(|_| HboneError::Timeout { addr: key.address })?

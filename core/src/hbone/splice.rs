@@ -138,6 +138,16 @@ fn try_read(tcp: &TcpStream, buf: &mut BytesMut) -> io::Result<Option<usize>> {
     }
 }
 
+/// What `tcp` has already received, without waiting: `None` when nothing is there yet or the
+/// peer has finished (the splice sees that again).
+pub fn read_now(tcp: &TcpStream) -> io::Result<Option<Bytes>> {
+    let mut buf = BytesMut::new();
+    Ok(match try_read(tcp, &mut buf)? {
+        Some(n) if n > 0 => Some(buf.freeze()),
+        _ => None,
+    })
+}
+
 async fn tcp_to_stream(
     tcp: &TcpStream,
     send: &mut SendStream<Bytes>,

@@ -139,7 +139,19 @@ async fn hbone(
         ),
         traceparent: None,
     };
-    let stream = match px.pool.connect(&key, &req).await {
+    // What the workload sent before the tunnel was up goes out with the CONNECT.
+    let (mut early_bytes, mut early_error) = (0u64, None);
+    let early = || match weft_core::hbone::splice::read_now(&tcp) {
+        Ok(data) => {
+            early_bytes = data.as_ref().map_or(0, |d| d.len() as u64);
+            data
+        }
+        Err(e) => {
+            early_error = Some(e);
+            None
+        }
+    };
+    let stream = match px.pool.connect(&key, &req, early).await {
         Ok(s) => s,
         Err(e) => {
             let reason = match &e {
@@ -159,7 +171,15 @@ async fn hbone(
         }
     };
     px.metrics.opened(&labels);
-    let out = splice(tcp, stream.send, stream.recv, px.force_close.cancelled()).await;
+    if let Some(e) = early_error {
+        // The workload's side failed while the tunnel opened: dropping the stream resets it.
+        weft_core::hbone::splice::reset_tcp(&tcp);
+        px.metrics.closed(&labels, 0, 0);
+        log(0, 0, &outcome(&SpliceEnd::Tcp(e.kind())), &labels);
+        return;
+    }
+    let mut out = splice(tcp, stream.send, stream.recv, px.force_close.cancelled()).await;
+    out.sent += early_bytes;
     px.metrics.closed(&labels, out.sent, out.received);
     log(out.sent, out.received, &outcome(&out.end), &labels);
 }
