@@ -221,8 +221,8 @@ Written by `cargo xtask bench l4` (as root). Do not edit by hand: run it again.
 - method: the end-to-end tests' topology (two node namespaces on a bridge, pods on /32 veth
   routes, weftd with eBPF capture, release build). *direct*: an unenrolled pod on node1 to an
   unenrolled pod on node2. *weft*: an enrolled pod to an enrolled pod, through both weftd over
-  mutual-TLS HBONE. Every figure is the median of {RUNS} runs, the two paths alternating within
-  each run; ratios are of medians from this run. Latency is measured from each request's
+  mutual-TLS HBONE (*two relays*: below). Every figure is the median of {RUNS} runs, the
+  routes alternating within each run; ratios are of medians from this run. Latency is measured from each request's
   intended send time on a fixed schedule (no coordinated omission). The load generator is
   `xtask loadgen` (release); throughput is iperf3. weftd logs at `info` (access log on).
   Raw runs: `target/bench/l4.json`.
