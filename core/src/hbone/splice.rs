@@ -138,10 +138,12 @@ fn try_read(tcp: &TcpStream, buf: &mut BytesMut) -> io::Result<Option<usize>> {
     }
 }
 
-/// What `tcp` has already received, without waiting: `None` when nothing is there yet or the
-/// peer has finished (the splice sees that again).
+/// What `tcp` has already received, up to `MIN_READ` bytes, without waiting: `None` when
+/// nothing is there yet or the peer has finished (the splice sees that again). Runs once per
+/// connection, so it does not take a full `READ_CHUNK`; anything more follows in the splice.
 pub fn read_now(tcp: &TcpStream) -> io::Result<Option<Bytes>> {
-    let mut buf = BytesMut::new();
+    // Room for exactly MIN_READ: `try_read` reads into it without reserving a chunk.
+    let mut buf = BytesMut::with_capacity(MIN_READ);
     Ok(match try_read(tcp, &mut buf)? {
         Some(n) if n > 0 => Some(buf.freeze()),
         _ => None,

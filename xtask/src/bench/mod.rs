@@ -193,15 +193,14 @@ impl Bench {
         let mut t = Topology::named(PREFIX, ID)?;
         t.node("node1")?;
         t.node("node2")?;
-        t.link_nodes("node1", 1, "node2", 2)?;
+        let (node1, node2) = t.link_nodes("node1", 1, "node2", 2)?;
         let ips = Ips {
             client_mesh: t.pod("node1", "client-mesh", 1, 2)?,
             client_plain: t.pod("node1", "client-plain", 1, 3)?,
             server_mesh: t.pod("node2", "server-mesh", 2, 2)?,
             server_plain: t.pod("node2", "server-plain", 2, 3)?,
-            // `link_nodes` addresses node N at 10.<id>.254.N.
-            node1: format!("10.{ID}.254.1"),
-            node2: format!("10.{ID}.254.2"),
+            node1,
+            node2,
         };
         let cgroup2 = t.extra_cgroup("node2")?;
         // Connection-rate runs open tens of thousands of connections: a wide port range and

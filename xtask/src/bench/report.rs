@@ -26,6 +26,11 @@ fn med(runs: &[Percentiles], f: impl Fn(&Percentiles) -> f64) -> f64 {
     median(&runs.iter().map(f).collect::<Vec<_>>())
 }
 
+/// One markdown table row.
+fn row(t: &mut String, cells: &[String]) {
+    let _ = writeln!(t, "| {} |", cells.join(" | "));
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "**missed**" }
 }
@@ -46,9 +51,6 @@ pub fn write(
     complete: bool,
 ) -> anyhow::Result<()> {
     let mut t = String::new();
-    let row = |t: &mut String, cells: &[String]| {
-        let _ = writeln!(t, "| {} |", cells.join(" | "));
-    };
     row(
         &mut t,
         &["figure", "direct", "weft", "weft vs direct", "target", ""].map(String::from),
@@ -222,9 +224,10 @@ Written by `cargo xtask bench l4` (as root). Do not edit by hand: run it again.
   routes, weftd with eBPF capture, release build). *direct*: an unenrolled pod on node1 to an
   unenrolled pod on node2. *weft*: an enrolled pod to an enrolled pod, through both weftd over
   mutual-TLS HBONE (*two relays*: below). Every figure is the median of {RUNS} runs, the
-  routes alternating within each run; ratios are of medians from this run. Latency is measured from each request's
-  intended send time on a fixed schedule (no coordinated omission). The load generator is
-  `xtask loadgen` (release); throughput is iperf3. weftd logs at `info` (access log on).
+  routes alternating within each run; ratios are of medians from this run. Latency is
+  measured from each request's intended send time on a fixed schedule (no coordinated
+  omission). The load generator is `xtask loadgen` (release); throughput is iperf3. weftd
+  logs at `info` (access log on).
   Raw runs: `target/bench/l4.json`.
 
 {t}
@@ -281,19 +284,7 @@ fn has_all<T>(p: &PerPath<T>) -> bool {
 /// Direct, two plain relays and weft side by side, for the figures that have all three.
 fn floor_table(r: &Results) -> String {
     let mut t = String::new();
-    let mut row = |cells: [String; 6]| {
-        let _ = writeln!(t, "| {} |", cells.join(" | "));
-    };
-    row([
-        "figure",
-        "direct",
-        "two relays",
-        "weft",
-        "relays vs direct",
-        "weft vs relays",
-    ]
-    .map(String::from));
-    row(["---"; 6].map(String::from));
+    let mut line = |cells: [String; 6]| row(&mut t, &cells);
     for (name, runs) in [
         ("1 stream", &r.throughput_1),
         ("8 streams", &r.throughput_8),
@@ -302,7 +293,7 @@ fn floor_table(r: &Results) -> String {
             continue;
         }
         let [d, x, w] = [&runs.direct, &runs.relays, &runs.weft].map(|v| median(v));
-        row([
+        line([
             format!("throughput, {name} (Gbit/s)"),
             format!("{d:.2}"),
             format!("{x:.2}"),
@@ -320,7 +311,7 @@ fn floor_table(r: &Results) -> String {
         let show = |v: [f64; 2]| format!("{:.0} / {:.0}", v[0], v[1]);
         let added =
             |a: [f64; 2], b: [f64; 2]| format!("+{:.0} / +{:.0} us", a[0] - b[0], a[1] - b[1]);
-        row([
+        line([
             format!("latency at {rate} req/s, p50 / p99 (us)"),
             show(d),
             show(x),
@@ -332,7 +323,7 @@ fn floor_table(r: &Results) -> String {
     let c = &r.connection_rate;
     if has_all(c) {
         let [d, x, w] = [&c.direct, &c.relays, &c.weft].map(|v| med(v, |p| p.rate));
-        row([
+        line([
             "connection setup (connections/s)".into(),
             format!("{d:.0}"),
             format!("{x:.0}"),
@@ -341,5 +332,23 @@ fn floor_table(r: &Results) -> String {
             format!("{:.2} x", w / x),
         ]);
     }
-    t
+    // A partial run without these figures shows no empty table.
+    if t.is_empty() {
+        return t;
+    }
+    let mut head = String::new();
+    row(
+        &mut head,
+        &[
+            "figure",
+            "direct",
+            "two relays",
+            "weft",
+            "relays vs direct",
+            "weft vs relays",
+        ]
+        .map(String::from),
+    );
+    row(&mut head, &["---"; 6].map(String::from));
+    head + &t
 }
