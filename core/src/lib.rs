@@ -2,10 +2,12 @@
 //!
 //! Module names follow the data path: `identity` proves who a workload is, `hbone` carries its
 //! bytes, `model` is the mesh state everything reads, `authz` decides whether a connection may
-//! pass, `config` turns the standalone mesh file into that state, `telemetry` names what we count.
+//! pass, `discovery` turns Kubernetes objects into mesh items, `config` validates them (and the
+//! standalone mesh file) into that state, `telemetry` names what we count.
 
 pub mod authz;
 pub mod config;
+pub mod discovery;
 pub mod hbone;
 pub mod identity;
 pub mod model;

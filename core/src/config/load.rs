@@ -47,6 +47,13 @@ pub enum ConfigError {
         file: String,
         errors: Vec<FieldError>,
     },
+    /// A manifests directory with a document that does not parse or an object that is wrong;
+    /// each error's path names the file, document, object and field.
+    #[error("manifests in {dir} are invalid:{}", list(.errors))]
+    Manifests {
+        dir: String,
+        errors: Vec<FieldError>,
+    },
 }
 
 fn list(errors: &[FieldError]) -> String {
@@ -79,7 +86,7 @@ pub fn load_file(path: &Path) -> Result<LoadedMesh, ConfigError> {
     load_str(&text, &path.display().to_string(), base)
 }
 
-fn read(path: &Path) -> Result<String, ConfigError> {
+pub(super) fn read(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
@@ -96,6 +103,9 @@ pub fn load_str(text: &str, file: &str, base: &Path) -> Result<LoadedMesh, Confi
 pub struct MeshLoader {
     path: PathBuf,
     cache: ItemCache,
+    /// Workloads, services and policies come from this directory of Kubernetes manifests
+    /// instead of the mesh file, which then holds only settings (nodes, CA).
+    manifests: Option<PathBuf>,
 }
 
 impl MeshLoader {
@@ -103,15 +113,29 @@ impl MeshLoader {
         MeshLoader {
             path,
             cache: ItemCache::default(),
+            manifests: None,
         }
+    }
+
+    /// Takes workloads, services and policies from the manifests in `dir`.
+    pub fn with_manifests(mut self, dir: PathBuf) -> Self {
+        self.manifests = Some(dir);
+        self
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The file as it is now: the same result as [`load_file`].
+    pub fn manifests(&self) -> Option<&Path> {
+        self.manifests.as_deref()
+    }
+
+    /// The file (and manifests) as they are now: the same result as [`load_file`].
     pub fn load(&mut self) -> Result<LoadedMesh, ConfigError> {
+        if let Some(dir) = &self.manifests {
+            return super::manifests::load(&self.path, dir);
+        }
         let text = read(&self.path)?;
         let file = self.path.display().to_string();
         let mesh = match incremental::parse(&text, &mut self.cache) {
@@ -129,14 +153,14 @@ impl MeshLoader {
     }
 }
 
-fn finish(mesh: MeshFile, file: &str, base: &Path) -> Result<LoadedMesh, ConfigError> {
+pub(super) fn finish(mesh: MeshFile, file: &str, base: &Path) -> Result<LoadedMesh, ConfigError> {
     build(mesh, base).map_err(|errors| ConfigError::Invalid {
         file: file.to_string(),
         errors,
     })
 }
 
-fn parse_whole(text: &str, file: &str) -> Result<MeshFile, ConfigError> {
+pub(super) fn parse_whole(text: &str, file: &str) -> Result<MeshFile, ConfigError> {
     // Tracking the path of every value costs a tenth of a large load; only a file that fails
     // needs it, so that one is parsed a second time for the error.
     let parsed = serde::Deserialize::deserialize(serde_yaml_ng::Deserializer::from_str(text));

@@ -1,7 +1,10 @@
-//! The standalone mesh file: its schema, validation into the mesh state, and reloading on edit.
+//! The standalone mesh file: its schema, validation into the mesh state, and reloading on edit;
+//! with a manifests directory, the mesh file keeps the settings and the directory's Kubernetes
+//! objects (through [`crate::discovery`]) supply workloads, services and policies.
 
 mod incremental;
 pub mod load;
+mod manifests;
 pub mod meshfile;
 pub mod synthetic;
 pub mod watch;

@@ -1,4 +1,4 @@
-//! Picks up mesh-file edits without a restart.
+//! Picks up mesh-file (and manifests-directory) edits without a restart.
 //!
 //! It polls the file's metadata instead of using inotify: editors replace files by rename and
 //! Kubernetes ConfigMaps swap symlinks, and both defeat a watch on the original inode, while a
@@ -19,6 +19,22 @@ struct Fingerprint {
     modified_ns: i128,
     len: u64,
     inode: u64,
+}
+
+/// The mesh file's fingerprint, then each manifest's (a file added or removed changes the list).
+fn fingerprints(mesh: &Path, manifests: Option<&Path>) -> Vec<(PathBuf, Option<Fingerprint>)> {
+    let mut out = vec![(mesh.to_path_buf(), fingerprint(mesh))];
+    if let Some(dir) = manifests {
+        match crate::discovery::manifests::files(dir) {
+            Ok(files) => out.extend(files.into_iter().map(|f| {
+                let fp = fingerprint(&f);
+                (f, fp)
+            })),
+            // An unreadable directory is a state of its own; the load reports why.
+            Err(_) => out.push((dir.to_path_buf(), None)),
+        }
+    }
+    out
 }
 
 fn fingerprint(path: &Path) -> Option<Fingerprint> {
@@ -60,20 +76,28 @@ impl MeshWatcher {
         mut refused: impl FnMut(&ConfigError),
     ) {
         let path: PathBuf = self.loader.path().to_path_buf();
+        let manifests = self.loader.manifests().map(Path::to_path_buf);
+        let fresh_loader = {
+            let (path, manifests) = (path.clone(), manifests.clone());
+            move || match &manifests {
+                Some(dir) => MeshLoader::new(path.clone()).with_manifests(dir.clone()),
+                None => MeshLoader::new(path.clone()),
+            }
+        };
         let mut loader = Some(self.loader);
-        let mut applied = fingerprint(&path);
-        let mut seen = applied;
+        let mut applied = fingerprints(&path, manifests.as_deref());
+        let mut seen = applied.clone();
         loop {
             let forced = tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(self.interval) => false,
                 _ = self.trigger.notified() => true,
             };
-            let now = fingerprint(&path);
+            let now = fingerprints(&path, manifests.as_deref());
             // A file rewritten in place can be caught half-written, and a half file may still
             // parse (with fewer policies). Load only once it has stopped changing for a poll.
             let settled = now == seen;
-            seen = now;
+            seen = now.clone();
             if !forced && (now == applied || !settled) {
                 continue;
             }
@@ -81,9 +105,7 @@ impl MeshWatcher {
             let started = std::time::Instant::now();
             // Parsing a large file takes a good part of a second: off the runtime's workers,
             // which carry traffic meanwhile.
-            let mut current = loader
-                .take()
-                .unwrap_or_else(|| MeshLoader::new(path.clone()));
+            let mut current = loader.take().unwrap_or_else(&fresh_loader);
             let result = match tokio::task::spawn_blocking(move || {
                 let result = current.load();
                 (current, result)
