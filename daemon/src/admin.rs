@@ -26,7 +26,12 @@ pub type LogControl = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 #[derive(Debug, Default, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigStatus {
+    /// Where workloads, services and policies come from: `mesh-file` or `manifests`.
+    pub source: &'static str,
     pub file: String,
+    pub manifests: Option<String>,
+    /// Whether the running state is the source's latest version (false after a refused one).
+    pub synced: bool,
     pub reloads: u64,
     pub refused: u64,
     pub last_error: Option<String>,

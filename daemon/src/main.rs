@@ -33,7 +33,12 @@ enum Command {
         /// The standalone mesh file (YAML).
         #[arg(long, env = "WEFT_MESH")]
         mesh: PathBuf,
-        /// This node's name, as workloads in the mesh file name it.
+        /// A directory of Kubernetes manifests (Namespace, Pod, Service, EndpointSlice,
+        /// AuthorizationPolicy) that supplies the workloads, services and policies; the mesh
+        /// file then holds only settings (nodes, CA). Edits apply without restart.
+        #[arg(long, env = "WEFT_MANIFESTS")]
+        manifests: Option<PathBuf>,
+        /// This node's name, as workloads in the mesh file (or pods' spec.nodeName) name it.
         #[arg(long, env = "WEFT_NODE")]
         node: String,
         /// Log filter (tracing EnvFilter syntax), e.g. `info` or `info,weft::access=off`.
@@ -52,6 +57,9 @@ enum Command {
     Check {
         #[arg(long)]
         mesh: PathBuf,
+        /// Check the mesh file together with this manifests directory, as `run` would load them.
+        #[arg(long)]
+        manifests: Option<PathBuf>,
     },
     /// Certificate authority for standalone mode.
     Ca {
@@ -113,7 +121,12 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { mesh } => match weft_core::config::load_file(&mesh) {
+        Command::Check { mesh, manifests } => match match &manifests {
+            Some(dir) => weft_core::config::MeshLoader::new(mesh.clone())
+                .with_manifests(dir.clone())
+                .load(),
+            None => weft_core::config::load_file(&mesh),
+        } {
             Ok(m) => {
                 println!(
                     "{}: valid ({} workloads, {} services, {} policies)",
@@ -168,6 +181,7 @@ fn main() -> ExitCode {
         },
         Command::Run {
             mesh,
+            manifests,
             node,
             log,
             log_format,
@@ -216,6 +230,7 @@ fn main() -> ExitCode {
             };
             let opts = run::RunOptions {
                 mesh,
+                manifests,
                 node,
                 reload_interval,
                 log: control,

@@ -28,6 +28,7 @@ use crate::proxy::listeners::{self, WorkloadListeners};
 
 pub struct RunOptions {
     pub mesh: PathBuf,
+    pub manifests: Option<PathBuf>,
     pub node: String,
     pub reload_interval: Duration,
     pub log: LogControl,
@@ -48,6 +49,9 @@ fn local_identities(state: &MeshState, node: &str) -> Vec<weft_core::identity::S
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     raise_fd_limit();
     let mut loader = config::MeshLoader::new(opts.mesh.clone());
+    if let Some(dir) = &opts.manifests {
+        loader = loader.with_manifests(dir.clone());
+    }
     let loaded = loader.load()?;
     let node = loaded.node(&opts.node);
     let Some(ca_files) = loaded.ca.clone() else {
@@ -193,7 +197,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         log: opts.log,
         log_level: Mutex::new(opts.log_level),
         config: Mutex::new(ConfigStatus {
+            source: if opts.manifests.is_some() {
+                "manifests"
+            } else {
+                "mesh-file"
+            },
             file: opts.mesh.display().to_string(),
+            manifests: opts.manifests.as_ref().map(|d| d.display().to_string()),
+            synced: true,
             ..Default::default()
         }),
         listeners: Mutex::new(Vec::new()),
@@ -289,6 +300,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     if let Ok(mut c) = admin.config.lock() {
                         c.refused += 1;
                         c.last_error = Some(e);
+                        c.synced = false;
                     }
                     return;
                 }
@@ -331,6 +343,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 if let Ok(mut c) = admin.config.lock() {
                     c.reloads += 1;
                     c.last_error = None;
+                    c.synced = true;
                 }
                 let apply_time = applying.elapsed();
                 tracing::info!(
@@ -344,6 +357,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 if let Ok(mut c) = admin.config.lock() {
                     c.refused += 1;
                     c.last_error = Some(e.to_string());
+                    c.synced = false;
                 }
             };
             watcher.run(stop, apply, refused).await;

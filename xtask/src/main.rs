@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's commands.
 //!
 //! - `cargo xtask test`: everything CI checks: formatting, clippy, unit and end-to-end tests.
+//! - `cargo xtask manifests`: the CRDs under `deploy/`, generated from the Rust types.
 //! - `cargo xtask demo`: two weftd nodes in network namespaces capturing unmodified pods' traffic
 //!   with eBPF and carrying it over mutual-TLS HBONE (`--loopback`: on loopback, no root).
 
@@ -8,6 +9,7 @@ mod bench;
 mod demo;
 mod ebpf;
 mod loopback_demo;
+mod manifests;
 mod tools;
 
 use std::process::{Command, ExitCode};
@@ -21,11 +23,12 @@ fn main() -> ExitCode {
         Some("demo") => demo::run(&args[1..]),
         Some("build-ebpf") => ebpf::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("manifests") => manifests::run(&args[1..]),
         // What the benchmarks run inside pods (release build; see bench::loadgen).
         Some("loadgen") => bench::loadgen::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench|build-ebpf>\n  test        run formatting, clippy and the whole test suite\n  demo        run a local two-node mesh (network namespaces, eBPF capture; root) and send traffic through it\n              --once: exit after the requests; --loopback: on loopback without capture or root\n  bench l4    measure weft against the direct path (root; writes docs/benchmarks.md)\n  build-ebpf  compile ebpf/capture.c into ebpf/capture.bpf.o (--check: verify it is current)"
+                "usage: cargo xtask <test|demo|bench|build-ebpf|manifests>\n  test        run formatting, clippy and the whole test suite\n  demo        run a local two-node mesh (network namespaces, eBPF capture; root) and send traffic through it\n              --once: exit after the requests; --loopback: on loopback without capture or root\n  bench l4    measure weft against the direct path (root; writes docs/benchmarks.md)\n  build-ebpf  compile ebpf/capture.c into ebpf/capture.bpf.o (--check: verify it is current)\n  manifests   write the CRDs under deploy/ from the Rust types (--check: fail when stale)"
             );
             return ExitCode::from(2);
         }
@@ -72,6 +75,7 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     ])?;
     cargo(&["fmt", "--all", "--check"])?;
     ebpf::run(&["--check".to_string()])?;
+    manifests::run(&["--check".to_string()])?;
     cargo(&[
         "clippy",
         "--workspace",

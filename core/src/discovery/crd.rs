@@ -2,8 +2,9 @@
 //! `deploy/` is generated from them (`cargo xtask manifests`), so the schema the API server
 //! enforces and the one weft parses cannot drift apart.
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::CustomResource;
+use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -65,10 +66,22 @@ impl AuthorizationPolicy {
     }
 }
 
+/// Every CRD weft defines, with the file name `deploy/crds/` keeps it under.
+pub fn all() -> Vec<(String, CustomResourceDefinition)> {
+    [AuthorizationPolicy::crd()]
+        .into_iter()
+        .map(|crd| {
+            (
+                format!("{}.yaml", crd.metadata.name.clone().unwrap_or_default()),
+                crd,
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::CustomResourceExt;
 
     #[test]
     fn crd_names_the_istio_shape_under_weft_group() {

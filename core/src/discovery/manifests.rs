@@ -89,7 +89,7 @@ pub fn read_text(text: &str, file: &str, set: &mut ManifestSet, errors: &mut Vec
             continue; // an empty document, e.g. after a trailing `---`
         }
         let object = match document(value) {
-            Document::Object(o) => o,
+            Document::Object(o) => *o,
             Document::Skipped(kind) => {
                 *set.skipped.entry(kind).or_default() += 1;
                 continue;
@@ -118,7 +118,7 @@ pub fn read_text(text: &str, file: &str, set: &mut ManifestSet, errors: &mut Vec
 }
 
 enum Document {
-    Object(Object),
+    Object(Box<Object>),
     /// A kind weft does not read, as `apiVersion/kind`.
     Skipped(String),
     Invalid {
@@ -153,7 +153,7 @@ fn document(value: serde_yaml_ng::Value) -> Document {
         wrap: impl FnOnce(T) -> Object,
     ) -> Document {
         match serde_path_to_error::deserialize::<_, T>(value) {
-            Ok(o) => Document::Object(wrap(o)),
+            Ok(o) => Document::Object(Box::new(wrap(o))),
             Err(e) => Document::Invalid {
                 path: e.path().to_string(),
                 message: e.into_inner().to_string(),

@@ -71,8 +71,10 @@ pub enum CaptureError {
         netns: PathBuf,
         source: std::io::Error,
     },
-    #[error("workload {0} has no netns path or no IPv4 address; it cannot be captured")]
+    #[error("workload {0} has no IPv4 address; it cannot be captured")]
     NotCapturable(String),
+    #[error(transparent)]
+    PodNetns(#[from] super::podns::PodNetnsError),
     #[error(transparent)]
     Routing(super::netlink::NetlinkError),
     #[error("no /32 route to {0}: cannot find its host-side interface")]
@@ -92,6 +94,8 @@ pub enum CaptureError {
 pub struct CaptureStatus {
     pub mode: &'static str,
     pub cgroup: String,
+    /// Where the cgroups of pods without a netns path (Kubernetes pods) are looked up.
+    pub kubepods: String,
     pub pin_path: String,
     pub redirect_address: String,
     /// What this weftd found pinned when it started, from a previous one.
@@ -188,6 +192,8 @@ pub struct Capture {
     enrolled_count: Arc<std::sync::atomic::AtomicUsize>,
     stats: Option<super::stats::CaptureStats>,
     cgroup: PathBuf,
+    /// Finds the network namespace of pods that name none (Kubernetes pods, by UID).
+    pods_netns: super::podns::PodNetnsFinder,
     /// Interfaces the classifier is attached to, with their index: a pod interface that was
     /// deleted and created again under the same name has a new index and needs a new link.
     classified: HashMap<String, u32>,
@@ -262,6 +268,12 @@ impl Capture {
                 attachments: attachments.clone(),
             }),
             enrolled_count,
+            // The cgroup capture attaches to is the kubepods root (or a cgroup2 mount that
+            // holds it); pods' cgroups are below it either way.
+            pods_netns: super::podns::PodNetnsFinder::new(
+                super::podns::PodNetnsFinder::discover(&path).unwrap_or_else(|_| path.clone()),
+                PathBuf::from("/proc"),
+            ),
             cgroup: path.clone(),
             classified: HashMap::new(),
             attachments,
@@ -404,6 +416,7 @@ impl Capture {
         CaptureStatus {
             mode: "ebpf",
             cgroup: self.cgroup.display().to_string(),
+            kubepods: self.pods_netns.kubepods().display().to_string(),
             pin_path: self.pins.root().display().to_string(),
             redirect_address: self.redirect.to_string(),
             took_over: self.took_over.clone(),
@@ -494,7 +507,13 @@ impl Capture {
             let ip = w.ips.iter().find_map(ipv4);
             let result = match (&w.netns, ip) {
                 (Some(netns), Some(ip)) => self.enrol(&w.uid, netns, ip),
-                _ => Err(CaptureError::NotCapturable(w.key())),
+                // A pod on a real node: its namespace is found through its cgroup.
+                (None, Some(ip)) => self
+                    .pods_netns
+                    .netns_of(&w.uid)
+                    .map_err(CaptureError::from)
+                    .and_then(|netns| self.enrol(&w.uid, &netns, ip)),
+                (_, None) => Err(CaptureError::NotCapturable(w.key())),
             };
             match result {
                 Ok(()) => tracing::info!(workload = %w.key(), "enrolled for capture"),

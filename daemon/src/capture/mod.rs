@@ -10,6 +10,7 @@ pub mod check;
 pub mod ebpf;
 pub mod netlink;
 pub mod pin;
+pub mod podns;
 pub mod proxy_protocol;
 pub mod stats;
 pub mod uninstall;
