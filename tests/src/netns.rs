@@ -481,6 +481,13 @@ pub fn write_mesh(dir: &Path, nodes: &str, workloads: &str, rest: &str) -> anyho
     Ok(())
 }
 
+/// True when some `weft_tcp_connections_opened_total` series of `metrics` has every label.
+pub fn opened(metrics: &str, labels: &[&str]) -> bool {
+    metrics.lines().any(|l| {
+        l.starts_with("weft_tcp_connections_opened_total") && labels.iter().all(|w| l.contains(w))
+    })
+}
+
 /// How many connections a [`Topology::line_echo_server`] saw from `who`.
 pub fn connections_from(server_output: &str, who: &str) -> usize {
     let want = format!("from {who}");

@@ -4,15 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use weft_tests::netns::{Killed, Topology, connections_from, contains, read, wait_for, write_mesh};
+use weft_tests::netns::{
+    Killed, Topology, connections_from, contains, opened, read, wait_for, write_mesh,
+};
 use weft_tests::require_root;
-
-/// True when some `weft_tcp_connections_opened_total` series of `metrics` has every label.
-fn opened(metrics: &str, labels: &[&str]) -> bool {
-    metrics.lines().any(|l| {
-        l.starts_with("weft_tcp_connections_opened_total") && labels.iter().all(|w| l.contains(w))
-    })
-}
 
 const CLIENT: &str = "source_principal=\"spiffe://cluster.local/ns/default/sa/client\"";
 const SERVER: &str = "destination_principal=\"spiffe://cluster.local/ns/default/sa/server\"";

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use weft_tests::netns::{Topology, contains, read, wait_for, write_ca};
+use weft_tests::netns::{Topology, contains, opened, read, wait_for, write_ca};
 use weft_tests::require_root;
 
 const CLIENT: &str = "source_principal=\"spiffe://cluster.local/ns/shop/sa/client\"";
@@ -46,13 +46,6 @@ fn apply(dir: &Path, file: &str, text: &str) {
     let tmp = dir.join(format!(".{file}.tmp"));
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, dir.join(file)).unwrap();
-}
-
-/// True when some `weft_tcp_connections_opened_total` series of `metrics` has every label.
-fn opened(metrics: &str, labels: &[&str]) -> bool {
-    metrics.lines().any(|l| {
-        l.starts_with("weft_tcp_connections_opened_total") && labels.iter().all(|w| l.contains(w))
-    })
 }
 
 /// Labelling a namespace enrols its running pods: their next connections go through weftd as
