@@ -26,12 +26,9 @@ pub type LogControl = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 #[derive(Debug, Default, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigStatus {
-    /// Where workloads, services and policies come from: `mesh-file` or `manifests`.
-    pub source: &'static str,
     pub file: String,
+    /// The manifests directory workloads, services and policies come from, if not the file.
     pub manifests: Option<String>,
-    /// Whether the running state is the source's latest version (false after a refused one).
-    pub synced: bool,
     pub reloads: u64,
     pub refused: u64,
     pub last_error: Option<String>,
@@ -205,13 +202,39 @@ fn logging(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 #[serde(rename_all = "camelCase")]
 struct Dump<'a> {
     node: &'a str,
-    config: ConfigStatus,
+    config: ConfigView,
     listeners: Vec<String>,
     hbone_pool: PoolDump,
     certificates: Vec<weft_core::identity::CertificateStatus>,
     capture: Option<crate::capture::ebpf::CaptureStatus>,
     #[serde(flatten)]
     state: weft_core::model::state::StateDump<'a>,
+}
+
+/// The config status with what follows from it, so no caller has to keep it in step.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfigView {
+    /// Where workloads, services and policies come from: `mesh-file` or `manifests`.
+    source: &'static str,
+    /// Whether the running state is the source's latest version (false after a refused one).
+    synced: bool,
+    #[serde(flatten)]
+    status: ConfigStatus,
+}
+
+impl ConfigView {
+    fn of(status: ConfigStatus) -> Self {
+        ConfigView {
+            source: if status.manifests.is_some() {
+                "manifests"
+            } else {
+                "mesh-file"
+            },
+            synced: status.last_error.is_none(),
+            status,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -225,7 +248,7 @@ fn config_dump(admin: &Admin) -> serde_json::Value {
     let state = admin.px.state.current();
     let dump = Dump {
         node: &admin.px.node,
-        config: admin.config.lock().map(|c| c.clone()).unwrap_or_default(),
+        config: ConfigView::of(admin.config.lock().map(|c| c.clone()).unwrap_or_default()),
         listeners: admin
             .listeners
             .lock()

@@ -121,27 +121,27 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { mesh, manifests } => match match &manifests {
-            Some(dir) => weft_core::config::MeshLoader::new(mesh.clone())
-                .with_manifests(dir.clone())
-                .load(),
-            None => weft_core::config::load_file(&mesh),
-        } {
-            Ok(m) => {
-                println!(
-                    "{}: valid ({} workloads, {} services, {} policies)",
-                    mesh.display(),
-                    m.state.workloads.len(),
-                    m.state.services.len(),
-                    m.state.policies.policies().len()
-                );
-                ExitCode::SUCCESS
+        Command::Check { mesh, manifests } => {
+            match weft_core::config::MeshLoader::new(mesh.clone())
+                .with_manifests(manifests)
+                .load()
+            {
+                Ok(m) => {
+                    println!(
+                        "{}: valid ({} workloads, {} services, {} policies)",
+                        mesh.display(),
+                        m.state.workloads.len(),
+                        m.state.services.len(),
+                        m.state.policies.policies().len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Command::Capture {
             command: CaptureCommand::Check { cgroup, bpffs },
         } => {

@@ -48,10 +48,8 @@ fn local_identities(state: &MeshState, node: &str) -> Vec<weft_core::identity::S
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     raise_fd_limit();
-    let mut loader = config::MeshLoader::new(opts.mesh.clone());
-    if let Some(dir) = &opts.manifests {
-        loader = loader.with_manifests(dir.clone());
-    }
+    let mut loader =
+        config::MeshLoader::new(opts.mesh.clone()).with_manifests(opts.manifests.clone());
     let loaded = loader.load()?;
     let node = loaded.node(&opts.node);
     let Some(ca_files) = loaded.ca.clone() else {
@@ -197,14 +195,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         log: opts.log,
         log_level: Mutex::new(opts.log_level),
         config: Mutex::new(ConfigStatus {
-            source: if opts.manifests.is_some() {
-                "manifests"
-            } else {
-                "mesh-file"
-            },
             file: opts.mesh.display().to_string(),
             manifests: opts.manifests.as_ref().map(|d| d.display().to_string()),
-            synced: true,
             ..Default::default()
         }),
         listeners: Mutex::new(Vec::new()),
@@ -300,7 +292,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     if let Ok(mut c) = admin.config.lock() {
                         c.refused += 1;
                         c.last_error = Some(e);
-                        c.synced = false;
                     }
                     return;
                 }
@@ -343,7 +334,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 if let Ok(mut c) = admin.config.lock() {
                     c.reloads += 1;
                     c.last_error = None;
-                    c.synced = true;
                 }
                 let apply_time = applying.elapsed();
                 tracing::info!(
@@ -357,7 +347,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 if let Ok(mut c) = admin.config.lock() {
                     c.refused += 1;
                     c.last_error = Some(e.to_string());
-                    c.synced = false;
                 }
             };
             watcher.run(stop, apply, refused).await;

@@ -117,9 +117,9 @@ impl MeshLoader {
         }
     }
 
-    /// Takes workloads, services and policies from the manifests in `dir`.
-    pub fn with_manifests(mut self, dir: PathBuf) -> Self {
-        self.manifests = Some(dir);
+    /// Takes workloads, services and policies from the manifests in `dir` (when given).
+    pub fn with_manifests(mut self, dir: Option<PathBuf>) -> Self {
+        self.manifests = dir;
         self
     }
 

@@ -77,13 +77,6 @@ impl MeshWatcher {
     ) {
         let path: PathBuf = self.loader.path().to_path_buf();
         let manifests = self.loader.manifests().map(Path::to_path_buf);
-        let fresh_loader = {
-            let (path, manifests) = (path.clone(), manifests.clone());
-            move || match &manifests {
-                Some(dir) => MeshLoader::new(path.clone()).with_manifests(dir.clone()),
-                None => MeshLoader::new(path.clone()),
-            }
-        };
         let mut loader = Some(self.loader);
         let mut applied = fingerprints(&path, manifests.as_deref());
         let mut seen = applied.clone();
@@ -105,7 +98,9 @@ impl MeshWatcher {
             let started = std::time::Instant::now();
             // Parsing a large file takes a good part of a second: off the runtime's workers,
             // which carry traffic meanwhile.
-            let mut current = loader.take().unwrap_or_else(&fresh_loader);
+            let mut current = loader
+                .take()
+                .unwrap_or_else(|| MeshLoader::new(path.clone()).with_manifests(manifests.clone()));
             let result = match tokio::task::spawn_blocking(move || {
                 let result = current.load();
                 (current, result)

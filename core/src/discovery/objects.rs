@@ -80,52 +80,16 @@ pub struct ObjectSet {
 }
 
 impl ObjectSet {
-    /// Adds `object`, or replaces the one with the same kind and key (an API watch event).
-    pub fn upsert(&mut self, object: Object, origin: String) {
-        let _ = self.put(object, origin, true);
-    }
-
     /// Adds `object` unless one of its kind and key is already there; the error names where
     /// the first one came from (two files defining one object).
     pub fn insert(&mut self, object: Object, origin: String) -> Result<(), String> {
-        self.put(object, origin, false)
-    }
-
-    /// Removes the object of `kind` with this key (`namespace` is ignored for namespaces).
-    pub fn remove(&mut self, kind: &str, namespace: &str, name: &str) {
-        let key = (namespace.to_string(), name.to_string());
-        match kind {
-            "Namespace" => drop(self.namespaces.remove(name)),
-            "Pod" => drop(self.pods.remove(&key)),
-            "Service" => drop(self.services.remove(&key)),
-            "EndpointSlice" => drop(self.endpoint_slices.remove(&key)),
-            "ServiceAccount" => drop(self.service_accounts.remove(&key)),
-            "AuthorizationPolicy" => drop(self.policies.remove(&key)),
-            _ => {}
-        }
-    }
-
-    /// How many objects of each kind, for `/config_dump` and metrics.
-    pub fn counts(&self) -> BTreeMap<&'static str, usize> {
-        BTreeMap::from([
-            ("Namespace", self.namespaces.len()),
-            ("Pod", self.pods.len()),
-            ("Service", self.services.len()),
-            ("EndpointSlice", self.endpoint_slices.len()),
-            ("ServiceAccount", self.service_accounts.len()),
-            ("AuthorizationPolicy", self.policies.len()),
-        ])
-    }
-
-    fn put(&mut self, object: Object, origin: String, replace: bool) -> Result<(), String> {
         fn put<K: Ord, T>(
             map: &mut BTreeMap<K, Stored<T>>,
             key: K,
             object: T,
             origin: String,
-            replace: bool,
         ) -> Result<(), String> {
-            if !replace && let Some(first) = map.get(&key) {
+            if let Some(first) = map.get(&key) {
                 return Err(format!("defined twice: first in {}", first.origin));
             }
             map.insert(key, Stored { object, origin });
@@ -135,12 +99,12 @@ impl ObjectSet {
         let name = m.name.clone().unwrap_or_default();
         let key = (namespace_of(m).to_string(), name.clone());
         match object {
-            Object::Namespace(o) => put(&mut self.namespaces, name, o, origin, replace),
-            Object::Pod(o) => put(&mut self.pods, key, *o, origin, replace),
-            Object::Service(o) => put(&mut self.services, key, *o, origin, replace),
-            Object::EndpointSlice(o) => put(&mut self.endpoint_slices, key, *o, origin, replace),
-            Object::ServiceAccount(o) => put(&mut self.service_accounts, key, o, origin, replace),
-            Object::AuthorizationPolicy(o) => put(&mut self.policies, key, *o, origin, replace),
+            Object::Namespace(o) => put(&mut self.namespaces, name, o, origin),
+            Object::Pod(o) => put(&mut self.pods, key, *o, origin),
+            Object::Service(o) => put(&mut self.services, key, *o, origin),
+            Object::EndpointSlice(o) => put(&mut self.endpoint_slices, key, *o, origin),
+            Object::ServiceAccount(o) => put(&mut self.service_accounts, key, o, origin),
+            Object::AuthorizationPolicy(o) => put(&mut self.policies, key, *o, origin),
         }
     }
 }

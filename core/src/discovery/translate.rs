@@ -8,7 +8,7 @@
 //! problem; the API source applies the rest and reports the problem (an API server accepts
 //! objects one by one, and one bad object must not stop the node).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -476,13 +476,9 @@ fn resolve_named(
 
 fn policies(cx: &mut Ctx<'_>) {
     let objects = cx.objects;
-    let mut seen = HashSet::new();
     for (key, Stored { object, origin }) in &objects.policies {
         let who = describe("AuthorizationPolicy", key, origin);
         let mut policy = object.to_model();
-        if !seen.insert(policy.key()) {
-            continue;
-        }
         let errors = policy.validate();
         if !errors.is_empty() {
             let stand_in = match policy.action {
