@@ -32,6 +32,9 @@ pub struct ConfigStatus {
     pub reloads: u64,
     pub refused: u64,
     pub last_error: Option<String>,
+    /// The API-server source's watches, in Kubernetes mode.
+    #[serde(skip)]
+    pub kubernetes: Option<weft_core::discovery::cluster::SharedStatus>,
 }
 
 pub struct Admin {
@@ -160,7 +163,26 @@ fn readiness(admin: &Admin) -> (bool, String) {
         .map(|c| format!("{}: {}", c.identity, c.state))
         .collect();
     if pending.is_empty() {
-        (true, "ready\n".into())
+        // Ready while the API server is gone: the last good state keeps carrying traffic,
+        // and failing readiness would only stall a rollout. The body says what is stale.
+        let stale = admin
+            .config
+            .lock()
+            .ok()
+            .and_then(|c| c.kubernetes.clone())
+            .map(|k| k.lock().map(|k| k.stale()).unwrap_or_default())
+            .unwrap_or_default();
+        if stale.is_empty() {
+            (true, "ready\n".into())
+        } else {
+            (
+                true,
+                format!(
+                    "ready, serving the last good state; stale: {}\n",
+                    stale.join("; ")
+                ),
+            )
+        }
     } else {
         (
             false,
@@ -215,24 +237,35 @@ struct Dump<'a> {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ConfigView {
-    /// Where workloads, services and policies come from: `mesh-file` or `manifests`.
+    /// Where workloads, services and policies come from: `mesh-file`, `manifests` or
+    /// `kubernetes`.
     source: &'static str,
-    /// Whether the running state is the source's latest version (false after a refused one).
+    /// Whether the running state is the source's latest version: false after a refused one,
+    /// or while a watch of the API server is failing.
     synced: bool,
     #[serde(flatten)]
     status: ConfigStatus,
+    /// Each watched kind: listed, objects, restarts, relists, the current error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kubernetes: Option<weft_core::discovery::cluster::SourceStatus>,
 }
 
 impl ConfigView {
     fn of(status: ConfigStatus) -> Self {
+        let kubernetes = status
+            .kubernetes
+            .as_ref()
+            .map(|k| k.lock().unwrap_or_else(|p| p.into_inner()).clone());
         ConfigView {
-            source: if status.manifests.is_some() {
-                "manifests"
-            } else {
-                "mesh-file"
+            source: match (&kubernetes, &status.manifests) {
+                (Some(_), _) => "kubernetes",
+                (None, Some(_)) => "manifests",
+                (None, None) => "mesh-file",
             },
-            synced: status.last_error.is_none(),
+            synced: status.last_error.is_none()
+                && kubernetes.as_ref().is_none_or(|k| k.stale().is_empty()),
             status,
+            kubernetes,
         }
     }
 }

@@ -4,6 +4,7 @@ mod admin;
 mod capture;
 mod proxy;
 mod run;
+mod source;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -36,8 +37,12 @@ enum Command {
         /// A directory of Kubernetes manifests (Namespace, Pod, Service, EndpointSlice,
         /// AuthorizationPolicy) that supplies the workloads, services and policies; the mesh
         /// file then holds only settings (nodes, CA). Edits apply without restart.
-        #[arg(long, env = "WEFT_MANIFESTS")]
+        #[arg(long, env = "WEFT_MANIFESTS", conflicts_with = "kubernetes")]
         manifests: Option<PathBuf>,
+        /// Kubernetes mode: pods, services, EndpointSlices and policies from the API server
+        /// (in-cluster service account, or KUBECONFIG); the mesh file holds only settings.
+        #[arg(long, env = "WEFT_KUBERNETES")]
+        kubernetes: bool,
         /// This node's name, as workloads in the mesh file (or pods' spec.nodeName) name it.
         #[arg(long, env = "WEFT_NODE")]
         node: String,
@@ -182,6 +187,7 @@ fn main() -> ExitCode {
         Command::Run {
             mesh,
             manifests,
+            kubernetes,
             node,
             log,
             log_format,
@@ -231,6 +237,7 @@ fn main() -> ExitCode {
             let opts = run::RunOptions {
                 mesh,
                 manifests,
+                kubernetes,
                 node,
                 reload_interval,
                 log: control,

@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use weft_core::config::{self, CaptureKind, ConfigError, LoadedMesh, MeshWatcher};
+use weft_core::config::{CaptureKind, ConfigError, LoadedMesh};
 use weft_core::hbone::{self, ClientTlsProvider, MarkFor, Pool, no_mark};
 use weft_core::identity::{CertificateAuthority, CertificateManager, LocalCa};
 use weft_core::model::{MeshState, StateStore};
@@ -29,6 +29,8 @@ use crate::proxy::listeners::{self, WorkloadListeners};
 pub struct RunOptions {
     pub mesh: PathBuf,
     pub manifests: Option<PathBuf>,
+    /// Workloads, services and policies from the API server; the mesh file holds settings.
+    pub kubernetes: bool,
     pub node: String,
     pub reload_interval: Duration,
     pub log: LogControl,
@@ -48,9 +50,18 @@ fn local_identities(state: &MeshState, node: &str) -> Vec<weft_core::identity::S
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     raise_fd_limit();
-    let mut loader =
-        config::MeshLoader::new(opts.mesh.clone()).with_manifests(opts.manifests.clone());
-    let loaded = loader.load()?;
+    let mut registry = Registry::default();
+    let shutdown = CancellationToken::new();
+    let opened = crate::source::open(
+        opts.mesh.clone(),
+        opts.manifests.clone(),
+        opts.kubernetes,
+        opts.reload_interval,
+        &mut registry,
+        &shutdown,
+    )
+    .await?;
+    let (source, loaded) = (opened.source, opened.first);
     let node = loaded.node(&opts.node);
     let Some(ca_files) = loaded.ca.clone() else {
         bail!(
@@ -75,7 +86,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     .context("building the trust bundle")?;
     certs.set_identities(local_identities(&loaded.state, &node.name));
 
-    let mut registry = Registry::default();
     let metrics = ConnectionMetrics::register(&mut registry);
     let settings = hbone::Settings {
         idle_timeout: node.hbone.idle_timeout,
@@ -165,7 +175,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         Arc::new(certs.clone()) as Arc<dyn ClientTlsProvider>,
         pool_marks,
     );
-    let shutdown = CancellationToken::new();
     let px = Arc::new(Proxy {
         node: node.name.clone(),
         state: state.clone(),
@@ -197,6 +206,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         config: Mutex::new(ConfigStatus {
             file: opts.mesh.display().to_string(),
             manifests: opts.manifests.as_ref().map(|d| d.display().to_string()),
+            kubernetes: source.cluster_status(),
             ..Default::default()
         }),
         listeners: Mutex::new(Vec::new()),
@@ -269,9 +279,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         "weftd started"
     );
 
-    // Mesh-file edits.
-    let watcher = MeshWatcher::new(loader, opts.reload_interval);
-    let reload_now = watcher.trigger.clone();
+    // Mesh-file edits, or the API server's changes.
+    let reload_now = source.reload_trigger();
     {
         let admin = admin.clone();
         let px = px.clone();
@@ -339,7 +348,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 tracing::info!(
                     load_ms = load_time.as_secs_f64() * 1e3,
                     apply_ms = apply_time.as_secs_f64() * 1e3,
-                    "mesh file reloaded: {summary}"
+                    "mesh state updated: {summary}"
                 );
             };
             let refused = |e: &ConfigError| {
@@ -349,7 +358,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     c.last_error = Some(e.to_string());
                 }
             };
-            watcher.run(stop, apply, refused).await;
+            source.follow(stop, apply, refused).await;
         });
     }
 
@@ -360,7 +369,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload_now.notify_one(),
+            _ = hup.recv() => match &reload_now {
+                Some(trigger) => trigger.notify_one(),
+                None => tracing::info!("SIGHUP: nothing to reload, the API server's changes apply as they come"),
+            },
         }
     }
     drain(&px, &shutdown, node.drain_period).await;

@@ -54,6 +54,10 @@ pub enum ConfigError {
         dir: String,
         errors: Vec<FieldError>,
     },
+    /// The API server's objects translated into a state that does not validate (a bug in
+    /// the translation, or an object it does not yet screen out); the last good state stays.
+    #[error("objects from the Kubernetes API server are invalid:{}", list(.errors))]
+    Cluster { errors: Vec<FieldError> },
 }
 
 fn list(errors: &[FieldError]) -> String {
@@ -134,7 +138,7 @@ impl MeshLoader {
     /// The file (and manifests) as they are now: the same result as [`load_file`].
     pub fn load(&mut self) -> Result<LoadedMesh, ConfigError> {
         if let Some(dir) = &self.manifests {
-            return super::manifests::load(&self.path, dir);
+            return super::objects::load_manifests(&self.path, dir);
         }
         let text = read(&self.path)?;
         let file = self.path.display().to_string();

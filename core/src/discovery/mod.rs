@@ -3,12 +3,13 @@
 //! [`translate`] turns it into the workloads, services and policies that
 //! [`crate::config`] validates and indexes, the same way for both sources.
 
+pub mod cluster;
 pub mod crd;
 pub mod manifests;
 pub mod objects;
 pub mod translate;
 
-pub use objects::{Object, ObjectSet};
+pub use objects::{Kind, Object, ObjectKey, ObjectSet};
 pub use translate::{Problem, Translation, translate};
 
 /// Namespace label that meshes a namespace's pods (`ambient`); on a pod, `none` opts it out.

@@ -30,15 +30,61 @@ pub enum Object {
     AuthorizationPolicy(Box<AuthorizationPolicy>),
 }
 
-impl Object {
-    pub fn kind(&self) -> &'static str {
+/// The kinds weft reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Namespace,
+    Pod,
+    Service,
+    EndpointSlice,
+    ServiceAccount,
+    AuthorizationPolicy,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
         match self {
-            Object::Namespace(_) => "Namespace",
-            Object::Pod(_) => "Pod",
-            Object::Service(_) => "Service",
-            Object::EndpointSlice(_) => "EndpointSlice",
-            Object::ServiceAccount(_) => "ServiceAccount",
-            Object::AuthorizationPolicy(_) => "AuthorizationPolicy",
+            Kind::Namespace => "Namespace",
+            Kind::Pod => "Pod",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::ServiceAccount => "ServiceAccount",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
+        }
+    }
+}
+
+impl serde::Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Namespace(_) => Kind::Namespace,
+            Object::Pod(_) => Kind::Pod,
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::ServiceAccount(_) => Kind::ServiceAccount,
+            Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+        }
+    }
+
+    /// `(namespace, name)`; a namespace's own key is `("", name)`.
+    pub fn key(&self) -> ObjectKey {
+        let m = self.metadata();
+        let name = m.name.clone().unwrap_or_default();
+        match self {
+            Object::Namespace(_) => (String::new(), name),
+            _ => (namespace_of(m).to_string(), name),
         }
     }
 
@@ -80,6 +126,65 @@ pub struct ObjectSet {
 }
 
 impl ObjectSet {
+    /// Adds or replaces `object` (an API server's add or modify).
+    pub fn upsert(&mut self, object: Object, origin: String) {
+        let (ns, name) = object.key();
+        let key = (ns, name.clone());
+        match object {
+            Object::Namespace(o) => {
+                drop(self.namespaces.insert(name, Stored { object: o, origin }))
+            }
+            Object::Pod(o) => drop(self.pods.insert(key, Stored { object: *o, origin })),
+            Object::Service(o) => drop(self.services.insert(key, Stored { object: *o, origin })),
+            Object::EndpointSlice(o) => drop(
+                self.endpoint_slices
+                    .insert(key, Stored { object: *o, origin }),
+            ),
+            Object::ServiceAccount(o) => drop(
+                self.service_accounts
+                    .insert(key, Stored { object: o, origin }),
+            ),
+            Object::AuthorizationPolicy(o) => {
+                drop(self.policies.insert(key, Stored { object: *o, origin }))
+            }
+        }
+    }
+
+    /// Removes the object of `kind` at `key` (see [`Object::key`]); whether it was there.
+    pub fn remove(&mut self, kind: Kind, key: &ObjectKey) -> bool {
+        match kind {
+            Kind::Namespace => self.namespaces.remove(&key.1).is_some(),
+            Kind::Pod => self.pods.remove(key).is_some(),
+            Kind::Service => self.services.remove(key).is_some(),
+            Kind::EndpointSlice => self.endpoint_slices.remove(key).is_some(),
+            Kind::ServiceAccount => self.service_accounts.remove(key).is_some(),
+            Kind::AuthorizationPolicy => self.policies.remove(key).is_some(),
+        }
+    }
+
+    /// Forgets every object of `kind` (before a fresh list replaces them).
+    pub fn clear(&mut self, kind: Kind) {
+        match kind {
+            Kind::Namespace => self.namespaces.clear(),
+            Kind::Pod => self.pods.clear(),
+            Kind::Service => self.services.clear(),
+            Kind::EndpointSlice => self.endpoint_slices.clear(),
+            Kind::ServiceAccount => self.service_accounts.clear(),
+            Kind::AuthorizationPolicy => self.policies.clear(),
+        }
+    }
+
+    pub fn count(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::Namespace => self.namespaces.len(),
+            Kind::Pod => self.pods.len(),
+            Kind::Service => self.services.len(),
+            Kind::EndpointSlice => self.endpoint_slices.len(),
+            Kind::ServiceAccount => self.service_accounts.len(),
+            Kind::AuthorizationPolicy => self.policies.len(),
+        }
+    }
+
     /// Adds `object` unless one of its kind and key is already there; the error names where
     /// the first one came from (two files defining one object).
     pub fn insert(&mut self, object: Object, origin: String) -> Result<(), String> {

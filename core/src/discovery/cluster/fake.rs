@@ -1,0 +1,317 @@
+//! A fake Kubernetes API server at the HTTP boundary: a `tower` service to put under
+//! `kube::Client` in tests. It keeps objects as JSON by resource (plural), answers lists
+//! (with `fieldSelector` equality on dotted paths) and streaming watches from a
+//! resourceVersion, and lets a test compact its history (watches from before get `410 Gone`),
+//! drop every open watch, take the whole server down, and answer other requests (a
+//! `TokenReview`) with a handler.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+/// Answers a request the fake does not serve itself: `(method, path, body)`.
+pub type Handler = Box<dyn Fn(&Method, &str, &[u8]) -> Option<(StatusCode, Value)> + Send>;
+
+struct Watch {
+    resource: String,
+    selector: Vec<(String, String)>,
+    tx: mpsc::UnboundedSender<Bytes>,
+}
+
+#[derive(Default)]
+struct State {
+    rv: u64,
+    /// resource -> (namespace/name) -> object.
+    objects: BTreeMap<String, BTreeMap<String, Value>>,
+    /// Every change: (resourceVersion, resource, event type, object).
+    history: Vec<(u64, String, &'static str, Value)>,
+    /// Watches from a resourceVersion below this get 410 Gone.
+    compacted: u64,
+    watches: Vec<Watch>,
+    down: bool,
+    /// resource -> lists served.
+    lists: BTreeMap<String, u64>,
+    handler: Option<Handler>,
+}
+
+/// The fake; clones share one server.
+#[derive(Clone, Default)]
+pub struct FakeApi {
+    state: Arc<Mutex<State>>,
+}
+
+/// The resource (plural) an object's kind is served as.
+fn resource_of(kind: &str) -> String {
+    match kind {
+        "EndpointSlice" => "endpointslices".into(),
+        "AuthorizationPolicy" => "authorizationpolicies".into(),
+        "ServiceAccount" => "serviceaccounts".into(),
+        k => format!("{}s", k.to_ascii_lowercase()),
+    }
+}
+
+fn key_of(o: &Value) -> String {
+    let m = &o["metadata"];
+    format!(
+        "{}/{}",
+        m["namespace"].as_str().unwrap_or(""),
+        m["name"].as_str().unwrap_or("")
+    )
+}
+
+fn matches(o: &Value, selector: &[(String, String)]) -> bool {
+    selector.iter().all(|(path, want)| {
+        let got = path.split('.').fold(o, |v, k| &v[k]);
+        got.as_str() == Some(want)
+    })
+}
+
+fn event_line(kind: &str, object: &Value) -> Bytes {
+    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+fn full(status: StatusCode, body: Value) -> Response<Body> {
+    let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+    let mut r = Response::new(
+        http_body_util::Full::new(bytes)
+            .map_err(|never: Infallible| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+pub fn status_body(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+impl FakeApi {
+    /// Creates or replaces `object` (its kind decides the resource), as a client's apply would.
+    pub fn apply(&self, mut object: Value) {
+        let mut s = self.lock();
+        s.rv += 1;
+        object["metadata"]["resourceVersion"] = json!(s.rv.to_string());
+        let resource = resource_of(object["kind"].as_str().unwrap_or(""));
+        let key = key_of(&object);
+        let existed = s
+            .objects
+            .entry(resource.clone())
+            .or_default()
+            .insert(key, object.clone())
+            .is_some();
+        let kind = if existed { "MODIFIED" } else { "ADDED" };
+        s.publish(&resource, kind, object);
+    }
+
+    /// Deletes the object of `kind` at `namespace/name` (`/name` for cluster-scoped ones).
+    pub fn delete(&self, kind: &str, key: &str) {
+        let mut s = self.lock();
+        let resource = resource_of(kind);
+        let Some(mut object) = s.objects.get_mut(&resource).and_then(|m| m.remove(key)) else {
+            return;
+        };
+        s.rv += 1;
+        object["metadata"]["resourceVersion"] = json!(s.rv.to_string());
+        s.publish(&resource, "DELETED", object);
+    }
+
+    /// Forgets the history: a watch resumed from any version before the current one gets
+    /// 410 Gone.
+    pub fn compact(&self) {
+        let mut s = self.lock();
+        s.compacted = s.rv;
+        s.history.clear();
+    }
+
+    /// Ends every open watch stream, as an API server restart or a load balancer would.
+    pub fn drop_watches(&self) {
+        self.lock().watches.clear();
+    }
+
+    /// Down: every request fails to connect and open watches end. Up: served again.
+    pub fn set_down(&self, down: bool) {
+        let mut s = self.lock();
+        s.down = down;
+        if down {
+            s.watches.clear();
+        }
+    }
+
+    /// Lists served for `resource` (plural) so far.
+    pub fn lists(&self, resource: &str) -> u64 {
+        self.lock().lists.get(resource).copied().unwrap_or(0)
+    }
+
+    /// Open watch streams on `resource`.
+    pub fn watching(&self, resource: &str) -> usize {
+        let mut s = self.lock();
+        s.watches.retain(|w| !w.tx.is_closed());
+        s.watches.iter().filter(|w| w.resource == resource).count()
+    }
+
+    pub fn set_handler(&self, handler: Handler) {
+        self.lock().handler = Some(handler);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn serve(
+        &self,
+        req: Request<kube::client::Body>,
+    ) -> Result<Response<Body>, std::io::Error> {
+        let (parts, body) = req.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let path = parts.uri.path().to_string();
+        let query: BTreeMap<String, String> = parts
+            .uri
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.replace("%3D", "=").replace("%2C", ",")))
+            .collect();
+        let mut s = self.lock();
+        if s.down {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "fake API server is down",
+            ));
+        }
+        if let Some(h) = &s.handler
+            && let Some((status, value)) = h(&parts.method, &path, &body)
+        {
+            return Ok(full(status, value));
+        }
+        if parts.method != Method::GET {
+            return Ok(full(
+                StatusCode::METHOD_NOT_ALLOWED,
+                status_body(405, "MethodNotAllowed", "the fake serves GET only"),
+            ));
+        }
+        let resource = path.rsplit('/').next().unwrap_or("").to_string();
+        // `/api/v1/namespaces/shop/pods` lists one namespace; `/api/v1/pods` all of them.
+        let segments: Vec<&str> = path.split('/').collect();
+        let namespace = segments
+            .iter()
+            .position(|s| *s == "namespaces")
+            .filter(|i| i + 2 < segments.len())
+            .map(|i| segments[i + 1].to_string());
+        let selector: Vec<(String, String)> = query
+            .get("fieldSelector")
+            .map(|f| {
+                f.split(',')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut selector = selector;
+        if let Some(ns) = namespace {
+            selector.push(("metadata.namespace".into(), ns));
+        }
+        if query.get("watch").map(String::as_str) == Some("true") {
+            let from: u64 = query
+                .get("resourceVersion")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let (tx, rx) = mpsc::unbounded_channel();
+            if from != 0 && from < s.compacted {
+                let _ = tx.send(event_line(
+                    "ERROR",
+                    &status_body(410, "Expired", "too old resource version"),
+                ));
+            } else {
+                for (rv, r, kind, o) in &s.history {
+                    if *rv > from && *r == resource && matches(o, &selector) {
+                        let _ = tx.send(event_line(kind, o));
+                    }
+                }
+                s.watches.push(Watch {
+                    resource,
+                    selector,
+                    tx,
+                });
+            }
+            let stream = futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|b| (Ok(http_body::Frame::data(b)), rx))
+            });
+            let mut r = Response::new(http_body_util::StreamBody::new(Box::pin(stream)).boxed());
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            return Ok(r);
+        }
+        *s.lists.entry(resource.clone()).or_default() += 1;
+        let items: Vec<Value> = s
+            .objects
+            .get(&resource)
+            .map(|m| {
+                m.values()
+                    .filter(|o| matches(o, &selector))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(full(
+            StatusCode::OK,
+            json!({"apiVersion": "v1", "kind": "List",
+                   "metadata": {"resourceVersion": s.rv.to_string()}, "items": items}),
+        ))
+    }
+}
+
+/// The fake as the HTTP service `kube::Client` sends requests to.
+impl tower::Service<Request<kube::client::Body>> for FakeApi {
+    type Response = Response<Body>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<Body>, std::io::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<kube::client::Body>) -> Self::Future {
+        let api = self.clone();
+        Box::pin(async move { api.serve(req).await })
+    }
+}
+
+impl State {
+    fn publish(&mut self, resource: &str, kind: &'static str, object: Value) {
+        self.watches.retain(|w| {
+            w.resource != resource
+                || !matches(&object, &w.selector)
+                || w.tx.send(event_line(kind, &object)).is_ok()
+        });
+        self.history
+            .push((self.rv, resource.to_string(), kind, object));
+    }
+}
