@@ -353,13 +353,12 @@ fn batch<T>(
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
+        pending = None;
         if listed.len() < KINDS.len() {
             // The first version waits for every kind: a mesh without its policies would let
             // through what they deny.
-            pending = None;
             continue;
         }
-        pending = None;
         let version = load(&set);
         status.lock().unwrap_or_else(|p| p.into_inner()).versions += 1;
         if versions.blocking_send(version).is_err() {

@@ -123,6 +123,16 @@ impl Running {
     }
 }
 
+/// The cluster served, its first version received and every watch open.
+async fn watching(api: &FakeApi) -> Running {
+    cluster(api);
+    let mut src = run(api);
+    src.until("the initial list", |t| !t.workloads.is_empty())
+        .await;
+    src.until_watching().await;
+    src
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         self.cancel.cancel();
@@ -191,11 +201,7 @@ async fn initial_list_then_events_without_relisting() {
 #[tokio::test]
 async fn dropped_watch_is_resumed_from_its_resource_version() {
     let api = FakeApi::default();
-    cluster(&api);
-    let mut src = run(&api);
-    src.until("the initial list", |t| !t.workloads.is_empty())
-        .await;
-    src.until_watching().await;
+    let mut src = watching(&api).await;
 
     api.drop_watches();
     // Made while no watch is open: the resumed watch replays it from its resourceVersion.
@@ -208,11 +214,7 @@ async fn dropped_watch_is_resumed_from_its_resource_version() {
 #[tokio::test]
 async fn expired_resource_version_relists_and_catches_missed_deletes() {
     let api = FakeApi::default();
-    cluster(&api);
-    let mut src = run(&api);
-    src.until("the initial list", |t| !t.workloads.is_empty())
-        .await;
-    src.until_watching().await;
+    let mut src = watching(&api).await;
 
     api.set_down(true);
     // Missed entirely: no watch sees this delete, and the history that held it is compacted.
@@ -236,11 +238,7 @@ async fn expired_resource_version_relists_and_catches_missed_deletes() {
 #[tokio::test]
 async fn api_server_gone_keeps_the_last_version_and_says_it_is_stale() {
     let api = FakeApi::default();
-    cluster(&api);
-    let mut src = run(&api);
-    src.until("the initial list", |t| !t.workloads.is_empty())
-        .await;
-    src.until_watching().await;
+    let mut src = watching(&api).await;
     let versions = src.status.lock().map(|s| s.versions).unwrap_or(0);
 
     api.set_down(true);
