@@ -282,16 +282,7 @@ impl CertificateAuthority {
     /// capped at the CA's own expiry since a leaf cannot outlive the chain that vouches for it.
     pub fn issue(&self, id: &SpiffeId, lifetime: Duration) -> Result<IssuedCertificate, CaError> {
         let now = SystemTime::now();
-        if now >= self.issuing_not_after {
-            return Err(CaError::CaExpired(
-                "CA certificate".to_owned(),
-                rfc3339(self.issuing_not_after),
-            ));
-        }
-        let not_after = now
-            .checked_add(lifetime)
-            .ok_or_else(|| CaError::InvalidValidity(format!("lifetime {lifetime:?} too large")))?
-            .min(self.issuing_not_after);
+        let not_after = self.leaf_not_after(now, lifetime)?;
         self.issue_with_validity(id, now - CLOCK_SKEW_ALLOWANCE, not_after)
     }
 
@@ -303,25 +294,93 @@ impl CertificateAuthority {
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> Result<IssuedCertificate, CaError> {
+        self.issue_with_key(id, &[], not_before, not_after)
+    }
+
+    /// Issues a certificate for a server that is reached by DNS name as well as by SPIFFE id
+    /// (weft-controller: weftd checks its SPIFFE id, an Istio ztunnel its Service name).
+    pub fn issue_serving(
+        &self,
+        id: &SpiffeId,
+        dns_names: &[String],
+        lifetime: Duration,
+    ) -> Result<IssuedCertificate, CaError> {
+        let now = SystemTime::now();
+        let not_after = self.leaf_not_after(now, lifetime)?;
+        self.issue_with_key(id, dns_names, now - CLOCK_SKEW_ALLOWANCE, not_after)
+    }
+
+    /// A new key and a leaf for it.
+    fn issue_with_key(
+        &self,
+        id: &SpiffeId,
+        dns_names: &[String],
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<IssuedCertificate, CaError> {
+        let key = KeyPair::generate()?;
+        let (chain, not_before, not_after) =
+            self.sign_leaf(id, dns_names, &key, not_before, not_after)?;
+        Ok(IssuedCertificate {
+            identity: id.clone(),
+            chain,
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            not_before,
+            not_after,
+        })
+    }
+
+    /// End of validity for a leaf issued now: `lifetime` on, capped at the CA's own expiry.
+    pub(super) fn leaf_not_after(
+        &self,
+        now: SystemTime,
+        lifetime: Duration,
+    ) -> Result<SystemTime, CaError> {
+        if now >= self.issuing_not_after {
+            return Err(CaError::CaExpired(
+                "CA certificate".to_owned(),
+                rfc3339(self.issuing_not_after),
+            ));
+        }
+        Ok(now
+            .checked_add(lifetime)
+            .ok_or_else(|| CaError::InvalidValidity(format!("lifetime {lifetime:?} too large")))?
+            .min(self.issuing_not_after))
+    }
+
+    /// Signs a leaf for `public_key` naming `id` (and `dns_names`); returns the wire chain
+    /// (leaf, then intermediates) and the validity as written.
+    pub(super) fn sign_leaf(
+        &self,
+        id: &SpiffeId,
+        dns_names: &[String],
+        public_key: &impl PublicKeyData,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<(Vec<CertificateDer<'static>>, SystemTime, SystemTime), CaError> {
         let mut params = leaf_params(not_before, not_after, random_serial()?)?;
         let uri = id
             .to_string()
             .try_into()
             .map_err(|e: rcgen::Error| CaError::Generate(e))?;
         params.subject_alt_names = vec![SanType::URI(uri)];
-        let key = KeyPair::generate()?;
-        let leaf = params.signed_by(&key, &self.issuer)?;
+        for name in dns_names {
+            let name = name
+                .clone()
+                .try_into()
+                .map_err(|e: rcgen::Error| CaError::Generate(e))?;
+            params.subject_alt_names.push(SanType::DnsName(name));
+        }
+        let leaf = params.signed_by(public_key, &self.issuer)?;
 
         let mut chain = Vec::with_capacity(1 + self.intermediates.len());
         chain.push(leaf.der().clone());
         chain.extend(self.intermediates.iter().cloned());
-        Ok(IssuedCertificate {
-            identity: id.clone(),
+        Ok((
             chain,
-            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            not_before: system_time(params.not_before),
-            not_after: system_time(params.not_after),
-        })
+            system_time(params.not_before),
+            system_time(params.not_after),
+        ))
     }
 
     /// The trust anchors peers are verified against (and workloads should trust).

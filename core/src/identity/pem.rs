@@ -49,6 +49,15 @@ pub(crate) fn certificates(
     Ok(certs)
 }
 
+/// PEM text for `certs`, one CERTIFICATE block each, in order.
+pub fn certificates_pem(certs: &[CertificateDer<'_>]) -> String {
+    let blocks: Vec<::pem::Pem> = certs
+        .iter()
+        .map(|c| ::pem::Pem::new("CERTIFICATE", c.as_ref()))
+        .collect();
+    ::pem::encode_many(&blocks)
+}
+
 /// The single private key in `pem`, loaded as a signing key.
 pub(crate) fn key_pair(pem: &str, source_name: &str) -> Result<rcgen::KeyPair, PemError> {
     let src = || source_name.to_owned();

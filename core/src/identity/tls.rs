@@ -80,6 +80,34 @@ pub(crate) fn server_config_with_key(
     Ok(Arc::new(config))
 }
 
+/// A client configuration for the control plane (the certificate service): no client
+/// certificate, since the caller authenticates with its service-account token, and a server
+/// that must prove `expected` under `roots`.
+pub fn control_client_config(
+    roots: &TrustAnchors,
+    expected: SpiffeId,
+) -> Result<Arc<ClientConfig>, VerifyError> {
+    let verifier = SpiffeServerVerifier::new(roots.clone(), expected);
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The control plane's server configuration: presents `cert`, asks for no client
+/// certificate (callers authenticate with a token inside the channel).
+pub fn control_server_config(cert: &IssuedCertificate) -> Result<Arc<ServerConfig>, VerifyError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified_key(cert)?)));
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(config))
+}
+
 #[cfg(test)]
 #[path = "tls_tests.rs"]
 mod tests;

@@ -93,6 +93,13 @@ impl TrustAnchors {
     /// Verifies that `end_entity` chains to one of these anchors (through `intermediates`)
     /// for `usage` at `now`. Exposed so the CA can prove at load time that what it issues
     /// will verify.
+    /// Anchors from PEM text; `source_name` names it in errors (a file, a ConfigMap key).
+    pub fn from_pem(pem: &str, source_name: &str) -> Result<Self, VerifyError> {
+        let certs = super::pem::certificates(pem, source_name)
+            .map_err(|e| VerifyError::BadCertificate(e.to_string()))?;
+        Self::new(&certs)
+    }
+
     pub(crate) fn verify_chain(
         &self,
         end_entity: &CertificateDer<'_>,

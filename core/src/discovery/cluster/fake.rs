@@ -96,6 +96,13 @@ fn full(status: StatusCode, body: Value) -> Response<Body> {
     r
 }
 
+fn not_found(resource: &str, key: &str) -> Response<Body> {
+    full(
+        StatusCode::NOT_FOUND,
+        status_body(404, "NotFound", &format!("{resource} {key} not found")),
+    )
+}
+
 pub fn status_body(code: u16, reason: &str, message: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
            "message": message, "reason": reason, "code": code})
@@ -103,7 +110,7 @@ pub fn status_body(code: u16, reason: &str, message: &str) -> Value {
 
 impl FakeApi {
     /// Creates or replaces `object` (its kind decides the resource), as a client's apply would.
-    pub fn apply(&self, mut object: Value) {
+    pub fn apply(&self, mut object: Value) -> Value {
         let mut s = self.lock();
         s.rv += 1;
         object["metadata"]["resourceVersion"] = json!(s.rv.to_string());
@@ -116,7 +123,17 @@ impl FakeApi {
             .insert(key, object.clone())
             .is_some();
         let kind = if existed { "MODIFIED" } else { "ADDED" };
-        s.publish(&resource, kind, object);
+        s.publish(&resource, kind, object.clone());
+        object
+    }
+
+    /// The object of `kind` at `namespace/name`, as stored.
+    pub fn get(&self, kind: &str, key: &str) -> Option<Value> {
+        self.lock()
+            .objects
+            .get(&resource_of(kind))
+            .and_then(|m| m.get(key))
+            .cloned()
     }
 
     /// Deletes the object of `kind` at `namespace/name` (`/name` for cluster-scoped ones).
@@ -204,20 +221,89 @@ impl FakeApi {
         {
             return Ok(full(status, value));
         }
-        if parts.method != Method::GET {
-            return Ok(full(
-                StatusCode::METHOD_NOT_ALLOWED,
-                status_body(405, "MethodNotAllowed", "the fake serves GET only"),
-            ));
+        // `/api/v1/namespaces/shop/pods[/name]` is one namespace; `/api/v1/pods` all of them;
+        // `/api/v1/namespaces[/name]` the namespaces themselves.
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let rest = match segments.first() {
+            Some(&"api") => segments.get(2..).unwrap_or(&[]),
+            _ => segments.get(3..).unwrap_or(&[]),
+        };
+        let (namespace, resource, name) = match rest {
+            ["namespaces", ns, resource, tail @ ..] => {
+                (Some(ns.to_string()), resource.to_string(), tail.first())
+            }
+            [resource, tail @ ..] => (None, resource.to_string(), tail.first()),
+            [] => (None, String::new(), None),
+        };
+        let key = format!(
+            "{}/{}",
+            namespace.as_deref().unwrap_or(""),
+            name.unwrap_or(&"")
+        );
+        match (&parts.method, name) {
+            (&Method::GET, Some(_)) => {
+                return Ok(match s.objects.get(&resource).and_then(|m| m.get(&key)) {
+                    Some(o) => full(StatusCode::OK, o.clone()),
+                    None => not_found(&resource, &key),
+                });
+            }
+            (&Method::GET, None) => {}
+            (&Method::POST, None) => {
+                let Ok(object) = serde_json::from_slice::<Value>(&body) else {
+                    return Ok(full(
+                        StatusCode::BAD_REQUEST,
+                        status_body(400, "BadRequest", "the body is not JSON"),
+                    ));
+                };
+                let mut object = object;
+                if let Some(ns) = &namespace {
+                    object["metadata"]["namespace"] = json!(ns);
+                }
+                let key = key_of(&object);
+                if s.objects
+                    .get(&resource)
+                    .is_some_and(|m| m.contains_key(&key))
+                {
+                    return Ok(full(
+                        StatusCode::CONFLICT,
+                        status_body(
+                            409,
+                            "AlreadyExists",
+                            &format!("{resource} {key} already exists"),
+                        ),
+                    ));
+                }
+                drop(s);
+                return Ok(full(StatusCode::CREATED, self.apply(object)));
+            }
+            (&Method::PUT, Some(_)) => {
+                let Ok(object) = serde_json::from_slice::<Value>(&body) else {
+                    return Ok(full(
+                        StatusCode::BAD_REQUEST,
+                        status_body(400, "BadRequest", "the body is not JSON"),
+                    ));
+                };
+                if !s
+                    .objects
+                    .get(&resource)
+                    .is_some_and(|m| m.contains_key(&key))
+                {
+                    return Ok(not_found(&resource, &key));
+                }
+                drop(s);
+                return Ok(full(StatusCode::OK, self.apply(object)));
+            }
+            _ => {
+                return Ok(full(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    status_body(
+                        405,
+                        "MethodNotAllowed",
+                        "the fake serves get, list, watch, create and replace",
+                    ),
+                ));
+            }
         }
-        let resource = path.rsplit('/').next().unwrap_or("").to_string();
-        // `/api/v1/namespaces/shop/pods` lists one namespace; `/api/v1/pods` all of them.
-        let segments: Vec<&str> = path.split('/').collect();
-        let namespace = segments
-            .iter()
-            .position(|s| *s == "namespaces")
-            .filter(|i| i + 2 < segments.len())
-            .map(|i| segments[i + 1].to_string());
         let selector: Vec<(String, String)> = query
             .get("fieldSelector")
             .map(|f| {

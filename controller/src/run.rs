@@ -1,0 +1,113 @@
+//! Wiring: load the CA, publish its root, bind the ports, serve until stopped.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use kube::Client;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+use weft_core::identity::SpiffeId;
+
+use crate::authority::{self, CaSource};
+use crate::issue::authn::TokenReviewer;
+use crate::issue::authz::{NodeAgent, NodeAuthorizer};
+use crate::issue::{CertificateService, Lifetimes};
+use crate::metrics::{IssueMetrics, Monitoring};
+use crate::serve::{self, Serving};
+
+/// Everything the controller is configured with.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub listen: SocketAddr,
+    pub monitoring: SocketAddr,
+    pub trust_domain: String,
+    /// The controller's own namespace and service account: its identity, and where the CA
+    /// Secret and root ConfigMap live.
+    pub namespace: String,
+    pub service_account: String,
+    /// Extra DNS names for the serving certificate (the Service's names).
+    pub dns_names: Vec<String>,
+    pub ca: CaSource,
+    pub root_configmap: String,
+    pub root_lifetime: Duration,
+    pub lifetimes: Lifetimes,
+    pub node_agents: Vec<NodeAgent>,
+    pub audiences: Vec<String>,
+}
+
+/// A running controller.
+pub struct Running {
+    pub grpc: SocketAddr,
+    pub monitoring: SocketAddr,
+    pub task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+pub async fn start(
+    options: Options,
+    client: Client,
+    stop: CancellationToken,
+) -> anyhow::Result<Running> {
+    let identity = SpiffeId::new(
+        &options.trust_domain,
+        &options.namespace,
+        &options.service_account,
+    )
+    .context("the controller's own identity")?;
+    let mut registry = Registry::default();
+    let metrics = IssueMetrics::register(&mut registry);
+    let monitoring = Arc::new(Monitoring {
+        registry,
+        ready: false.into(),
+    });
+    let monitoring_listener = TcpListener::bind(options.monitoring)
+        .await
+        .with_context(|| format!("binding the monitoring port {}", options.monitoring))?;
+    let monitoring_addr = monitoring_listener.local_addr()?;
+    tokio::spawn(crate::metrics::serve(
+        monitoring.clone(),
+        monitoring_listener,
+        stop.clone(),
+    ));
+
+    let loaded = authority::load(&options.ca, &client, options.root_lifetime).await?;
+    info!(origin = %loaded.origin, "loaded the mesh CA");
+    let ca = Arc::new(loaded.ca);
+    authority::publish_root(&client, &options.namespace, &options.root_configmap, &ca).await?;
+
+    let serving = Arc::new(Serving::new(
+        ca.clone(),
+        identity.clone(),
+        options.dns_names.clone(),
+        options.lifetimes.default,
+    )?);
+    let service = CertificateService {
+        ca,
+        trust_domain: options.trust_domain.clone(),
+        reviewer: TokenReviewer::new(
+            client.clone(),
+            options.audiences.clone(),
+            options.trust_domain.clone(),
+        ),
+        authorizer: NodeAuthorizer::new(client, options.node_agents.clone()),
+        lifetimes: options.lifetimes,
+        metrics,
+    };
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("binding the certificate service port {}", options.listen))?;
+    let grpc = listener.local_addr()?;
+    info!(%grpc, %identity, "certificate service listening");
+    let task = tokio::spawn(serve::serve(listener, serving, service, stop));
+    monitoring.ready.store(true, Ordering::Relaxed);
+    Ok(Running {
+        grpc,
+        monitoring: monitoring_addr,
+        task,
+    })
+}
