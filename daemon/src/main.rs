@@ -2,6 +2,7 @@
 
 mod admin;
 mod capture;
+mod certificates;
 mod proxy;
 mod run;
 mod source;
@@ -57,6 +58,8 @@ enum Command {
         /// Threads that run the proxy (default: one per two CPUs, at least one).
         #[arg(long, env = "WEFT_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
         worker_threads: Option<u16>,
+        #[command(flatten)]
+        controller: Box<ControllerArgs>,
     },
     /// Validate a mesh file and exit: 0 when valid, 1 with the bad fields listed.
     Check {
@@ -76,6 +79,39 @@ enum Command {
         #[command(subcommand)]
         command: CaptureCommand,
     },
+}
+
+/// Kubernetes mode: how to get certificates from weft-controller.
+#[derive(clap::Args)]
+#[command(next_help_heading = "Kubernetes mode: certificates from weft-controller")]
+struct ControllerArgs {
+    /// The certificate service.
+    #[arg(
+        long,
+        env = "WEFT_CA_ADDRESS",
+        default_value = "https://weft-controller.weft.svc:15012"
+    )]
+    ca_address: String,
+    /// weft-controller's namespace: its root ConfigMap is read from there.
+    #[arg(long, env = "WEFT_CONTROLLER_NAMESPACE", default_value = "weft")]
+    controller_namespace: String,
+    /// The SPIFFE id the controller must prove (default: its service account
+    /// `weft-controller` in --controller-namespace).
+    #[arg(long, env = "WEFT_CA_IDENTITY")]
+    ca_identity: Option<String>,
+    /// The projected service-account token weftd authenticates with (audience `weft-ca`).
+    #[arg(
+        long,
+        env = "WEFT_CA_TOKEN",
+        default_value = "/var/run/secrets/tokens/weft-ca/token"
+    )]
+    ca_token: PathBuf,
+    /// The ConfigMap the controller publishes the mesh root in.
+    #[arg(long, env = "WEFT_ROOT_CONFIGMAP", default_value = "weft-ca-root")]
+    root_configmap: String,
+    /// Requested workload certificate lifetime; renewed at half life.
+    #[arg(long, env = "WEFT_CERT_LIFETIME", default_value = "24h", value_parser = humantime_duration)]
+    cert_lifetime: Duration,
 }
 
 #[derive(Subcommand)]
@@ -193,6 +229,7 @@ fn main() -> ExitCode {
             log_format,
             reload_interval,
             worker_threads,
+            controller,
         } => {
             let filter = match EnvFilter::try_new(&log) {
                 Ok(f) => f,
@@ -234,10 +271,19 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            let controller = kubernetes.then_some(certificates::ControllerOptions {
+                address: controller.ca_address,
+                namespace: controller.controller_namespace,
+                identity: controller.ca_identity,
+                token: controller.ca_token,
+                root_configmap: controller.root_configmap,
+                lifetime: controller.cert_lifetime,
+            });
             let opts = run::RunOptions {
                 mesh,
                 manifests,
                 kubernetes,
+                controller,
                 node,
                 reload_interval,
                 log: control,

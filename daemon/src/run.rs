@@ -7,14 +7,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weft_core::config::{CaptureKind, ConfigError, LoadedMesh};
 use weft_core::hbone::{self, ClientTlsProvider, MarkFor, Pool, no_mark};
-use weft_core::identity::{CertificateAuthority, CertificateManager, LocalCa};
+use weft_core::identity::CertificateManager;
 use weft_core::model::{MeshState, StateStore};
 use weft_core::telemetry::ConnectionMetrics;
 
@@ -31,6 +31,8 @@ pub struct RunOptions {
     pub manifests: Option<PathBuf>,
     /// Workloads, services and policies from the API server; the mesh file holds settings.
     pub kubernetes: bool,
+    /// Kubernetes mode: where certificates come from.
+    pub controller: Option<crate::certificates::ControllerOptions>,
     pub node: String,
     pub reload_interval: Duration,
     pub log: LogControl,
@@ -61,29 +63,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         &shutdown,
     )
     .await?;
-    let (source, loaded) = (opened.source, opened.first);
+    let (source, loaded, kube_client) = (opened.source, opened.first, opened.client);
     let node = loaded.node(&opts.node);
-    let Some(ca_files) = loaded.ca.clone() else {
-        bail!(
-            "{}: the mesh file has no `ca` section; weftd needs a CA to issue workload certificates (make one with `weftd ca init --dir DIR`)",
-            opts.mesh.display()
-        );
+    let controller = match (&opts.controller, &kube_client) {
+        (Some(options), Some(client)) => Some((options, client)),
+        _ => None,
     };
-    let ca = CertificateAuthority::load(
-        &ca_files.cert_file,
-        &ca_files.key_file,
-        ca_files.chain_file.as_deref(),
-        ca_files.bundle_file.as_deref(),
-    )
-    .context("loading the CA named in the mesh file")?;
-    let roots = ca.trust_bundle().to_vec();
+    let issuer = crate::certificates::issuer(&loaded, &opts.mesh, controller).await?;
+    tracing::info!("workload certificates from {}", issuer.origin);
+    let ca_files = issuer.local_ca.clone();
     let trust_domain = loaded.state.trust_domain.clone();
-    let certs = CertificateManager::new(
-        Arc::new(LocalCa::new(Arc::new(ca), ca_files.leaf_lifetime)),
-        roots,
-        trust_domain.clone(),
-    )
-    .context("building the trust bundle")?;
+    let certs = CertificateManager::new(issuer.provider, issuer.roots, trust_domain.clone())
+        .context("building the trust bundle")?;
     certs.set_identities(local_identities(&loaded.state, &node.name));
 
     let metrics = ConnectionMetrics::register(&mut registry);
@@ -304,7 +295,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     }
                     return;
                 }
-                if mesh.ca.as_ref() != Some(&ca_files) {
+                if ca_files.is_some() && mesh.ca != ca_files {
                     tracing::warn!(
                         "the CA files changed in the mesh file; the new CA is used after the next restart"
                     );

@@ -25,6 +25,8 @@ pub enum Source {
 pub struct Opened {
     pub source: Source,
     pub first: LoadedMesh,
+    /// The API client, in Kubernetes mode.
+    pub client: Option<kube::Client>,
 }
 
 /// Loads the first version. From the API server that means waiting, as long as it takes,
@@ -44,6 +46,7 @@ pub async fn open(
         return Ok(Opened {
             source: Source::Files(MeshWatcher::new(loader, reload_interval)),
             first,
+            client: None,
         });
     }
     let settings = Settings::read(&mesh, "the Kubernetes API server")?;
@@ -56,7 +59,7 @@ pub async fn open(
     })?;
     let metrics = SourceMetrics::register(registry);
     let mut versions = cluster::start(
-        client,
+        client.clone(),
         status.clone(),
         metrics,
         Batching::default(),
@@ -79,6 +82,7 @@ pub async fn open(
                 return Ok(Opened {
                     source: Source::Cluster { versions, status },
                     first,
+                    client: Some(client),
                 });
             }
             Ok(Some((Err(e), _))) => tracing::error!("{e}\nwaiting for a valid version"),

@@ -1,0 +1,145 @@
+//! Where this node's workload certificates come from: the mesh file's CA in standalone mode,
+//! or weft-controller in Kubernetes mode.
+//!
+//! In Kubernetes mode the node makes each key itself and sends only a CSR, authenticated by
+//! its projected service-account token. It trusts the root the controller publishes in a
+//! ConfigMap, read through the API server (whose own TLS and RBAC vouch for it), and it
+//! waits for that ConfigMap on first install, when the controller may not have written it yet.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use k8s_openapi::api::core::v1::ConfigMap;
+use rustls::pki_types::CertificateDer;
+use weft_core::config::{CaFile, LoadedMesh};
+use weft_core::identity::{
+    CertificateAuthority, CertificateProvider, LocalCa, RemoteCa, RemoteCaConfig, SpiffeId,
+    TrustAnchors,
+};
+
+/// How weftd reaches weft-controller in Kubernetes mode.
+#[derive(Debug, Clone)]
+pub struct ControllerOptions {
+    /// `https://host:port` of the certificate service.
+    pub address: String,
+    /// The controller's namespace: where its root ConfigMap is, and (by default) its identity.
+    pub namespace: String,
+    /// The identity the controller must prove; default `spiffe://<td>/ns/<namespace>/sa/weft-controller`.
+    pub identity: Option<String>,
+    /// The projected service-account token (audience `weft-ca`).
+    pub token: PathBuf,
+    pub root_configmap: String,
+    /// Requested workload certificate lifetime.
+    pub lifetime: Duration,
+}
+
+const ROOT_KEY: &str = "root-cert.pem";
+
+/// The certificate source and the anchors peers are verified against.
+pub struct Issuer {
+    pub provider: Arc<dyn CertificateProvider>,
+    pub roots: Vec<CertificateDer<'static>>,
+    /// The mesh file's CA section this was built from (standalone mode), to notice edits.
+    pub local_ca: Option<CaFile>,
+    /// For the log: where certificates come from.
+    pub origin: String,
+}
+
+pub async fn issuer(
+    loaded: &LoadedMesh,
+    mesh_path: &std::path::Path,
+    controller: Option<(&ControllerOptions, &kube::Client)>,
+) -> anyhow::Result<Issuer> {
+    let Some((options, client)) = controller else {
+        return local(loaded, mesh_path);
+    };
+    if loaded.ca.is_some() {
+        bail!(
+            "{}: the `ca` section is for standalone mode; with --kubernetes, certificates come from weft-controller ({}). Remove the section",
+            mesh_path.display(),
+            options.address
+        );
+    }
+    let trust_domain = &loaded.state.trust_domain;
+    let identity: SpiffeId = match &options.identity {
+        Some(id) => id
+            .parse()
+            .with_context(|| format!("--ca-identity {id:?}"))?,
+        None => SpiffeId::new(trust_domain, &options.namespace, "weft-controller")
+            .context("the controller's default identity")?,
+    };
+    let pem = root_from_configmap(client, &options.namespace, &options.root_configmap).await;
+    let source = format!(
+        "ConfigMap {}/{} key {ROOT_KEY}",
+        options.namespace, options.root_configmap
+    );
+    let anchors = TrustAnchors::from_pem(&pem, &source).with_context(|| source.clone())?;
+    let roots = anchors.certificates().to_vec();
+    let provider = RemoteCa::new(RemoteCaConfig {
+        address: options.address.clone(),
+        server_identity: identity.clone(),
+        anchors,
+        token_path: Some(options.token.clone()),
+        lifetime: options.lifetime,
+        impersonate: true,
+    })?;
+    Ok(Issuer {
+        provider: Arc::new(provider),
+        roots,
+        local_ca: None,
+        origin: format!(
+            "weft-controller at {} ({identity}), roots from {source}",
+            options.address
+        ),
+    })
+}
+
+fn local(loaded: &LoadedMesh, mesh_path: &std::path::Path) -> anyhow::Result<Issuer> {
+    let Some(ca_files) = loaded.ca.clone() else {
+        bail!(
+            "{}: the mesh file has no `ca` section; weftd needs a CA to issue workload certificates (make one with `weftd ca init --dir DIR`)",
+            mesh_path.display()
+        );
+    };
+    let ca = CertificateAuthority::load(
+        &ca_files.cert_file,
+        &ca_files.key_file,
+        ca_files.chain_file.as_deref(),
+        ca_files.bundle_file.as_deref(),
+    )
+    .context("loading the CA named in the mesh file")?;
+    let roots = ca.trust_bundle().to_vec();
+    Ok(Issuer {
+        provider: Arc::new(LocalCa::new(Arc::new(ca), ca_files.leaf_lifetime)),
+        roots,
+        origin: format!("the mesh file's CA ({})", ca_files.cert_file.display()),
+        local_ca: Some(ca_files),
+    })
+}
+
+/// The root PEM, waiting (and saying why every 10 s) until the ConfigMap exists and has it.
+async fn root_from_configmap(client: &kube::Client, namespace: &str, name: &str) -> String {
+    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), namespace);
+    let started = Instant::now();
+    let mut last_said = None::<Instant>;
+    loop {
+        let why = match api.get_opt(name).await {
+            Ok(Some(map)) => match map.data.and_then(|mut d| d.remove(ROOT_KEY)) {
+                Some(pem) => return pem,
+                None => format!("it has no {ROOT_KEY}"),
+            },
+            Ok(None) => "it does not exist yet (weft-controller creates it)".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        if last_said.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            tracing::warn!(
+                waited_s = started.elapsed().as_secs(),
+                "waiting for the mesh root in ConfigMap {namespace}/{name}: {why}"
+            );
+            last_said = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
