@@ -5,6 +5,7 @@
 //! `127.<id>.<n>.0/24` (pods at `.1`.., the node's own listeners at `.250`), so tests run in
 //! parallel without sharing a port.
 
+pub mod cluster;
 pub mod netns;
 pub mod traffic;
 
@@ -21,16 +22,25 @@ use tokio::net::{TcpSocket, TcpStream};
 
 /// The weftd binary under test: `$WEFTD`, else the workspace's debug build.
 pub fn weftd_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("WEFTD") {
+    binary("WEFTD", "weftd", "weftd")
+}
+
+/// The weft-controller binary under test: `$WEFT_CONTROLLER`, else the debug build.
+pub fn controller_bin() -> PathBuf {
+    binary("WEFT_CONTROLLER", "weft-controller", "weft-controller")
+}
+
+fn binary(env: &str, name: &str, package: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(env) {
         return p.into();
     }
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let bin = target.join("debug/weftd");
+    let bin = target.join("debug").join(name);
     assert!(
         bin.exists(),
-        "{} is missing: build it first with `cargo build -p weftd` (or set WEFTD)",
+        "{} is missing: build it first with `cargo build -p {package}` (or set {env})",
         bin.display()
     );
     bin
@@ -199,6 +209,16 @@ impl Mesh {
 
     /// Starts weftd for node `n` (1-based) and waits until it is ready.
     pub fn start(&self, n: u8) -> anyhow::Result<Weftd> {
+        self.start_with(n, &[], &[])
+    }
+
+    /// Like [`start`](Self::start), with extra arguments and environment variables.
+    pub fn start_with(
+        &self,
+        n: u8,
+        args: &[String],
+        envs: &[(&str, &Path)],
+    ) -> anyhow::Result<Weftd> {
         let name = &self.nodes[n as usize - 1];
         let log = self.dir.path().join(format!("{name}.log"));
         let child = Command::new(weftd_bin())
@@ -212,6 +232,8 @@ impl Mesh {
                 "--reload-interval",
                 "100ms",
             ])
+            .args(args)
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
