@@ -47,6 +47,10 @@ enum Command {
         /// This node's name, as workloads in the mesh file (or pods' spec.nodeName) name it.
         #[arg(long, env = "WEFT_NODE")]
         node: String,
+        /// This node's own IP (a DaemonSet's status.hostIP): where captured connections are
+        /// redirected when the mesh file's ebpf.redirectAddress is left out.
+        #[arg(long, env = "WEFT_NODE_IP")]
+        node_ip: Option<std::net::Ipv4Addr>,
         /// Log filter (tracing EnvFilter syntax), e.g. `info` or `info,weft::access=off`.
         #[arg(long, env = "WEFT_LOG", default_value = "info")]
         log: String,
@@ -225,6 +229,7 @@ fn main() -> ExitCode {
             manifests,
             kubernetes,
             node,
+            node_ip,
             log,
             log_format,
             reload_interval,
@@ -285,6 +290,7 @@ fn main() -> ExitCode {
                 kubernetes,
                 controller,
                 node,
+                node_ip,
                 reload_interval,
                 log: control,
                 log_level: log,

@@ -34,6 +34,8 @@ pub struct RunOptions {
     /// Kubernetes mode: where certificates come from.
     pub controller: Option<crate::certificates::ControllerOptions>,
     pub node: String,
+    /// The node's own IP: the redirect address when the mesh file names none.
+    pub node_ip: Option<std::net::Ipv4Addr>,
     pub reload_interval: Duration,
     pub log: LogControl,
     pub log_level: String,
@@ -64,7 +66,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     )
     .await?;
     let (source, loaded, kube_client) = (opened.source, opened.first, opened.client);
-    let node = loaded.node(&opts.node);
+    // As the file has it, to notice edits; `node` is what runs, with the node IP filled in.
+    let node_file = loaded.node(&opts.node);
+    let node = with_node_ip(node_file.clone(), opts.node_ip)?;
     let controller = match (&opts.controller, &kube_client) {
         (Some(options), Some(client)) => Some((options, client)),
         _ => None,
@@ -275,7 +279,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     {
         let admin = admin.clone();
         let px = px.clone();
-        let node_settings = node.clone();
+        let node_settings = node_file;
         let ca_files = ca_files.clone();
         let stop = shutdown.clone();
         tokio::spawn(async move {
@@ -368,6 +372,26 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     drain(&px, &shutdown, node.drain_period).await;
     Ok(())
+}
+
+/// Fills in the eBPF redirect address the mesh file leaves to the node (`0.0.0.0`).
+fn with_node_ip(
+    mut node: weft_core::config::NodeFile,
+    node_ip: Option<std::net::Ipv4Addr>,
+) -> anyhow::Result<weft_core::config::NodeFile> {
+    if let Some(ebpf) = node.ebpf.as_mut()
+        && node.capture == CaptureKind::Ebpf
+        && ebpf.redirect_address.is_unspecified()
+    {
+        let Some(ip) = node_ip else {
+            anyhow::bail!(
+                "node {}: eBPF capture needs a redirect address: set ebpf.redirectAddress in the mesh file, or give weftd --node-ip (WEFT_NODE_IP)",
+                node.name
+            );
+        };
+        ebpf.redirect_address = ip;
+    }
+    Ok(node)
 }
 
 /// Every proxied connection holds a descriptor or two: a node proxy must not stop at the

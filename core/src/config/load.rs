@@ -69,18 +69,25 @@ fn list(errors: &[FieldError]) -> String {
 pub struct LoadedMesh {
     pub state: MeshState,
     pub nodes: Vec<NodeFile>,
+    pub node_defaults: Option<NodeFile>,
     /// CA file paths, made absolute against the mesh file's directory.
     pub ca: Option<CaFile>,
 }
 
 impl LoadedMesh {
-    /// This node's settings, or the defaults when the file does not list it.
+    /// This node's settings: its `nodes[]` entry, else `nodeDefaults`, else the built-in
+    /// defaults.
     pub fn node(&self, name: &str) -> NodeFile {
-        self.nodes
-            .iter()
-            .find(|n| n.name == name)
-            .cloned()
-            .unwrap_or_else(|| NodeFile::with_defaults(name))
+        if let Some(n) = self.nodes.iter().find(|n| n.name == name) {
+            return n.clone();
+        }
+        match &self.node_defaults {
+            Some(d) => NodeFile {
+                name: name.to_owned(),
+                ..d.clone()
+            },
+            None => NodeFile::with_defaults(name),
+        }
     }
 }
 
@@ -192,6 +199,32 @@ fn syntax_error(text: &str, file: &str, plain: serde_yaml_ng::Error) -> ConfigEr
     }
 }
 
+/// The checks every node's settings get, `nodes[i]` or `nodeDefaults`.
+fn check_node(at: &str, n: &NodeFile, errs: &mut Errors) {
+    for (field, d) in [
+        ("idleTimeout", n.hbone.idle_timeout),
+        ("keepaliveInterval", n.hbone.keepalive_interval),
+        ("keepaliveTimeout", n.hbone.keepalive_timeout),
+        ("connectTimeout", n.hbone.connect_timeout),
+    ] {
+        if d.is_zero() {
+            errs.push(format!("{at}.hbone.{field}"), "must be longer than zero");
+        }
+    }
+    if n.capture == super::meshfile::CaptureKind::Ebpf && n.ebpf.is_none() {
+        errs.push(
+            format!("{at}.ebpf"),
+            "capture: ebpf needs an ebpf section (`ebpf: {}` takes every default)",
+        );
+    }
+    if !n.listen.admin.ip().is_loopback() {
+        errs.push(
+            format!("{at}.listen.admin"),
+            "must be a loopback address: the admin API shows the mesh configuration and changes log levels",
+        );
+    }
+}
+
 fn build(mesh: MeshFile, base: &Path) -> Result<LoadedMesh, Vec<FieldError>> {
     let mut errs = Errors::default();
     if let Err(e) = SpiffeId::new(&mesh.trust_domain, "default", "default") {
@@ -203,38 +236,22 @@ fn build(mesh: MeshFile, base: &Path) -> Result<LoadedMesh, Vec<FieldError>> {
 
     let mut node_names = HashSet::new();
     for (i, n) in mesh.nodes.iter().enumerate() {
-        let zero = |d: std::time::Duration| d.is_zero();
-        for (field, d) in [
-            ("idleTimeout", n.hbone.idle_timeout),
-            ("keepaliveInterval", n.hbone.keepalive_interval),
-            ("keepaliveTimeout", n.hbone.keepalive_timeout),
-            ("connectTimeout", n.hbone.connect_timeout),
-        ] {
-            if zero(d) {
-                errs.push(
-                    format!("nodes[{i}].hbone.{field}"),
-                    "must be longer than zero",
-                );
-            }
-        }
-        if n.capture == super::meshfile::CaptureKind::Ebpf && n.ebpf.is_none() {
-            errs.push(
-                format!("nodes[{i}].ebpf"),
-                "capture: ebpf needs an ebpf section with at least redirectAddress",
-            );
-        }
-        if !n.listen.admin.ip().is_loopback() {
-            errs.push(
-                format!("nodes[{i}].listen.admin"),
-                "must be a loopback address: the admin API shows the mesh configuration and changes log levels",
-            );
-        }
+        check_node(&format!("nodes[{i}]"), n, &mut errs);
         if n.name.is_empty() {
             errs.push(format!("nodes[{i}].name"), "must not be empty");
         } else if !node_names.insert(n.name.as_str()) {
             errs.push(
                 format!("nodes[{i}].name"),
                 format!("node {:?} is listed twice", n.name),
+            );
+        }
+    }
+    if let Some(n) = &mesh.node_defaults {
+        check_node("nodeDefaults", n, &mut errs);
+        if !n.name.is_empty() {
+            errs.push(
+                "nodeDefaults.name",
+                "not allowed: the defaults apply to every node `nodes` does not list",
             );
         }
     }
@@ -283,6 +300,7 @@ fn build(mesh: MeshFile, base: &Path) -> Result<LoadedMesh, Vec<FieldError>> {
             policies,
         ),
         nodes: mesh.nodes,
+        node_defaults: mesh.node_defaults,
         ca,
     })
 }

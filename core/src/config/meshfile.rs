@@ -29,6 +29,9 @@ pub struct MeshFile {
     pub ca: Option<CaFile>,
     #[serde(default)]
     pub nodes: Vec<NodeFile>,
+    /// Settings for every node `nodes` does not list (a DaemonSet's nodes), without `name`.
+    #[serde(default)]
+    pub node_defaults: Option<NodeFile>,
     #[serde(default)]
     pub workloads: Vec<WorkloadFile>,
     #[serde(default)]
@@ -58,6 +61,8 @@ pub struct CaFile {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeFile {
+    /// Required in `nodes[]`; absent in `nodeDefaults`.
+    #[serde(default)]
     pub name: String,
     #[serde(default)]
     pub listen: ListenFile,
@@ -125,7 +130,10 @@ pub struct EbpfFile {
     #[serde(default)]
     pub cgroup: Option<PathBuf>,
     /// The node-side address the pods reach weftd at (their gateway, e.g. the host veth IP);
-    /// captured connections are rewritten to it, port `listen.outbound`.
+    /// captured connections are rewritten to it, port `listen.outbound`. Absent (`0.0.0.0`):
+    /// the node's own IP, given to weftd with `--node-ip` (a DaemonSet's `status.hostIP`),
+    /// which every pod can reach whatever the CNI.
+    #[serde(default = "unspecified")]
     pub redirect_address: std::net::Ipv4Addr,
     /// SO_MARK of weftd's own connections, so capture never takes them.
     #[serde(default = "default_weftd_mark")]
@@ -138,6 +146,10 @@ pub struct EbpfFile {
     /// restart (failing closed meanwhile) and the next weftd takes it over. One per node.
     #[serde(default = "default_pin_path")]
     pub pin_path: PathBuf,
+}
+
+fn unspecified() -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::UNSPECIFIED
 }
 
 fn default_pin_path() -> PathBuf {

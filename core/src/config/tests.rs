@@ -179,3 +179,35 @@ fn admin_must_stay_on_loopback() {
     let text = format!("nodes:\n  - {{name: node1, hbone: {{keepaliveTimeout: 0s}}}}\n{BASE}");
     assert_refused(&text, "nodes[0].hbone.keepaliveTimeout");
 }
+
+#[test]
+fn node_defaults_apply_to_every_node_not_listed() {
+    let text = r#"
+nodes:
+  - {name: node1, listen: {outbound: "127.0.0.1:16001"}}
+nodeDefaults:
+  listen: {outbound: "0.0.0.0:15001"}
+  capture: ebpf
+  ebpf: {}
+  drainPeriod: 30s
+"#;
+    let m = load_str(text, "mesh.yaml", Path::new(".")).unwrap();
+    let listed = m.node("node1");
+    assert_eq!(listed.listen.outbound.to_string(), "127.0.0.1:16001");
+    assert_eq!(listed.capture, super::CaptureKind::None);
+    let other = m.node("ip-10-0-3-7.ec2.internal");
+    assert_eq!(other.name, "ip-10-0-3-7.ec2.internal");
+    assert_eq!(other.listen.outbound.to_string(), "0.0.0.0:15001");
+    assert_eq!(other.capture, super::CaptureKind::Ebpf);
+    assert_eq!(other.drain_period, std::time::Duration::from_secs(30));
+    // No redirect address: the node's own IP, filled in by weftd (--node-ip).
+    assert!(other.ebpf.unwrap().redirect_address.is_unspecified());
+
+    assert_refused("nodeDefaults: {name: node9}\n", "nodeDefaults.name");
+    assert_refused("nodeDefaults: {capture: ebpf}\n", "nodeDefaults.ebpf");
+    assert_refused(
+        "nodeDefaults: {listen: {admin: \"0.0.0.0:15000\"}}\n",
+        "nodeDefaults.listen.admin",
+    );
+    assert_refused("nodes: [{listen: {}}]\n", "nodes[0].name");
+}
