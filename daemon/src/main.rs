@@ -64,6 +64,11 @@ enum Command {
         worker_threads: Option<u16>,
         #[command(flatten)]
         controller: Box<ControllerArgs>,
+        /// Kubernetes mode: weftd's own DaemonSet (in --controller-namespace). When weftd
+        /// stops and the DaemonSet is gone, this is an uninstall: capture is removed instead of
+        /// left pinned for the next weftd.
+        #[arg(long, env = "WEFT_UNINSTALL_WITH_DAEMONSET", requires = "kubernetes")]
+        uninstall_with_daemonset: Option<String>,
     },
     /// Validate a mesh file and exit: 0 when valid, 1 with the bad fields listed.
     Check {
@@ -235,6 +240,7 @@ fn main() -> ExitCode {
             reload_interval,
             worker_threads,
             controller,
+            uninstall_with_daemonset,
         } => {
             let filter = match EnvFilter::try_new(&log) {
                 Ok(f) => f,
@@ -289,6 +295,7 @@ fn main() -> ExitCode {
                 manifests,
                 kubernetes,
                 controller,
+                uninstall_with_daemonset,
                 node,
                 node_ip,
                 reload_interval,

@@ -34,6 +34,8 @@ pub struct RunOptions {
     /// Kubernetes mode: where certificates come from.
     pub controller: Option<crate::certificates::ControllerOptions>,
     pub node: String,
+    /// Kubernetes mode: the DaemonSet whose deletion means uninstall (capture removed on stop).
+    pub uninstall_with_daemonset: Option<String>,
     /// The node's own IP: the redirect address when the mesh file names none.
     pub node_ip: Option<std::net::Ipv4Addr>,
     pub reload_interval: Duration,
@@ -371,6 +373,24 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
     }
     drain(&px, &shutdown, node.drain_period).await;
+    if let (Some(daemonset), Some(client), Some(ebpf)) =
+        (&opts.uninstall_with_daemonset, &kube_client, &node.ebpf)
+    {
+        let namespace = opts
+            .controller
+            .as_ref()
+            .map_or("weft", |c| c.namespace.as_str());
+        if crate::capture::uninstall::daemonset_gone(client, namespace, daemonset).await {
+            // Unpinned, the links go with this process's descriptors when it exits.
+            tracing::info!("DaemonSet {namespace}/{daemonset} is gone: removing capture");
+            match crate::capture::uninstall::remove(&ebpf.pin_path).await {
+                Ok(removed) => tracing::info!("capture removed: {}", removed.join(", ")),
+                Err(e) => tracing::error!(
+                    "removing capture failed ({e:#}); run `weftd capture uninstall` on this node"
+                ),
+            }
+        }
+    }
     Ok(())
 }
 

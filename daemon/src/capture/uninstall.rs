@@ -10,25 +10,15 @@ use super::netlink::{Routing, TABLE};
 use super::pin;
 
 pub fn run(pin_path: &Path) -> anyhow::Result<()> {
-    let removed = pin::uninstall(pin_path)?;
-    for name in &removed.links {
-        println!("unpinned link {name}");
-    }
-    for name in &removed.maps {
-        println!("unpinned map {name}");
-    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting a runtime")?;
-    let routes = rt.block_on(async {
-        let routing = Routing::new(ProgramSettings::default().capture_mark, TABLE)?;
-        routing.uninstall().await
-    })?;
-    for what in &routes {
-        println!("removed the capture {what}");
+    let removed = rt.block_on(remove(pin_path))?;
+    for what in &removed {
+        println!("{what}");
     }
-    if removed.links.is_empty() && removed.maps.is_empty() && routes.is_empty() {
+    if removed.is_empty() {
         println!(
             "nothing to remove: no capture state at {}",
             pin_path.display()
@@ -37,4 +27,72 @@ pub fn run(pin_path: &Path) -> anyhow::Result<()> {
         println!("capture removed; pods' connections go direct");
     }
     Ok(())
+}
+
+/// Removes the pinned links and maps under `pin_path` and the capture routing in this network
+/// namespace; says what it removed.
+pub async fn remove(pin_path: &Path) -> anyhow::Result<Vec<String>> {
+    let removed = pin::uninstall(pin_path)?;
+    let mut said: Vec<String> = Vec::new();
+    said.extend(removed.links.iter().map(|n| format!("unpinned link {n}")));
+    said.extend(removed.maps.iter().map(|n| format!("unpinned map {n}")));
+    let routing = Routing::new(ProgramSettings::default().capture_mark, TABLE)?;
+    for what in routing.uninstall().await? {
+        said.push(format!("removed the capture {what}"));
+    }
+    Ok(said)
+}
+
+/// Whether weftd's DaemonSet is gone or going: then this stop is an uninstall, not a rolling
+/// update, and capture must not outlive weftd. When the API server cannot tell, the answer is
+/// no: pinned capture failing closed is the safe side, and `weftd capture uninstall` remains.
+pub async fn daemonset_gone(client: &kube::Client, namespace: &str, name: &str) -> bool {
+    let api: kube::Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        kube::Api::namespaced(client.clone(), namespace);
+    match api.get_opt(name).await {
+        Ok(None) => true,
+        Ok(Some(ds)) => ds.metadata.deletion_timestamp.is_some(),
+        Err(e) => {
+            tracing::warn!(
+                "cannot tell whether DaemonSet {namespace}/{name} still exists ({e}); keeping capture pinned"
+            );
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use weft_core::discovery::cluster::fake::FakeApi;
+
+    use super::daemonset_gone;
+
+    #[tokio::test]
+    async fn only_a_deleted_daemonset_means_uninstall() {
+        let api = FakeApi::default();
+        let client = kube::Client::new(api.clone(), "default");
+        let ds = json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+                        "metadata": {"namespace": "weft", "name": "weftd"},
+                        "spec": {"selector": {}, "template": {}}});
+        api.apply(ds.clone());
+        assert!(
+            !daemonset_gone(&client, "weft", "weftd").await,
+            "a rolling update"
+        );
+        let mut deleting = ds;
+        deleting["metadata"]["deletionTimestamp"] = json!("2026-12-03T12:00:00Z");
+        api.apply(deleting);
+        assert!(
+            daemonset_gone(&client, "weft", "weftd").await,
+            "foreground deletion"
+        );
+        api.delete("DaemonSet", "weft/weftd");
+        assert!(daemonset_gone(&client, "weft", "weftd").await, "deleted");
+        api.set_down(true);
+        assert!(
+            !daemonset_gone(&client, "weft", "weftd").await,
+            "unknown: keep capture"
+        );
+    }
 }
