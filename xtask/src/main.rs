@@ -6,6 +6,7 @@
 //!   with eBPF and carrying it over mutual-TLS HBONE (`--loopback`: on loopback, no root).
 
 mod bench;
+mod chart;
 mod demo;
 mod ebpf;
 mod loopback_demo;
