@@ -1,10 +1,11 @@
 //! weft-controller: the mesh CA, served over Istio's certificate protocol to weftd (and to
 //! waypoints), with callers authenticated by TokenReview and node agents limited to the
-//! identities of the pods on their own node.
+//! identities of the pods on their own node. It also writes each AuthorizationPolicy's status.
 
 mod authority;
 mod issue;
 mod metrics;
+mod policies;
 mod run;
 mod serve;
 

@@ -94,7 +94,7 @@ pub async fn start(
             options.audiences.clone(),
             options.trust_domain.clone(),
         ),
-        authorizer: NodeAuthorizer::new(client, options.node_agents.clone()),
+        authorizer: NodeAuthorizer::new(client.clone(), options.node_agents.clone()),
         lifetimes: options.lifetimes,
         metrics,
     };
@@ -103,6 +103,7 @@ pub async fn start(
         .with_context(|| format!("binding the certificate service port {}", options.listen))?;
     let grpc = listener.local_addr()?;
     info!(%grpc, %identity, "certificate service listening");
+    tokio::spawn(crate::policies::run(client, stop.clone()));
     let task = tokio::spawn(serve::serve(listener, serving, service, stop));
     monitoring.ready.store(true, Ordering::Relaxed);
     Ok(Running {

@@ -215,6 +215,13 @@ fn compile_rule(rule: &Rule, action: Action) -> Result<CompiledRule, ValueError>
     })
 }
 
+/// Whether any rule of `policy` names something only visible in HTTP (methods, paths, hosts,
+/// request principals, request `when` keys), which a node cannot see: at L4 an ALLOW rule with
+/// one matches nothing and a DENY rule denies on its L4 part alone.
+pub fn has_l7_rules(policy: &crate::model::policy::AuthorizationPolicy) -> bool {
+    policy.rules.iter().any(|r| rule_has_l7(r).unwrap_or(false))
+}
+
 fn rule_has_l7(rule: &Rule) -> Result<bool, ValueError> {
     let mut l7 = rule
         .from

@@ -26,6 +26,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+pub use compile::has_l7_rules;
 pub use index::PolicyIndex;
 
 /// What the node knows about an inbound connection when it authorizes it.

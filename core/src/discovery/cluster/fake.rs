@@ -40,6 +40,8 @@ struct State {
     down: bool,
     /// resource -> lists served.
     lists: BTreeMap<String, u64>,
+    /// resource -> patches applied.
+    patches: BTreeMap<String, u64>,
     handler: Option<Handler>,
 }
 
@@ -94,6 +96,26 @@ fn full(status: StatusCode, body: Value) -> Response<Body> {
         http::HeaderValue::from_static("application/json"),
     );
     r
+}
+
+/// RFC 7386: objects merge key by key, `null` deletes, anything else replaces.
+fn merge(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    if let Value::Object(t) = target {
+        for (k, v) in patch {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
 }
 
 fn not_found(resource: &str, key: &str) -> Response<Body> {
@@ -173,6 +195,11 @@ impl FakeApi {
     /// Lists served for `resource` (plural) so far.
     pub fn lists(&self, resource: &str) -> u64 {
         self.lock().lists.get(resource).copied().unwrap_or(0)
+    }
+
+    /// Patches applied to `resource` (plural) so far.
+    pub fn patches(&self, resource: &str) -> u64 {
+        self.lock().patches.get(resource).copied().unwrap_or(0)
     }
 
     /// Open watch streams on `resource`.
@@ -293,13 +320,30 @@ impl FakeApi {
                 drop(s);
                 return Ok(full(StatusCode::OK, self.apply(object)));
             }
+            // A JSON merge patch (RFC 7386), of the object or its status subresource.
+            (&Method::PATCH, Some(_)) => {
+                let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+                    return Ok(full(
+                        StatusCode::BAD_REQUEST,
+                        status_body(400, "BadRequest", "the body is not JSON"),
+                    ));
+                };
+                let Some(mut object) = s.objects.get(&resource).and_then(|m| m.get(&key)).cloned()
+                else {
+                    return Ok(not_found(&resource, &key));
+                };
+                merge(&mut object, &patch);
+                *s.patches.entry(resource.clone()).or_default() += 1;
+                drop(s);
+                return Ok(full(StatusCode::OK, self.apply(object)));
+            }
             _ => {
                 return Ok(full(
                     StatusCode::METHOD_NOT_ALLOWED,
                     status_body(
                         405,
                         "MethodNotAllowed",
-                        "the fake serves get, list, watch, create and replace",
+                        "the fake serves get, list, watch, create, replace and merge patch",
                     ),
                 ));
             }
