@@ -164,14 +164,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         )
     })?;
     let stop = CancellationToken::new();
-    let running = run::start(options, client, stop.clone()).await?;
+    let mut running = run::start(options, client, stop.clone()).await?;
     info!(grpc = %running.grpc, monitoring = %running.monitoring, "weft-controller ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: stopping"),
         _ = tokio::signal::ctrl_c() => info!("SIGINT: stopping"),
+        ended = &mut running.task => {
+            stop.cancel();
+            return ended?;
+        }
     }
     stop.cancel();
-    running.task.await??;
-    Ok(())
+    running.task.await?
 }

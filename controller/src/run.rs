@@ -45,7 +45,9 @@ pub struct Options {
 pub struct Running {
     pub grpc: SocketAddr,
     pub monitoring: SocketAddr,
-    pub task: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// Ends when `stop` fires (Ok) or when any part stopped on its own (Err naming it): the
+    /// process must then exit rather than look healthy while not serving.
+    pub task: JoinHandle<anyhow::Result<()>>,
 }
 
 pub async fn start(
@@ -69,7 +71,7 @@ pub async fn start(
         .await
         .with_context(|| format!("binding the monitoring port {}", options.monitoring))?;
     let monitoring_addr = monitoring_listener.local_addr()?;
-    tokio::spawn(crate::metrics::serve(
+    let monitoring_task = tokio::spawn(crate::metrics::serve(
         monitoring.clone(),
         monitoring_listener,
         stop.clone(),
@@ -94,7 +96,11 @@ pub async fn start(
             options.audiences.clone(),
             options.trust_domain.clone(),
         ),
-        authorizer: NodeAuthorizer::new(client.clone(), options.node_agents.clone()),
+        authorizer: NodeAuthorizer::new(
+            client.clone(),
+            options.node_agents.clone(),
+            identity.clone(),
+        ),
         lifetimes: options.lifetimes,
         metrics,
     };
@@ -103,9 +109,25 @@ pub async fn start(
         .with_context(|| format!("binding the certificate service port {}", options.listen))?;
     let grpc = listener.local_addr()?;
     info!(%grpc, %identity, "certificate service listening");
-    tokio::spawn(crate::policies::run(client, stop.clone()));
-    let task = tokio::spawn(serve::serve(listener, serving, service, stop));
+    let policies = tokio::spawn(crate::policies::run(client, stop.clone()));
+    let grpc_task = tokio::spawn(serve::serve(listener, serving, service, stop.clone()));
     monitoring.ready.store(true, Ordering::Relaxed);
+    let task = tokio::spawn(async move {
+        let which = tokio::select! {
+            r = grpc_task => match r {
+                Ok(Ok(())) => "the certificate service",
+                Ok(Err(e)) => return Err(anyhow::anyhow!("the certificate service failed: {e}")),
+                Err(e) => return Err(anyhow::anyhow!("the certificate service panicked: {e}")),
+            },
+            _ = policies => "the policy status writer",
+            _ = monitoring_task => "the monitoring server",
+        };
+        if stop.is_cancelled() {
+            Ok(())
+        } else {
+            anyhow::bail!("{which} stopped on its own")
+        }
+    });
     Ok(Running {
         grpc,
         monitoring: monitoring_addr,

@@ -24,6 +24,11 @@ use crate::issue::CertificateService;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HANDSHAKES: usize = 256;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const RENEWAL_RETRY: Duration = Duration::from_secs(60);
+/// Requests in flight, over all connections: each costs a TokenReview, so this bounds what
+/// unauthenticated callers can make the controller ask of the API server.
+const MAX_REQUESTS: usize = 256;
+const MAX_REQUESTS_PER_CONNECTION: usize = 16;
 
 /// The serving certificate, re-issued when it is past half its life.
 pub struct Serving {
@@ -59,9 +64,11 @@ impl Serving {
                     info!(identity = %self.identity, "renewed the serving certificate");
                     *current = next;
                 }
-                // The old certificate is still valid for another half lifetime.
+                // The old certificate is still valid for another half lifetime; try again in a
+                // minute, not on every connection.
                 Err(e) => {
-                    warn!("renewing the serving certificate failed (kept the old one): {e:#}")
+                    warn!("renewing the serving certificate failed (kept the old one): {e:#}");
+                    current.1 = SystemTime::now() + RENEWAL_RETRY;
                 }
             }
         }
@@ -98,6 +105,8 @@ pub async fn serve(
     });
     tonic::transport::Server::builder()
         .timeout(REQUEST_TIMEOUT)
+        .concurrency_limit_per_connection(MAX_REQUESTS_PER_CONNECTION)
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(MAX_REQUESTS))
         .add_service(IstioCertificateServiceServer::new(service))
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
         .await

@@ -64,9 +64,9 @@ enum Command {
         worker_threads: Option<u16>,
         #[command(flatten)]
         controller: Box<ControllerArgs>,
-        /// Kubernetes mode: weftd's own DaemonSet (in --controller-namespace). When weftd
-        /// stops and the DaemonSet is gone, this is an uninstall: capture is removed instead of
-        /// left pinned for the next weftd.
+        /// Kubernetes mode: weftd's own DaemonSet, NAMESPACE/NAME. When weftd stops and the
+        /// DaemonSet is gone (or was deleted while weftd ran), this is an uninstall: capture is
+        /// removed instead of left pinned for the next weftd.
         #[arg(long, env = "WEFT_UNINSTALL_WITH_DAEMONSET", requires = "kubernetes")]
         uninstall_with_daemonset: Option<String>,
     },

@@ -359,6 +359,22 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         });
     }
 
+    // Kubernetes mode: an uninstall (weftd's DaemonSet deleted) removes capture at the stop.
+    let uninstall_watch = match (&opts.uninstall_with_daemonset, &kube_client) {
+        (Some(target), Some(client)) => {
+            let (namespace, name) = target.split_once('/').with_context(|| {
+                format!("--uninstall-with-daemonset {target:?}: expected NAMESPACE/NAME")
+            })?;
+            let deleted = crate::capture::uninstall::watch_daemonset(
+                client,
+                namespace,
+                name,
+                shutdown.clone(),
+            );
+            Some((namespace.to_owned(), name.to_owned(), deleted))
+        }
+        _ => None,
+    };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -373,14 +389,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
     }
     drain(&px, &shutdown, node.drain_period).await;
-    if let (Some(daemonset), Some(client), Some(ebpf)) =
-        (&opts.uninstall_with_daemonset, &kube_client, &node.ebpf)
+    if let (Some((namespace, daemonset, deleted)), Some(client), Some(ebpf)) =
+        (&uninstall_watch, &kube_client, &node.ebpf)
     {
-        let namespace = opts
-            .controller
-            .as_ref()
-            .map_or("weft", |c| c.namespace.as_str());
-        if crate::capture::uninstall::daemonset_gone(client, namespace, daemonset).await {
+        let gone = deleted.load(Ordering::Relaxed)
+            || crate::capture::uninstall::daemonset_gone(client, namespace, daemonset).await;
+        if gone {
             // Unpinned, the links go with this process's descriptors when it exits.
             tracing::info!("DaemonSet {namespace}/{daemonset} is gone: removing capture");
             match crate::capture::uninstall::remove(&ebpf.pin_path).await {

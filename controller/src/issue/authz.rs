@@ -39,14 +39,25 @@ impl std::str::FromStr for NodeAgent {
 pub struct NodeAuthorizer {
     client: Client,
     node_agents: Vec<NodeAgent>,
+    /// The controller's own identity. A node agent never gets it (nor another node agent's),
+    /// even when that pod runs on its node: with it, a node could pose as the CA to the other
+    /// nodes and collect their tokens.
+    controller: SpiffeId,
 }
 
 impl NodeAuthorizer {
-    pub fn new(client: Client, node_agents: Vec<NodeAgent>) -> Self {
+    pub fn new(client: Client, node_agents: Vec<NodeAgent>, controller: SpiffeId) -> Self {
         Self {
             client,
             node_agents,
+            controller,
         }
+    }
+
+    fn is_node_agent(&self, id: &SpiffeId) -> bool {
+        self.node_agents
+            .iter()
+            .any(|a| a.namespace == id.namespace() && a.service_account == id.service_account())
     }
 
     /// Ok when `caller` may hold `requested`; returns the node the decision was made for,
@@ -59,15 +70,14 @@ impl NodeAuthorizer {
         if &caller.identity == requested {
             return Ok(None);
         }
-        let is_agent = self.node_agents.iter().any(|a| {
-            a.namespace == caller.identity.namespace()
-                && a.service_account == caller.identity.service_account()
-        });
-        if !is_agent {
+        if !self.is_node_agent(&caller.identity) {
             return Err(Refusal::NotNodeAgent {
                 caller: caller.identity.to_string(),
                 requested: requested.to_string(),
             });
+        }
+        if requested == &self.controller || self.is_node_agent(requested) {
+            return Err(Refusal::ControlPlaneIdentity(requested.to_string()));
         }
         let node = self.caller_node(caller).await?;
         // The API server fills in `serviceAccountName` on every pod, so an exact match on
@@ -83,8 +93,14 @@ impl NodeAuthorizer {
             .map_err(|e| Refusal::ApiUnavailable(format!("listing pods on {node}: {e}")))?;
         let running = list.items.iter().any(|pod| {
             let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-            let on_node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&node);
-            on_node && !matches!(phase, Some("Succeeded" | "Failed"))
+            let spec = pod.spec.as_ref();
+            // Checked again here rather than trusting the selector to have been applied.
+            let on_node = spec.and_then(|s| s.node_name.as_deref()) == Some(&node);
+            let runs_as = spec
+                .and_then(|s| s.service_account_name.as_deref())
+                .unwrap_or("default")
+                == requested.service_account();
+            on_node && runs_as && !matches!(phase, Some("Succeeded" | "Failed"))
         });
         if running {
             Ok(Some(node))

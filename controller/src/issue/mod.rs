@@ -32,6 +32,8 @@ pub enum Refusal {
     TokenRejected(String),
     #[error("{caller} may request only its own identity, not {requested}")]
     NotNodeAgent { caller: String, requested: String },
+    #[error("{0} is a control-plane identity: only its own pods may request it")]
+    ControlPlaneIdentity(String),
     #[error("{0}'s token is not bound to a pod, so its node is unknown; use a projected token")]
     Unbound(String),
     #[error("the caller's pod {0} no longer exists or is not scheduled")]
@@ -53,6 +55,7 @@ impl Refusal {
             Self::NoToken => "no_token",
             Self::TokenRejected(_) => "token_rejected",
             Self::NotNodeAgent { .. } => "not_node_agent",
+            Self::ControlPlaneIdentity(_) => "control_plane_identity",
             Self::Unbound(_) | Self::CallerPodGone(_) => "caller_unbound",
             Self::NotOnNode { .. } => "not_on_node",
             Self::BadRequest(_) => "bad_request",
@@ -66,6 +69,7 @@ impl Refusal {
         match self {
             Self::NoToken | Self::TokenRejected(_) => Status::unauthenticated(message),
             Self::NotNodeAgent { .. }
+            | Self::ControlPlaneIdentity(_)
             | Self::Unbound(_)
             | Self::CallerPodGone(_)
             | Self::NotOnNode { .. } => Status::permission_denied(message),

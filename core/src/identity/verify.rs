@@ -90,9 +90,6 @@ impl TrustAnchors {
         &self.certs
     }
 
-    /// Verifies that `end_entity` chains to one of these anchors (through `intermediates`)
-    /// for `usage` at `now`. Exposed so the CA can prove at load time that what it issues
-    /// will verify.
     /// Anchors from PEM text; `source_name` names it in errors (a file, a ConfigMap key).
     pub fn from_pem(pem: &str, source_name: &str) -> Result<Self, VerifyError> {
         let certs = super::pem::certificates(pem, source_name)
@@ -100,6 +97,9 @@ impl TrustAnchors {
         Self::new(&certs)
     }
 
+    /// Verifies that `end_entity` chains to one of these anchors (through `intermediates`)
+    /// for `usage` at `now`. Exposed so the CA can prove at load time that what it issues
+    /// will verify.
     pub(crate) fn verify_chain(
         &self,
         end_entity: &CertificateDer<'_>,

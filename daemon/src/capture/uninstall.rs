@@ -43,6 +43,49 @@ pub async fn remove(pin_path: &Path) -> anyhow::Result<Vec<String>> {
     Ok(said)
 }
 
+/// Follows weftd's own DaemonSet from the start and remembers a deletion it sees. By the time
+/// weftd is stopped the API server may no longer answer it: Helm removes weftd's RBAC and
+/// service account right after the DaemonSet, while an established watch keeps streaming.
+pub fn watch_daemonset(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let deleted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let api: kube::Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        kube::Api::namespaced(client.clone(), namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = watcher(api, config).default_backoff().boxed();
+    let seen = deleted.clone();
+    tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                _ = stop.cancelled() => return,
+                e = events.next() => e,
+            };
+            let going = match event {
+                None => return,
+                Some(Ok(watcher::Event::Delete(_))) => true,
+                Some(Ok(watcher::Event::Apply(ds) | watcher::Event::InitApply(ds))) => {
+                    ds.metadata.deletion_timestamp.is_some()
+                }
+                Some(Ok(_)) => false,
+                Some(Err(e)) => {
+                    tracing::debug!("watching weftd's DaemonSet: {e}");
+                    false
+                }
+            };
+            if going {
+                seen.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    deleted
+}
+
 /// Whether weftd's DaemonSet is gone or going: then this stop is an uninstall, not a rolling
 /// update, and capture must not outlive weftd. When the API server cannot tell, the answer is
 /// no: pinned capture failing closed is the safe side, and `weftd capture uninstall` remains.
@@ -94,5 +137,44 @@ mod tests {
             !daemonset_gone(&client, "weft", "weftd").await,
             "unknown: keep capture"
         );
+    }
+
+    #[tokio::test]
+    async fn a_deletion_seen_while_running_is_remembered_when_the_api_is_gone() {
+        use std::sync::atomic::Ordering;
+        use std::time::Duration;
+        let api = FakeApi::default();
+        let client = kube::Client::new(api.clone(), "default");
+        for name in ["weftd", "other"] {
+            api.apply(json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+                             "metadata": {"namespace": "weft", "name": name},
+                             "spec": {"selector": {}, "template": {}}}));
+        }
+        let stop = tokio_util::sync::CancellationToken::new();
+        let deleted = super::watch_daemonset(&client, "weft", "weftd", stop.clone());
+        let watching = async {
+            while api.watching("daemonsets") == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), watching)
+            .await
+            .unwrap();
+        api.delete("DaemonSet", "weft/other");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!deleted.load(Ordering::Relaxed), "another DaemonSet");
+        api.delete("DaemonSet", "weft/weftd");
+        let seen = async {
+            while !deleted.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), seen)
+            .await
+            .unwrap();
+        // Its RBAC gone too: the stop-time question fails, the remembered deletion decides.
+        api.set_down(true);
+        assert!(!daemonset_gone(&client, "weft", "weftd").await);
+        stop.cancel();
     }
 }
