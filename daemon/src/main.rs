@@ -2,10 +2,8 @@
 
 mod admin;
 mod capture;
-mod certificates;
 mod proxy;
 mod run;
-mod source;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -282,13 +280,14 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let controller = kubernetes.then_some(certificates::ControllerOptions {
+            let controller = kubernetes.then_some(weft_core::identity::ControllerOptions {
                 address: controller.ca_address,
                 namespace: controller.controller_namespace,
                 identity: controller.ca_identity,
                 token: controller.ca_token,
                 root_configmap: controller.root_configmap,
                 lifetime: controller.cert_lifetime,
+                impersonate: true,
             });
             let opts = run::RunOptions {
                 mesh,

@@ -32,7 +32,7 @@ pub struct RunOptions {
     /// Workloads, services and policies from the API server; the mesh file holds settings.
     pub kubernetes: bool,
     /// Kubernetes mode: where certificates come from.
-    pub controller: Option<crate::certificates::ControllerOptions>,
+    pub controller: Option<weft_core::identity::ControllerOptions>,
     pub node: String,
     /// Kubernetes mode: the DaemonSet whose deletion means uninstall (capture removed on stop).
     pub uninstall_with_daemonset: Option<String>,
@@ -58,7 +58,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     raise_fd_limit();
     let mut registry = Registry::default();
     let shutdown = CancellationToken::new();
-    let opened = crate::source::open(
+    let opened = weft_core::discovery::source::open(
         opts.mesh.clone(),
         opts.manifests.clone(),
         opts.kubernetes,
@@ -75,7 +75,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         (Some(options), Some(client)) => Some((options, client)),
         _ => None,
     };
-    let issuer = crate::certificates::issuer(&loaded, &opts.mesh, controller).await?;
+    let issuer = weft_core::identity::issuer(&loaded, &opts.mesh, controller).await?;
     tracing::info!("workload certificates from {}", issuer.origin);
     let ca_files = issuer.local_ca.clone();
     let trust_domain = loaded.state.trust_domain.clone();

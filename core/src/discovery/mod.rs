@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod crd;
 pub mod manifests;
 pub mod objects;
+pub mod source;
 pub mod translate;
 
 pub use objects::{Kind, Object, ObjectKey, ObjectSet};

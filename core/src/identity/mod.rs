@@ -16,6 +16,7 @@
 mod bootstrap;
 mod ca;
 mod csr;
+mod issuer;
 mod manager;
 mod pem;
 pub mod protocol;
@@ -31,6 +32,7 @@ mod test_support;
 pub use bootstrap::{RootFiles, generate_intermediate, generate_root, init_root_dir};
 pub use ca::{CLOCK_SKEW_ALLOWANCE, CaError, CertificateAuthority, IssuedCertificate};
 pub use csr::{CsrError, SignedRequest, new_request};
+pub use issuer::{ControllerOptions, Issuer, IssuerError, issuer};
 pub use manager::{
     CertificateManager, CertificateProvider, CertificateStatus, FIRST_ISSUANCE_TIMEOUT,
     INITIAL_RETRY_DELAY, IdentityError, IssueFuture, LocalCa, MAX_RETRY_DELAY, ProviderError,

@@ -10,14 +10,39 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::ConfigMap;
 use rustls::pki_types::CertificateDer;
-use weft_core::config::{CaFile, LoadedMesh};
-use weft_core::identity::{
-    CertificateAuthority, CertificateProvider, LocalCa, RemoteCa, RemoteCaConfig, SpiffeId,
-    TrustAnchors,
-};
+
+use super::ca::{CaError, CertificateAuthority};
+use super::manager::{CertificateProvider, LocalCa};
+use super::remote::{RemoteCa, RemoteCaConfig, RemoteCaError};
+use super::spiffe::{SpiffeError, SpiffeId};
+use super::verify::{TrustAnchors, VerifyError};
+use crate::config::{CaFile, LoadedMesh};
+
+/// Why there is no certificate source.
+#[derive(Debug, thiserror::Error)]
+pub enum IssuerError {
+    #[error(
+        "{mesh}: the mesh file has no `ca` section; weftd needs a CA to issue workload certificates (make one with `weftd ca init --dir DIR`)"
+    )]
+    NoCa { mesh: String },
+    #[error(
+        "{mesh}: the `ca` section is for standalone mode; with --kubernetes, certificates come from weft-controller ({address}). Remove the section"
+    )]
+    CaInKubernetesMode { mesh: String, address: String },
+    #[error("loading the CA named in the mesh file: {0}")]
+    Ca(#[from] CaError),
+    #[error("the controller's identity {given:?}: {source}")]
+    ControllerIdentity { given: String, source: SpiffeError },
+    #[error("{source_name}: {source}")]
+    Roots {
+        source_name: String,
+        source: VerifyError,
+    },
+    #[error(transparent)]
+    Remote(#[from] RemoteCaError),
+}
 
 /// How weftd reaches weft-controller in Kubernetes mode.
 #[derive(Debug, Clone)]
@@ -33,6 +58,8 @@ pub struct ControllerOptions {
     pub root_configmap: String,
     /// Requested workload certificate lifetime.
     pub lifetime: Duration,
+    /// Ask on workloads' behalf (a node agent) or for the caller's own identity (a waypoint).
+    pub impersonate: bool,
 }
 
 const ROOT_KEY: &str = "root-cert.pem";
@@ -51,31 +78,40 @@ pub async fn issuer(
     loaded: &LoadedMesh,
     mesh_path: &std::path::Path,
     controller: Option<(&ControllerOptions, &kube::Client)>,
-) -> anyhow::Result<Issuer> {
+) -> Result<Issuer, IssuerError> {
     let Some((options, client)) = controller else {
         return local(loaded, mesh_path);
     };
     if loaded.ca.is_some() {
-        bail!(
-            "{}: the `ca` section is for standalone mode; with --kubernetes, certificates come from weft-controller ({}). Remove the section",
-            mesh_path.display(),
-            options.address
-        );
+        return Err(IssuerError::CaInKubernetesMode {
+            mesh: mesh_path.display().to_string(),
+            address: options.address.clone(),
+        });
     }
     let trust_domain = &loaded.state.trust_domain;
     let identity: SpiffeId = match &options.identity {
         Some(id) => id
             .parse()
-            .with_context(|| format!("--ca-identity {id:?}"))?,
-        None => SpiffeId::new(trust_domain, &options.namespace, "weft-controller")
-            .context("the controller's default identity")?,
+            .map_err(|source| IssuerError::ControllerIdentity {
+                given: id.clone(),
+                source,
+            })?,
+        None => SpiffeId::new(trust_domain, &options.namespace, "weft-controller").map_err(
+            |source| IssuerError::ControllerIdentity {
+                given: format!("{trust_domain}/ns/{}/sa/weft-controller", options.namespace),
+                source,
+            },
+        )?,
     };
     let pem = root_from_configmap(client, &options.namespace, &options.root_configmap).await;
     let source = format!(
         "ConfigMap {}/{} key {ROOT_KEY}",
         options.namespace, options.root_configmap
     );
-    let anchors = TrustAnchors::from_pem(&pem, &source).with_context(|| source.clone())?;
+    let anchors = TrustAnchors::from_pem(&pem, &source).map_err(|e| IssuerError::Roots {
+        source_name: source.clone(),
+        source: e,
+    })?;
     let roots = anchors.certificates().to_vec();
     let provider = RemoteCa::new(RemoteCaConfig {
         address: options.address.clone(),
@@ -83,7 +119,7 @@ pub async fn issuer(
         anchors,
         token_path: Some(options.token.clone()),
         lifetime: options.lifetime,
-        impersonate: true,
+        impersonate: options.impersonate,
     })?;
     Ok(Issuer {
         provider: Arc::new(provider),
@@ -96,20 +132,18 @@ pub async fn issuer(
     })
 }
 
-fn local(loaded: &LoadedMesh, mesh_path: &std::path::Path) -> anyhow::Result<Issuer> {
+fn local(loaded: &LoadedMesh, mesh_path: &std::path::Path) -> Result<Issuer, IssuerError> {
     let Some(ca_files) = loaded.ca.clone() else {
-        bail!(
-            "{}: the mesh file has no `ca` section; weftd needs a CA to issue workload certificates (make one with `weftd ca init --dir DIR`)",
-            mesh_path.display()
-        );
+        return Err(IssuerError::NoCa {
+            mesh: mesh_path.display().to_string(),
+        });
     };
     let ca = CertificateAuthority::load(
         &ca_files.cert_file,
         &ca_files.key_file,
         ca_files.chain_file.as_deref(),
         ca_files.bundle_file.as_deref(),
-    )
-    .context("loading the CA named in the mesh file")?;
+    )?;
     let roots = ca.trust_bundle().to_vec();
     Ok(Issuer {
         provider: Arc::new(LocalCa::new(Arc::new(ca), ca_files.leaf_lifetime)),

@@ -1,4 +1,4 @@
-//! Where weftd's mesh versions come from: the mesh file (alone or with a manifests directory),
+//! Where a binary's mesh versions come from: the mesh file (alone or with a manifests directory),
 //! watched for edits, or the Kubernetes API server, watched by the cluster source. Either way
 //! the first version is loaded before anything starts, and later ones go to the same `apply`
 //! and `refused` callbacks.
@@ -8,9 +8,24 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
-use weft_core::config::{ConfigError, LoadedMesh, MeshLoader, MeshWatcher, Settings};
-use weft_core::discovery::Problem;
-use weft_core::discovery::cluster::{self, Batching, SharedStatus, SourceMetrics};
+
+use super::Problem;
+use super::cluster::{self, Batching, SharedStatus, SourceMetrics};
+use crate::config::{ConfigError, LoadedMesh, MeshLoader, MeshWatcher, Settings};
+
+/// Why no first version could be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    // kube's error already carries its whole chain.
+    #[error(
+        "connecting to the Kubernetes API server (in-cluster service account, or KUBECONFIG): {0}"
+    )]
+    Connect(kube::Error),
+    #[error("the Kubernetes source stopped before its first version")]
+    Stopped,
+}
 
 type ClusterVersion = Result<(LoadedMesh, Vec<Problem>), ConfigError>;
 
@@ -39,7 +54,7 @@ pub async fn open(
     reload_interval: Duration,
     registry: &mut Registry,
     stop: &CancellationToken,
-) -> anyhow::Result<Opened> {
+) -> Result<Opened, SourceError> {
     if !kubernetes {
         let mut loader = MeshLoader::new(mesh).with_manifests(manifests);
         let first = loader.load()?;
@@ -51,12 +66,9 @@ pub async fn open(
     }
     let settings = Settings::read(&mesh, "the Kubernetes API server")?;
     let status = cluster::new_status();
-    // kube's error already carries its whole chain; anyhow's would print it twice.
-    let client = cluster::connect(&status).await.map_err(|e| {
-        anyhow::anyhow!(
-            "connecting to the Kubernetes API server (in-cluster service account, or KUBECONFIG): {e}"
-        )
-    })?;
+    let client = cluster::connect(&status)
+        .await
+        .map_err(SourceError::Connect)?;
     let metrics = SourceMetrics::register(registry);
     let mut versions = cluster::start(
         client.clone(),
@@ -86,7 +98,7 @@ pub async fn open(
                 });
             }
             Ok(Some((Err(e), _))) => tracing::error!("{e}\nwaiting for a valid version"),
-            Ok(None) => anyhow::bail!("the Kubernetes source stopped before its first version"),
+            Ok(None) => return Err(SourceError::Stopped),
             Err(_) => {
                 let stale = status.lock().map(|s| s.stale()).unwrap_or_default();
                 tracing::warn!(
