@@ -25,6 +25,11 @@ pub fn weftd_bin() -> PathBuf {
     binary("WEFTD", "weftd", "weftd")
 }
 
+/// The weft-waypoint binary under test: `$WEFT_WAYPOINT`, else the debug build.
+pub fn waypoint_bin() -> PathBuf {
+    binary("WEFT_WAYPOINT", "weft-waypoint", "weft-waypoint")
+}
+
 /// The weft-controller binary under test: `$WEFT_CONTROLLER`, else the debug build.
 pub fn controller_bin() -> PathBuf {
     binary("WEFT_CONTROLLER", "weft-controller", "weft-controller")

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 pub use client::{ClientTlsProvider, ConnectRequest};
 pub use pool::{MarkFor, Pool, PoolKey, PooledStream, no_mark};
-pub use splice::{SpliceEnd, SpliceOutcome, splice, splice_tcp};
+pub use splice::{SpliceEnd, SpliceOutcome, splice, splice_streams, splice_tcp};
 
 /// Flow-control and multiplexing settings. The defaults are Istio's, which are sized so that
 /// one stream can fill a fast link: the 64 KiB HTTP/2 default would cap a stream at one window

@@ -85,6 +85,77 @@ pub async fn splice(
     }
 }
 
+/// Splices two HTTP/2 streams (a waypoint's downstream CONNECT and its upstream one) until both
+/// directions end, either fails, or `cancel` completes. `sent` counts downstream to upstream.
+/// A reset on one side resets the other with the same reason.
+pub async fn splice_streams(
+    (mut down_send, mut down_recv): (SendStream<Bytes>, RecvStream),
+    (mut up_send, mut up_recv): (SendStream<Bytes>, RecvStream),
+    cancel: impl Future<Output = ()>,
+) -> SpliceOutcome {
+    let mut sent = 0u64;
+    let mut received = 0u64;
+    let end = both_ways(
+        stream_to_stream(&mut down_recv, &mut up_send, &mut sent),
+        stream_to_stream(&mut up_recv, &mut down_send, &mut received),
+        cancel,
+    )
+    .await;
+    let end = match end {
+        Ok(true) => SpliceEnd::Closed,
+        Ok(false) => {
+            down_send.send_reset(Reason::CANCEL);
+            up_send.send_reset(Reason::CANCEL);
+            SpliceEnd::Cancelled
+        }
+        Err(e) => {
+            let reason = e.reason().unwrap_or(Reason::CONNECT_ERROR);
+            down_send.send_reset(reason);
+            up_send.send_reset(reason);
+            SpliceEnd::Stream(e.to_string())
+        }
+    };
+    SpliceOutcome {
+        sent,
+        received,
+        end,
+    }
+}
+
+/// One direction between two streams. Capacity is released to the sender only once its data
+/// went out on the other stream, so a slow reader slows the writer instead of filling memory.
+async fn stream_to_stream(
+    from: &mut RecvStream,
+    to: &mut SendStream<Bytes>,
+    total: &mut u64,
+) -> Result<(), h2::Error> {
+    loop {
+        let chunk = tokio::select! {
+            c = from.data() => c,
+            r = poll_fn(|cx| to.poll_reset(cx)) => return Err(r.map(h2::Error::from).unwrap_or_else(|e| e)),
+        };
+        let Some(chunk) = chunk else {
+            return to.send_data(Bytes::new(), true);
+        };
+        let mut chunk = chunk?;
+        let len = chunk.len();
+        while !chunk.is_empty() {
+            to.reserve_capacity(chunk.len());
+            match poll_fn(|cx| to.poll_capacity(cx)).await {
+                Some(Ok(0)) => tokio::task::yield_now().await,
+                Some(Ok(cap)) => {
+                    let part = chunk.split_to(cap.min(chunk.len()));
+                    to.send_data(part, false)?;
+                }
+                Some(Err(e)) => return Err(e),
+                None => return Err(h2::Error::from(Reason::STREAM_CLOSED)),
+            }
+        }
+        *total += len as u64;
+        from.flow_control().release_capacity(len)?;
+    }
+}
+
 /// Drives both directions until both finish (`Ok(true)`), `cancel` fires (`Ok(false)`), or one
 /// fails (the other is dropped where it stands).
 async fn both_ways<E>(

@@ -21,6 +21,8 @@ use prometheus_client::registry::Registry;
 pub enum Reporter {
     Source,
     Destination,
+    /// A waypoint, between the source's node and the destination's (Istio's `waypoint`).
+    Waypoint,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -62,7 +64,7 @@ macro_rules! label_values {
 }
 
 label_values! {
-    Reporter { Source => "source", Destination => "destination" }
+    Reporter { Source => "source", Destination => "destination", Waypoint => "waypoint" }
     SecurityPolicy { MutualTls => "mutual_tls", None => "none" }
     FailureReason {
         Denied => "denied",

@@ -1,0 +1,238 @@
+//! weft-waypoint as a process between a source and a destination node, on loopback: a client
+//! holding the `sleep` identity CONNECTs to a service VIP at the waypoint (as weftd will once
+//! it steers bound services there), the waypoint picks the endpoint and carries the stream
+//! over HBONE with its own identity to the destination's weftd.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use rustls_pki_types::ServerName;
+use serde_json::json;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+use weft_core::identity::{self, CertificateAuthority, SpiffeId, TrustAnchors};
+use weft_tests::traffic::echo_server;
+use weft_tests::{Mesh, echo_addr, echo_vip, http, ip, metric_sum, sleep_echo, waypoint_bin};
+
+const ID: u8 = 55;
+
+fn id_of(sa: &str) -> SpiffeId {
+    SpiffeId::new("cluster.local", "default", sa).unwrap()
+}
+
+fn hbone_addr() -> SocketAddr {
+    SocketAddr::new(ip(ID, 3, 250), 15008)
+}
+
+fn monitoring_addr() -> SocketAddr {
+    SocketAddr::new(ip(ID, 3, 250), 15021)
+}
+
+struct Process(Child, std::path::PathBuf);
+
+impl Process {
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.1).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_waypoint(m: &Mesh) -> Process {
+    let log = m.dir.path().join("waypoint.log");
+    let child = Command::new(waypoint_bin())
+        .arg("--mesh")
+        .arg(m.path())
+        .args(["--name", "waypoint", "--namespace", "default"])
+        .args(["--listen", &hbone_addr().to_string()])
+        .args(["--monitoring", &monitoring_addr().to_string()])
+        .args(["--reload-interval", "100ms"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut p = Process(child, log);
+    let start = Instant::now();
+    loop {
+        if let Some(status) = p.0.try_wait().unwrap() {
+            panic!("weft-waypoint exited ({status}):\n{}", p.logs());
+        }
+        if let Ok((200, _)) = http(monitoring_addr(), "GET", "/healthz/ready") {
+            return p;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "not ready:\n{}",
+            p.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A TLS client for `sa` (from `ca`, else the mesh's CA) that expects the waypoint.
+fn client_tls(m: &Mesh, ca: Option<&CertificateAuthority>, sa: &str) -> Arc<rustls::ClientConfig> {
+    let mesh_ca = CertificateAuthority::load(
+        &m.dir.path().join("root-cert.pem"),
+        &m.dir.path().join("root-key.pem"),
+        None,
+        None,
+    )
+    .unwrap();
+    let cert = ca
+        .unwrap_or(&mesh_ca)
+        .issue(&id_of(sa), Duration::from_secs(3600))
+        .unwrap();
+    let roots = TrustAnchors::new(mesh_ca.trust_bundle()).unwrap();
+    identity::client_config(&cert, &roots, id_of("waypoint")).unwrap()
+}
+
+/// One HBONE connection to the waypoint.
+async fn connect(tls: Arc<rustls::ClientConfig>) -> anyhow::Result<h2::client::SendRequest<Bytes>> {
+    let tcp = TcpStream::connect(hbone_addr()).await?;
+    let tls = TlsConnector::from(tls)
+        .connect(ServerName::IpAddress(hbone_addr().ip().into()), tcp)
+        .await?;
+    let (h2, conn) = h2::client::handshake(tls).await?;
+    tokio::spawn(conn);
+    Ok(h2)
+}
+
+/// CONNECT `target`; Ok(stream halves) on 200, Err(Some(status)) for another answer,
+/// Err(None) when the connection failed.
+async fn open(
+    h2: &mut h2::client::SendRequest<Bytes>,
+    target: SocketAddr,
+) -> Result<(h2::SendStream<Bytes>, h2::RecvStream), Option<StatusCode>> {
+    let req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(target.to_string())
+        .header("forwarded", format!("for=\"{}:40000\"", ip(ID, 1, 1)))
+        .body(())
+        .unwrap();
+    let mut ready = h2.clone().ready().await.map_err(|_| None)?;
+    let (resp, send) = ready.send_request(req, false).map_err(|_| None)?;
+    let resp = timeout(Duration::from_secs(10), resp)
+        .await
+        .map_err(|_| None)?
+        .map_err(|_| None)?;
+    *h2 = ready;
+    if resp.status() == StatusCode::OK {
+        Ok((send, resp.into_body()))
+    } else {
+        Err(Some(resp.status()))
+    }
+}
+
+async fn echo_through(send: &mut h2::SendStream<Bytes>, recv: &mut h2::RecvStream, msg: &[u8]) {
+    send.send_data(Bytes::copy_from_slice(msg), false).unwrap();
+    let mut got = Vec::new();
+    while got.len() < msg.len() {
+        let chunk = timeout(Duration::from_secs(5), recv.data())
+            .await
+            .expect("echo in time")
+            .expect("stream open")
+            .unwrap();
+        recv.flow_control().release_capacity(chunk.len()).unwrap();
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got, msg);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_waypoint_carries_a_bound_service_to_its_endpoint_with_its_own_identity() {
+    let mut m = sleep_echo(ID);
+    m.services[0]["waypoint"] = json!("waypoint");
+    // The same endpoint behind a service that is not bound to this waypoint.
+    m.services.push(json!({"name": "unbound", "vips": [ip(ID, 0, 101).to_string()],
+                          "ports": [{"port": 80, "targetPort": 8080}], "selector": {"app": "echo"}}));
+    m.write().unwrap();
+    let n2 = m.start(2).unwrap();
+    let wp = start_waypoint(&m);
+    let _echo = echo_server(echo_addr(ID)).await.unwrap();
+
+    let mut h2 = connect(client_tls(&m, None, "sleep")).await.unwrap();
+    let (mut send, mut recv) = open(&mut h2, echo_vip(ID))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}\nwaypoint:\n{}\nnode2:\n{}", wp.logs(), n2.logs()));
+    echo_through(&mut send, &mut recv, b"through the waypoint").await;
+    send.send_data(Bytes::new(), true).unwrap();
+
+    // The destination node saw the waypoint as the source, over mutual TLS.
+    let labels = [
+        "reporter=\"destination\"",
+        "connection_security_policy=\"mutual_tls\"",
+        "source_principal=\"spiffe://cluster.local/ns/default/sa/waypoint\"",
+        "destination_principal=\"spiffe://cluster.local/ns/default/sa/echo\"",
+    ];
+    let seen = || metric_sum(&n2.metrics(), "weft_tcp_connections_opened_total", &labels) >= 1.0;
+    assert!(
+        weft_tests::eventually(Duration::from_secs(5), seen).await,
+        "{}",
+        n2.metrics()
+    );
+    // The waypoint reports the original client and the service.
+    let (_, metrics) = http(monitoring_addr(), "GET", "/metrics").unwrap();
+    let labels = [
+        "reporter=\"waypoint\"",
+        "source_principal=\"spiffe://cluster.local/ns/default/sa/sleep\"",
+        "destination_service=\"echo.default.svc.cluster.local\"",
+        "destination_principal=\"spiffe://cluster.local/ns/default/sa/echo\"",
+    ];
+    assert_eq!(
+        metric_sum(&metrics, "weft_tcp_connections_opened_total", &labels),
+        1.0,
+        "{metrics}"
+    );
+
+    // Refused: a service not bound to this waypoint, an address that is no service.
+    assert_eq!(
+        open(&mut h2, SocketAddr::new(ip(ID, 0, 101), 80))
+            .await
+            .err(),
+        Some(Some(StatusCode::FORBIDDEN))
+    );
+    assert_eq!(
+        open(&mut h2, echo_addr(ID)).await.err(),
+        Some(Some(StatusCode::BAD_REQUEST))
+    );
+    // A client from another CA never gets a stream.
+    let (other_cert, other_key) =
+        identity::generate_root("not the mesh root", Duration::from_secs(3600)).unwrap();
+    let other = CertificateAuthority::from_pem(&other_cert, &other_key, None, None).unwrap();
+    let foreign = async {
+        let mut h2 = connect(client_tls(&m, Some(&other), "sleep")).await?;
+        let _stream = open(&mut h2, echo_vip(ID))
+            .await
+            .map_err(|s| anyhow::anyhow!("{s:?}"))?;
+        Ok::<_, anyhow::Error>(())
+    };
+    assert!(
+        timeout(Duration::from_secs(5), foreign)
+            .await
+            .unwrap()
+            .is_err()
+    );
+
+    // Still serving; and an endpoint that goes away is a 503 for new connections, not a hang.
+    let (mut send, mut recv) = open(&mut h2, echo_vip(ID)).await.unwrap();
+    echo_through(&mut send, &mut recv, b"still here").await;
+    drop(n2);
+    let refused = open(&mut h2, echo_vip(ID)).await.err();
+    assert_eq!(
+        refused,
+        Some(Some(StatusCode::SERVICE_UNAVAILABLE)),
+        "{}",
+        wp.logs()
+    );
+}

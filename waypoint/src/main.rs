@@ -1,0 +1,162 @@
+//! weft-waypoint: the proxy a namespace (or one service) binds to with
+//! `weft.dev/use-waypoint=<name>`. It terminates HBONE with its own identity, serves the
+//! services bound to it, and carries each connection to an endpoint over HBONE again.
+//!
+//! This is the L4 relay the L7 layers (routing, retries, timeouts, authorization) will sit on;
+//! see docs/architecture.md, "Waypoint".
+
+mod inbound;
+mod monitoring;
+mod run;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing_subscriber::EnvFilter;
+use weft_core::hbone::{self, Pool};
+use weft_core::identity::{CertificateManager, SpiffeId};
+use weft_core::model::StateStore;
+use weft_core::telemetry::ConnectionMetrics;
+
+/// Everything a connection handler needs, shared by all of them.
+pub struct Waypoint {
+    /// The waypoint's name, as services name it in `weft.dev/use-waypoint`.
+    pub name: String,
+    pub identity: SpiffeId,
+    pub certs: CertificateManager,
+    pub pool: Pool,
+    pub state: StateStore,
+    pub hbone: hbone::Settings,
+    pub metrics: Arc<ConnectionMetrics>,
+    pub tracker: TaskTracker,
+    /// Fires when the drain period is over: connections still open are closed.
+    pub force_close: CancellationToken,
+}
+
+#[derive(Parser)]
+#[command(
+    name = "weft-waypoint",
+    version,
+    about = "weft waypoint: the proxy behind HBONE for the services bound to it"
+)]
+struct Cli {
+    /// The mesh file (settings, and in standalone mode the CA and the mesh).
+    #[arg(long, env = "WEFT_MESH")]
+    mesh: PathBuf,
+    /// Workloads, services and policies from this directory of Kubernetes manifests.
+    #[arg(long, env = "WEFT_MANIFESTS", conflicts_with = "kubernetes")]
+    manifests: Option<PathBuf>,
+    /// Kubernetes mode: the mesh from the API server, certificates from weft-controller.
+    #[arg(long, env = "WEFT_KUBERNETES")]
+    kubernetes: bool,
+    /// The waypoint's name (the Gateway's), as `weft.dev/use-waypoint` names it.
+    #[arg(long, env = "WEFT_WAYPOINT_NAME")]
+    name: String,
+    /// The waypoint's namespace and service account: its identity.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    namespace: String,
+    #[arg(long, env = "WEFT_SERVICE_ACCOUNT")]
+    service_account: Option<String>,
+    /// HBONE from the nodes.
+    #[arg(long, env = "WEFT_LISTEN", default_value = "0.0.0.0:15008")]
+    listen: SocketAddr,
+    /// `/metrics` and `/healthz/ready`.
+    #[arg(long, env = "WEFT_MONITORING", default_value = "0.0.0.0:15021")]
+    monitoring: SocketAddr,
+    /// How long open connections may finish after SIGTERM.
+    #[arg(long, default_value = "10s", value_parser = humantime_duration)]
+    drain_period: Duration,
+    /// How often to look for mesh-file edits.
+    #[arg(long, default_value = "250ms", value_parser = humantime_duration)]
+    reload_interval: Duration,
+    /// Kubernetes mode: the certificate service and the namespace of its root ConfigMap.
+    #[arg(
+        long,
+        env = "WEFT_CA_ADDRESS",
+        default_value = "https://weft-controller.weft.svc:15012"
+    )]
+    ca_address: String,
+    #[arg(long, env = "WEFT_CONTROLLER_NAMESPACE", default_value = "weft")]
+    controller_namespace: String,
+    /// The projected service-account token (audience `weft-ca`).
+    #[arg(
+        long,
+        env = "WEFT_CA_TOKEN",
+        default_value = "/var/run/secrets/tokens/weft-ca/token"
+    )]
+    ca_token: PathBuf,
+    #[arg(long, env = "WEFT_LOG", default_value = "info")]
+    log: String,
+}
+
+fn humantime_duration(s: &str) -> Result<Duration, String> {
+    weft_core::config::meshfile::parse_duration(s)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match EnvFilter::try_new(&cli.log) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("weft-waypoint: --log {:?}: {e}", cli.log);
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("weft-waypoint: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let service_account = cli
+        .service_account
+        .clone()
+        .unwrap_or_else(|| cli.name.clone());
+    let options = run::Options {
+        controller: cli
+            .kubernetes
+            .then(|| weft_core::identity::ControllerOptions {
+                address: cli.ca_address.clone(),
+                namespace: cli.controller_namespace.clone(),
+                identity: None,
+                token: cli.ca_token.clone(),
+                root_configmap: "weft-ca-root".to_owned(),
+                lifetime: Duration::from_secs(24 * 3600),
+                // A waypoint asks for its own identity, with its own token.
+                impersonate: false,
+            }),
+        mesh: cli.mesh,
+        manifests: cli.manifests,
+        kubernetes: cli.kubernetes,
+        name: cli.name,
+        namespace: cli.namespace,
+        service_account,
+        listen: cli.listen,
+        monitoring: cli.monitoring,
+        drain_period: cli.drain_period,
+        reload_interval: cli.reload_interval,
+    };
+    match runtime.block_on(run::run(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("weft-waypoint: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Wiring: the mesh source and certificates (as weftd gets them), the HBONE listener, mesh
+//! updates, and a drain on SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use weft_core::config::{ConfigError, LoadedMesh};
+use weft_core::discovery::source;
+use weft_core::hbone::{self, ClientTlsProvider, Pool, no_mark};
+use weft_core::identity::{self, CertificateManager, ControllerOptions, SpiffeId};
+use weft_core::model::StateStore;
+use weft_core::telemetry::ConnectionMetrics;
+
+use crate::{Waypoint, inbound, monitoring};
+
+pub struct Options {
+    pub mesh: PathBuf,
+    pub manifests: Option<PathBuf>,
+    pub kubernetes: bool,
+    pub controller: Option<ControllerOptions>,
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub listen: SocketAddr,
+    pub monitoring: SocketAddr,
+    pub drain_period: Duration,
+    pub reload_interval: Duration,
+}
+
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let mut registry = Registry::default();
+    let shutdown = CancellationToken::new();
+    let opened = source::open(
+        opts.mesh.clone(),
+        opts.manifests.clone(),
+        opts.kubernetes,
+        opts.reload_interval,
+        &mut registry,
+        &shutdown,
+    )
+    .await?;
+    let (source, loaded, client) = (opened.source, opened.first, opened.client);
+    let trust_domain = loaded.state.trust_domain.clone();
+    let identity = SpiffeId::new(&trust_domain, &opts.namespace, &opts.service_account)
+        .context("the waypoint's identity (--namespace, --service-account)")?;
+    let controller = match (&opts.controller, &client) {
+        (Some(o), Some(c)) => Some((o, c)),
+        _ => None,
+    };
+    let issuer = identity::issuer(&loaded, &opts.mesh, controller).await?;
+    tracing::info!(%identity, "certificates from {}", issuer.origin);
+    let certs = CertificateManager::new(issuer.provider, issuer.roots, trust_domain.clone())
+        .context("building the trust bundle")?;
+    certs.set_identities([identity.clone()]);
+    let metrics = ConnectionMetrics::register(&mut registry);
+    let settings = hbone::Settings::default();
+    let pool = Pool::new(
+        settings.clone(),
+        Arc::new(certs.clone()) as Arc<dyn ClientTlsProvider>,
+        no_mark(),
+    );
+    let wp = Arc::new(Waypoint {
+        name: opts.name.clone(),
+        identity: identity.clone(),
+        certs,
+        pool,
+        state: StateStore::new(loaded.state),
+        hbone: settings,
+        metrics,
+        tracker: TaskTracker::new(),
+        force_close: CancellationToken::new(),
+    });
+
+    {
+        let wp = wp.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let apply = |mesh: LoadedMesh, _took: Duration| {
+                if mesh.state.trust_domain != trust_domain {
+                    tracing::error!(
+                        "trustDomain changed from {trust_domain:?} to {:?}; this needs a restart. Keeping the last good mesh state",
+                        mesh.state.trust_domain
+                    );
+                    return;
+                }
+                wp.state.replace(mesh.state);
+                tracing::info!("mesh state updated");
+            };
+            let refused =
+                |e: &ConfigError| tracing::error!("{e}\nkeeping the last good mesh state");
+            source.follow(stop, apply, refused).await;
+        });
+    }
+
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("binding the HBONE port {}", opts.listen))?;
+    let monitor = TcpListener::bind(opts.monitoring)
+        .await
+        .with_context(|| format!("binding the monitoring port {}", opts.monitoring))?;
+    tokio::spawn(monitoring::serve(
+        Arc::new(monitoring::Monitoring {
+            registry,
+            wp: wp.clone(),
+        }),
+        monitor,
+        shutdown.clone(),
+    ));
+    tracing::info!(name = %opts.name, %identity, hbone = %opts.listen, "waypoint listening");
+    {
+        let wp = wp.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    a = listener.accept() => match a {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!("HBONE accept: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                let _ = tcp.set_nodelay(true);
+                let tracked = wp.tracker.clone();
+                tracked.spawn(inbound::handle_connection(
+                    wp.clone(),
+                    tcp,
+                    peer,
+                    stop.clone(),
+                ));
+            }
+        });
+    }
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!(
+        "shutting down: no new connections, draining open ones for up to {:?}",
+        opts.drain_period
+    );
+    shutdown.cancel();
+    wp.tracker.close();
+    if tokio::time::timeout(opts.drain_period, wp.tracker.wait())
+        .await
+        .is_err()
+    {
+        wp.force_close.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), wp.tracker.wait()).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! Upstream: the endpoint a CONNECT goes to, reached over HBONE with the waypoint's own
+//! identity when it is meshed (the destination node then sees the waypoint as the source), or
+//! as plain TCP when it is not.
+
+use std::net::SocketAddr;
+
+use http::HeaderValue;
+use tokio::net::TcpStream;
+use weft_core::hbone::client::connect_tcp;
+use weft_core::hbone::{ConnectRequest, HboneError, PoolKey, PooledStream};
+use weft_core::model::Workload;
+use weft_core::telemetry::{ConnectionLabels, FailureReason};
+
+use crate::Waypoint;
+
+/// The endpoint chosen for one connection.
+#[derive(Debug, Clone)]
+pub struct Chosen {
+    pub workload: Workload,
+    /// The endpoint's address and target port.
+    pub address: SocketAddr,
+    /// Where its node's HBONE server is, when it is meshed.
+    pub hbone: Option<SocketAddr>,
+}
+
+impl Chosen {
+    pub fn identity_label(&self) -> String {
+        if self.hbone.is_some() {
+            self.workload.identity.to_string()
+        } else {
+            String::new()
+        }
+    }
+}
+
+/// The endpoint's address in the client's address family, at the service port's target port.
+pub fn choose(ep: &Workload, target_port: u16, original: SocketAddr, hbone_port: u16) -> Chosen {
+    let ip = ep
+        .ips
+        .iter()
+        .find(|ip| ip.is_ipv4() == original.is_ipv4())
+        .or(ep.ips.first())
+        .copied()
+        .unwrap_or(original.ip());
+    Chosen {
+        workload: ep.clone(),
+        address: SocketAddr::new(ip, target_port),
+        hbone: ep.is_meshed().then(|| SocketAddr::new(ip, hbone_port)),
+    }
+}
+
+pub fn set_destination(l: &mut ConnectionLabels, c: &Chosen) {
+    l.destination_workload = c.workload.name.clone();
+    l.destination_workload_namespace = c.workload.namespace.clone();
+    l.destination_principal = c.identity_label();
+}
+
+pub enum Upstream {
+    Hbone(PooledStream),
+    Tcp(TcpStream),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error(transparent)]
+    Hbone(#[from] HboneError),
+    #[error("connect {addr}: {source}")]
+    Tcp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub fn failure_reason(e: &UpstreamError) -> FailureReason {
+    match e {
+        UpstreamError::Hbone(HboneError::Status { status, .. }) if status.as_u16() == 401 => {
+            FailureReason::Denied
+        }
+        UpstreamError::Hbone(HboneError::Identity { .. }) => FailureReason::Identity,
+        _ => FailureReason::Unreachable,
+    }
+}
+
+/// Opens the upstream side: a CONNECT to the endpoint through its node, carrying the original
+/// client's address and baggage, or a TCP connection.
+pub async fn open(
+    wp: &Waypoint,
+    chosen: &Chosen,
+    client: SocketAddr,
+    baggage: Option<HeaderValue>,
+) -> Result<Upstream, UpstreamError> {
+    let Some(hbone) = chosen.hbone else {
+        let tcp = connect_tcp(chosen.address, None)
+            .await
+            .map_err(|source| UpstreamError::Tcp {
+                addr: chosen.address,
+                source,
+            })?;
+        return Ok(Upstream::Tcp(tcp));
+    };
+    let key = PoolKey {
+        source: wp.identity.clone(),
+        destination: chosen.workload.identity.clone(),
+        address: hbone,
+    };
+    let req = ConnectRequest {
+        authority: chosen.address,
+        client,
+        baggage,
+        traceparent: None,
+    };
+    Ok(Upstream::Hbone(wp.pool.connect(&key, &req, || None).await?))
+}
