@@ -3,7 +3,6 @@
 //! destination through the explicit (PROXY header) capture seam.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -87,17 +86,19 @@ async fn two_hundred_concurrent_connections_share_two_hbone_connections() {
     let (n1, n2) = m.start_both().unwrap();
     let _echo = echo_server(echo_addr(id)).await.unwrap();
     let mut tasks = Vec::new();
-    let release = Arc::new(tokio::sync::Notify::new());
+    // A watch, not a Notify: a task that reports in and only then starts waiting must still
+    // see the release (notify_waiters wakes only those already waiting).
+    let (release_tx, release) = tokio::sync::watch::channel(false);
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel(200);
     for i in 0..200 {
         let addrs = n1.addrs;
-        let release = release.clone();
+        let mut release = release.clone();
         let done = done_tx.clone();
         tasks.push(tokio::spawn(async move {
             let mut c = connect_via(&addrs, ip(id, 1, 1), echo_vip(id)).await?;
             round_trip(&mut c, format!("hello {i}\n").as_bytes()).await?;
             let _ = done.send(()).await;
-            release.notified().await;
+            let _ = release.wait_for(|go| *go).await;
             round_trip(&mut c, b"bye\n").await
         }));
     }
@@ -120,7 +121,7 @@ async fn two_hundred_concurrent_connections_share_two_hbone_connections() {
         &["reporter=\"destination\""],
     );
     assert_eq!(open_now, 200.0);
-    release.notify_waiters();
+    let _ = release_tx.send(true);
     for t in tasks {
         t.await.unwrap().unwrap();
     }

@@ -149,6 +149,41 @@ async fn echo_through(send: &mut h2::SendStream<Bytes>, recv: &mut h2::RecvStrea
     assert_eq!(got, msg);
 }
 
+/// Sends `data` in frames as the window allows while reading the echo back concurrently.
+async fn bulk_through(send: &mut h2::SendStream<Bytes>, recv: &mut h2::RecvStream, data: &[u8]) {
+    let writing = async {
+        let mut rest = Bytes::copy_from_slice(data);
+        while !rest.is_empty() {
+            send.reserve_capacity(rest.len().min(1 << 20));
+            let cap = std::future::poll_fn(|cx| send.poll_capacity(cx))
+                .await
+                .expect("stream open")
+                .unwrap();
+            if cap == 0 {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            send.send_data(rest.split_to(cap.min(rest.len())), false)
+                .unwrap();
+        }
+    };
+    let reading = async {
+        let mut got = Vec::with_capacity(data.len());
+        while got.len() < data.len() {
+            let chunk = recv.data().await.expect("stream open").unwrap();
+            recv.flow_control().release_capacity(chunk.len()).unwrap();
+            got.extend_from_slice(&chunk);
+        }
+        got
+    };
+    let ((), got) = timeout(Duration::from_secs(60), async {
+        tokio::join!(writing, reading)
+    })
+    .await
+    .expect("24 MiB through in time");
+    assert!(got == data, "the bytes came back changed");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_waypoint_carries_a_bound_service_to_its_endpoint_with_its_own_identity() {
     let mut m = sleep_echo(ID);
@@ -156,6 +191,22 @@ async fn the_waypoint_carries_a_bound_service_to_its_endpoint_with_its_own_ident
     // The same endpoint behind a service that is not bound to this waypoint.
     m.services.push(json!({"name": "unbound", "vips": [ip(ID, 0, 101).to_string()],
                           "ports": [{"port": 80, "targetPort": 8080}], "selector": {"app": "echo"}}));
+    // Bound, but with a policy attached that the waypoint cannot enforce yet.
+    m.services.push(
+        json!({"name": "guarded", "vips": [ip(ID, 0, 102).to_string()],
+                          "ports": [{"port": 80, "targetPort": 8080}], "selector": {"app": "echo"},
+                          "waypoint": "waypoint"}),
+    );
+    m.policies
+        .push(json!({"name": "guarded-allow", "namespace": "default",
+                          "targetRefs": [{"kind": "Service", "name": "guarded"}],
+                          "rules": [{"to": [{"operation": {"methods": ["GET"]}}]}]}));
+    // Another namespace's service naming a waypoint of the same name.
+    m.services
+        .push(json!({"name": "elsewhere", "namespace": "other",
+                          "vips": [ip(ID, 0, 103).to_string()],
+                          "ports": [{"port": 80, "targetPort": 8080}], "selector": {"app": "echo"},
+                          "waypoint": "waypoint"}));
     m.write().unwrap();
     let n2 = m.start(2).unwrap();
     let wp = start_waypoint(&m);
@@ -166,7 +217,22 @@ async fn the_waypoint_carries_a_bound_service_to_its_endpoint_with_its_own_ident
         .await
         .unwrap_or_else(|s| panic!("{s:?}\nwaypoint:\n{}\nnode2:\n{}", wp.logs(), n2.logs()));
     echo_through(&mut send, &mut recv, b"through the waypoint").await;
+    // 24 MiB, more than every flow-control window on the way, read as it comes back.
+    let big: Vec<u8> = (0..24 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    bulk_through(&mut send, &mut recv, &big).await;
+    // END_STREAM crosses both hops, and the echo's answer to it comes back.
     send.send_data(Bytes::new(), true).unwrap();
+    let end = timeout(Duration::from_secs(5), async {
+        loop {
+            match recv.data().await {
+                Some(Ok(b)) if b.is_empty() => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("end in time");
+    assert!(end.is_none(), "expected the end of the stream, got {end:?}");
 
     // The destination node saw the waypoint as the source, over mutual TLS.
     let labels = [
@@ -202,6 +268,13 @@ async fn the_waypoint_carries_a_bound_service_to_its_endpoint_with_its_own_ident
             .err(),
         Some(Some(StatusCode::FORBIDDEN))
     );
+    for vip in [ip(ID, 0, 102), ip(ID, 0, 103)] {
+        assert_eq!(
+            open(&mut h2, SocketAddr::new(vip, 80)).await.err(),
+            Some(Some(StatusCode::FORBIDDEN)),
+            "{vip}"
+        );
+    }
     assert_eq!(
         open(&mut h2, echo_addr(ID)).await.err(),
         Some(Some(StatusCode::BAD_REQUEST))
@@ -228,6 +301,12 @@ async fn the_waypoint_carries_a_bound_service_to_its_endpoint_with_its_own_ident
     let (mut send, mut recv) = open(&mut h2, echo_vip(ID)).await.unwrap();
     echo_through(&mut send, &mut recv, b"still here").await;
     drop(n2);
+    // The open stream ends with its destination, it is not left hanging.
+    let ended = timeout(Duration::from_secs(10), recv.data())
+        .await
+        .expect("the stream to end once the destination node is gone");
+    assert!(!matches!(ended, Some(Ok(_))), "{ended:?}");
+    drop(send);
     let refused = open(&mut h2, echo_vip(ID)).await.err();
     assert_eq!(
         refused,

@@ -70,6 +70,20 @@ pub async fn handle_connection(
     }
 }
 
+/// A policy that names `service` in its `targetRefs`.
+fn attached_policy<'a>(
+    state: &'a weft_core::model::MeshState,
+    service: &weft_core::model::Service,
+) -> Option<&'a weft_core::model::policy::AuthorizationPolicy> {
+    state.policies.policies().iter().find(|p| {
+        p.target_refs.iter().any(|t| {
+            t.kind == "Service"
+                && t.name == service.name
+                && t.namespace.as_deref().unwrap_or(&p.namespace) == service.namespace
+        })
+    })
+}
+
 /// One CONNECT.
 async fn stream(
     wp: Arc<Waypoint>,
@@ -102,15 +116,36 @@ async fn stream(
             endpoint,
         } => {
             labels.destination_service = service.hostname.clone();
-            if service.waypoint.as_deref() != Some(wp.name.as_str()) {
+            // A waypoint serves its own namespace's services that name it; another namespace's
+            // waypoint of the same name is not this one.
+            let bound = service.waypoint.as_deref() == Some(wp.name.as_str())
+                && service.namespace == wp.identity.namespace();
+            if !bound {
                 wp.metrics.failed(&labels, FailureReason::BadRequest);
                 return refuse(
                     resp,
                     StatusCode::FORBIDDEN,
                     format!(
-                        "service {} is not bound to waypoint {}",
+                        "service {} is not bound to waypoint {}/{}",
                         service.key(),
+                        wp.identity.namespace(),
                         wp.name
+                    ),
+                );
+            }
+            // Policies attached to the service (targetRefs) are the waypoint's to enforce, and
+            // the nodes skip them. Until the waypoint evaluates them, a service with any is
+            // refused rather than served without them.
+            if let Some(p) = attached_policy(&state, service) {
+                wp.metrics.failed(&labels, FailureReason::Denied);
+                return refuse(
+                    resp,
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "service {} has policy {}/{} attached, which this waypoint cannot enforce yet",
+                        service.key(),
+                        p.namespace,
+                        p.name
                     ),
                 );
             }
@@ -133,9 +168,18 @@ async fn stream(
             );
         }
     };
+    // `forwarded` is believed only when it does not contradict the certificate, as weftd's
+    // inbound does: an address of a workload with another identity is a lie.
+    let peer_addr = SocketAddr::new(peer.ip(), 0);
+    let client = match target.client {
+        Some(c) => match state.workload_by_ip(c.ip()) {
+            Some(w) if w.identity != source => peer_addr,
+            _ => c,
+        },
+        None => peer_addr,
+    };
     drop(state);
     upstream::set_destination(&mut labels, &chosen);
-    let client = target.client.unwrap_or(peer);
     let up = match upstream::open(&wp, &chosen, client, target.baggage.clone()).await {
         Ok(up) => up,
         Err(e) => {

@@ -90,12 +90,16 @@ pub async fn open(
     baggage: Option<HeaderValue>,
 ) -> Result<Upstream, UpstreamError> {
     let Some(hbone) = chosen.hbone else {
-        let tcp = connect_tcp(chosen.address, None)
-            .await
-            .map_err(|source| UpstreamError::Tcp {
-                addr: chosen.address,
-                source,
-            })?;
+        let dial =
+            tokio::time::timeout(wp.hbone.connect_timeout, connect_tcp(chosen.address, None));
+        let tcp = match dial.await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut)),
+        }
+        .map_err(|source| UpstreamError::Tcp {
+            addr: chosen.address,
+            source,
+        })?;
         return Ok(Upstream::Tcp(tcp));
     };
     let key = PoolKey {

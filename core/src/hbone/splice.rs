@@ -87,33 +87,51 @@ pub async fn splice(
 
 /// Splices two HTTP/2 streams (a waypoint's downstream CONNECT and its upstream one) until both
 /// directions end, either fails, or `cancel` completes. `sent` counts downstream to upstream.
-/// A reset on one side resets the other with the same reason.
+/// A reset on one side resets the other.
+///
+/// Each direction owns what it reads from and writes to, and hands its send half back when it
+/// is done, so that a reset arriving on that stream is still seen while the other direction
+/// waits (for data, or for the other peer to read): nothing can hang on a vanished peer.
 pub async fn splice_streams(
-    (mut down_send, mut down_recv): (SendStream<Bytes>, RecvStream),
-    (mut up_send, mut up_recv): (SendStream<Bytes>, RecvStream),
+    (down_send, down_recv): (SendStream<Bytes>, RecvStream),
+    (up_send, up_recv): (SendStream<Bytes>, RecvStream),
     cancel: impl Future<Output = ()>,
 ) -> SpliceOutcome {
     let mut sent = 0u64;
     let mut received = 0u64;
-    let end = both_ways(
-        stream_to_stream(&mut down_recv, &mut up_send, &mut sent),
-        stream_to_stream(&mut up_recv, &mut down_send, &mut received),
-        cancel,
-    )
-    .await;
+    let end = {
+        let mut upward = pin!(stream_to_stream(down_recv, up_send, &mut sent));
+        let mut downward = pin!(stream_to_stream(up_recv, down_send, &mut received));
+        let mut cancel = pin!(cancel);
+        // The send half of a finished direction: upstream's once upward is done, downstream's
+        // once downward is.
+        let (mut up_done, mut down_done): (Option<SendStream<Bytes>>, Option<SendStream<Bytes>>) =
+            (None, None);
+        loop {
+            tokio::select! {
+                (r, to) = &mut upward, if up_done.is_none() => match r {
+                    Ok(()) => up_done = Some(to),
+                    Err(e) => break Err(e),
+                },
+                (r, to) = &mut downward, if down_done.is_none() => match r {
+                    Ok(()) => down_done = Some(to),
+                    Err(e) => break Err(e),
+                },
+                r = reset_of(&mut up_done), if up_done.is_some() && down_done.is_none() => break Err(r),
+                r = reset_of(&mut down_done), if down_done.is_some() && up_done.is_none() => break Err(r),
+                _ = &mut cancel => break Ok(false),
+            }
+            if up_done.is_some() && down_done.is_some() {
+                break Ok(true);
+            }
+        }
+        // Leaving this block drops an unfinished direction with its streams: h2 resets a stream
+        // whose halves are all gone (CANCEL).
+    };
     let end = match end {
         Ok(true) => SpliceEnd::Closed,
-        Ok(false) => {
-            down_send.send_reset(Reason::CANCEL);
-            up_send.send_reset(Reason::CANCEL);
-            SpliceEnd::Cancelled
-        }
-        Err(e) => {
-            let reason = e.reason().unwrap_or(Reason::CONNECT_ERROR);
-            down_send.send_reset(reason);
-            up_send.send_reset(reason);
-            SpliceEnd::Stream(e.to_string())
-        }
+        Ok(false) => SpliceEnd::Cancelled,
+        Err(e) => SpliceEnd::Stream(e.to_string()),
     };
     SpliceOutcome {
         sent,
@@ -122,9 +140,38 @@ pub async fn splice_streams(
     }
 }
 
-/// One direction between two streams. Capacity is released to the sender only once its data
-/// went out on the other stream, so a slow reader slows the writer instead of filling memory.
+/// Waits for a reset on a finished direction's send half.
+async fn reset_of(send: &mut Option<SendStream<Bytes>>) -> h2::Error {
+    match send {
+        Some(s) => reset_reason(s).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits until the peer resets the stream `send` belongs to (or its connection fails).
+async fn reset_reason(send: &mut SendStream<Bytes>) -> h2::Error {
+    poll_fn(|cx| send.poll_reset(cx))
+        .await
+        .map(h2::Error::from)
+        .unwrap_or_else(|e| e)
+}
+
+/// One direction between two streams; returns the send half it wrote to. Capacity is
+/// released to the sender only once its data went out on the other stream, so a slow reader
+/// slows the writer instead of filling memory.
 async fn stream_to_stream(
+    mut from: RecvStream,
+    mut to: SendStream<Bytes>,
+    total: &mut u64,
+) -> (Result<(), h2::Error>, SendStream<Bytes>) {
+    let r = copy_stream(&mut from, &mut to, total).await;
+    if let Err(e) = &r {
+        to.send_reset(e.reason().unwrap_or(Reason::CANCEL));
+    }
+    (r, to)
+}
+
+async fn copy_stream(
     from: &mut RecvStream,
     to: &mut SendStream<Bytes>,
     total: &mut u64,
@@ -132,13 +179,16 @@ async fn stream_to_stream(
     loop {
         let chunk = tokio::select! {
             c = from.data() => c,
-            r = poll_fn(|cx| to.poll_reset(cx)) => return Err(r.map(h2::Error::from).unwrap_or_else(|e| e)),
+            r = reset_reason(to) => return Err(r),
         };
         let Some(chunk) = chunk else {
             return to.send_data(Bytes::new(), true);
         };
         let mut chunk = chunk?;
         let len = chunk.len();
+        if len == 0 {
+            continue;
+        }
         while !chunk.is_empty() {
             to.reserve_capacity(chunk.len());
             match poll_fn(|cx| to.poll_capacity(cx)).await {
@@ -148,7 +198,8 @@ async fn stream_to_stream(
                     to.send_data(part, false)?;
                 }
                 Some(Err(e)) => return Err(e),
-                None => return Err(h2::Error::from(Reason::STREAM_CLOSED)),
+                // The stream was reset: its reason is what the other side should see.
+                None => return Err(reset_reason(to).await),
             }
         }
         *total += len as u64;
