@@ -4,18 +4,16 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use weft_core::telemetry::httpd::{self, reply};
 
 use crate::proxy::Proxy;
 
@@ -56,11 +54,8 @@ pub enum Surface {
     Readiness,
 }
 
-/// Connections one surface serves at once, and how long one may take. Metrics and readiness
-/// are reachable from the network: a slow client must not hold sockets the data path needs.
+/// Connections one surface serves at once.
 const MAX_CONNECTIONS: usize = 64;
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn serve(
     admin: Arc<Admin>,
@@ -68,45 +63,8 @@ pub async fn serve(
     surface: Surface,
     stop: CancellationToken,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let (tcp, _) = tokio::select! {
-            _ = stop.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("{surface:?} accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            continue; // over the cap: dropping the socket closes it
-        };
-        let admin = admin.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(&admin, surface, req)) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(tcp), svc);
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
-            drop(slot);
-        });
-    }
-}
-
-fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body.into()));
-    *r.status_mut() = status;
-    if let Ok(v) = content_type.parse() {
-        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
-    }
-    r
+    let route = move |req: Request<Incoming>| route(&admin, surface, req);
+    httpd::serve(listener, MAX_CONNECTIONS, route, stop).await;
 }
 
 fn route(admin: &Admin, surface: Surface, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -121,21 +79,7 @@ fn route(admin: &Admin, surface: Surface, req: Request<Incoming>) -> Response<Fu
             };
             reply(status, "text/plain", why)
         }
-        (Surface::Metrics | Surface::Admin, "/metrics") => {
-            let mut out = String::new();
-            match prometheus_client::encoding::text::encode(&mut out, &admin.registry) {
-                Ok(()) => reply(
-                    StatusCode::OK,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    out,
-                ),
-                Err(e) => reply(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "text/plain",
-                    e.to_string(),
-                ),
-            }
-        }
+        (Surface::Metrics | Surface::Admin, "/metrics") => httpd::metrics(&admin.registry),
         (Surface::Admin, "/config_dump") => match serde_json::to_vec_pretty(&config_dump(admin)) {
             Ok(body) => reply(StatusCode::OK, "application/json", body),
             Err(e) => reply(

@@ -13,6 +13,43 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{Settings, headers};
+use crate::identity::{SpiffeId, connection_peer_identity};
+
+/// How long a peer may take to finish the TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why an HBONE connection was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error("refused HBONE TLS handshake: {0}")]
+    Tls(std::io::Error),
+    #[error("HBONE TLS handshake timed out")]
+    Timeout,
+    #[error("the client's certificate names no usable identity: {0}")]
+    Identity(crate::identity::VerifyError),
+}
+
+/// Mutual TLS with `config` (whose verifier requires a client certificate of the trust
+/// domain), within [`TLS_HANDSHAKE_TIMEOUT`]; returns the stream and the client's identity.
+pub async fn accept_mtls(
+    tcp: tokio::net::TcpStream,
+    config: std::sync::Arc<rustls::ServerConfig>,
+) -> Result<
+    (
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        SpiffeId,
+    ),
+    AcceptError,
+> {
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
+    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return Err(AcceptError::Tls(e)),
+        Err(_) => return Err(AcceptError::Timeout),
+    };
+    let source = connection_peer_identity(tls.get_ref().1).map_err(AcceptError::Identity)?;
+    Ok((tls, source))
+}
 
 /// A CONNECT request, checked for shape.
 #[derive(Debug, Clone)]

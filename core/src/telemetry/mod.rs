@@ -1,6 +1,8 @@
-//! What the mesh reports: connection metrics in Istio's schema and the per-connection access log.
+//! What the mesh reports: connection metrics in Istio's schema, the per-connection access log,
+//! and the HTTP server the metrics and readiness ports share.
 
 pub mod accesslog;
+pub mod httpd;
 pub mod metrics;
 
 pub use accesslog::AccessLog;

@@ -4,25 +4,22 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use h2::RecvStream;
 use h2::server::SendResponse;
 use http::{Request, StatusCode};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use weft_core::hbone::client::connect_tcp;
-use weft_core::hbone::server::{parse_connect, respond, serve};
+use weft_core::hbone::server::{accept_mtls, parse_connect, respond, serve};
 use weft_core::hbone::splice;
-use weft_core::identity::{SpiffeId, peer_identity};
+use weft_core::identity::SpiffeId;
 use weft_core::telemetry::{AccessLog, ConnectionLabels, FailureReason, Reporter, SecurityPolicy};
 
 use super::revocation::{ConnectionFacts, revoked};
 use super::{Proxy, outbound::outcome, set_destination, set_source};
-
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves one TCP connection accepted on a workload's HBONE address. The address it arrived on
 /// names the workload, and so the certificate to present.
@@ -50,28 +47,12 @@ pub async fn handle_connection(
             return;
         }
     };
-    let accept = TlsAcceptor::from(cert.server_config()).accept(tcp);
-    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            tracing::info!(%peer, %local, "refused HBONE TLS handshake: {e}");
+    let (tls, source) = match accept_mtls(tcp, cert.server_config()).await {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            tracing::info!(%peer, %local, "{e}");
             return;
         }
-        Err(_) => {
-            tracing::info!(%peer, %local, "HBONE TLS handshake timed out");
-            return;
-        }
-    };
-    // The verifier already required exactly one SPIFFE id in our trust domain.
-    let source = match tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(peer_identity)
-    {
-        Some(Ok(id)) => id,
-        _ => return,
     };
     let handler = {
         let px = px.clone();
