@@ -17,7 +17,10 @@ use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 use weft_core::identity::{self, CertificateAuthority, SpiffeId, TrustAnchors};
 use weft_tests::traffic::echo_server;
-use weft_tests::{Mesh, echo_addr, echo_vip, http, ip, metric_sum, sleep_echo, waypoint_bin};
+use weft_tests::{
+    Mesh, connect_via, echo_addr, echo_vip, http, ip, metric_sum, round_trip, sleep_echo,
+    waypoint_bin, workload,
+};
 
 const ID: u8 = 55;
 
@@ -25,12 +28,13 @@ fn id_of(sa: &str) -> SpiffeId {
     SpiffeId::new("cluster.local", "default", sa).unwrap()
 }
 
-fn hbone_addr() -> SocketAddr {
-    SocketAddr::new(ip(ID, 3, 250), 15008)
+/// The waypoint's address: a workload address of its own on "node3" of test `id`.
+fn hbone_addr(id: u8) -> SocketAddr {
+    SocketAddr::new(ip(id, 3, 250), 15008)
 }
 
-fn monitoring_addr() -> SocketAddr {
-    SocketAddr::new(ip(ID, 3, 250), 15021)
+fn monitoring_addr(id: u8) -> SocketAddr {
+    SocketAddr::new(ip(id, 3, 250), 15021)
 }
 
 struct Process(Child, std::path::PathBuf);
@@ -54,8 +58,8 @@ fn start_waypoint(m: &Mesh) -> Process {
         .arg("--mesh")
         .arg(m.path())
         .args(["--name", "waypoint", "--namespace", "default"])
-        .args(["--listen", &hbone_addr().to_string()])
-        .args(["--monitoring", &monitoring_addr().to_string()])
+        .args(["--listen", &hbone_addr(m.id).to_string()])
+        .args(["--monitoring", &monitoring_addr(m.id).to_string()])
         .args(["--reload-interval", "100ms"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -68,7 +72,7 @@ fn start_waypoint(m: &Mesh) -> Process {
         if let Some(status) = p.0.try_wait().unwrap() {
             panic!("weft-waypoint exited ({status}):\n{}", p.logs());
         }
-        if let Ok((200, _)) = http(monitoring_addr(), "GET", "/healthz/ready") {
+        if let Ok((200, _)) = http(monitoring_addr(m.id), "GET", "/healthz/ready") {
             return p;
         }
         assert!(
@@ -99,9 +103,9 @@ fn client_tls(m: &Mesh, ca: Option<&CertificateAuthority>, sa: &str) -> Arc<rust
 
 /// One HBONE connection to the waypoint.
 async fn connect(tls: Arc<rustls::ClientConfig>) -> anyhow::Result<h2::client::SendRequest<Bytes>> {
-    let tcp = TcpStream::connect(hbone_addr()).await?;
+    let tcp = TcpStream::connect(hbone_addr(ID)).await?;
     let tls = TlsConnector::from(tls)
-        .connect(ServerName::IpAddress(hbone_addr().ip().into()), tcp)
+        .connect(ServerName::IpAddress(hbone_addr(ID).ip().into()), tcp)
         .await?;
     let (h2, conn) = h2::client::handshake(tls).await?;
     tokio::spawn(conn);
@@ -248,7 +252,7 @@ async fn the_waypoint_carries_a_bound_service_to_its_endpoint_with_its_own_ident
         n2.metrics()
     );
     // The waypoint reports the original client and the service.
-    let (_, metrics) = http(monitoring_addr(), "GET", "/metrics").unwrap();
+    let (_, metrics) = http(monitoring_addr(ID), "GET", "/metrics").unwrap();
     let labels = [
         "reporter=\"waypoint\"",
         "source_principal=\"spiffe://cluster.local/ns/default/sa/sleep\"",
@@ -314,4 +318,98 @@ async fn the_waypoint_carries_a_bound_service_to_its_endpoint_with_its_own_ident
         "{}",
         wp.logs()
     );
+}
+
+/// The whole path: `sleep` connects to the bound service's VIP through node1's weftd, which
+/// sends it over HBONE to the waypoint (`:authority` the VIP), which carries it to `echo` on
+/// node2. Without a waypoint instance the connection is refused, never sent direct.
+#[tokio::test(flavor = "multi_thread")]
+async fn weftd_steers_a_bound_service_through_its_waypoint_and_fails_closed_without_one() {
+    let id = 56;
+    let mut m = sleep_echo(id);
+    m.services[0]["waypoint"] = json!("waypoint");
+    m.workloads
+        .push(workload("waypoint", "waypoint", ip(id, 3, 250), "node3"));
+    m.services.push(
+        json!({"name": "waypoint", "vips": [ip(id, 0, 110).to_string()],
+                          "ports": [{"port": 15008}], "selector": {"app": "waypoint"}}),
+    );
+    let (n1, n2) = m.start_both().unwrap();
+    let wp = start_waypoint(&m);
+    let _echo = echo_server(echo_addr(id)).await.unwrap();
+
+    let mut c = connect_via(&n1.addrs, ip(id, 1, 1), echo_vip(id))
+        .await
+        .unwrap();
+    round_trip(&mut c, b"sleep to echo, through the waypoint")
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nnode1:\n{}\nwaypoint:\n{}", n1.logs(), wp.logs()));
+    drop(c);
+    let (_, metrics) = http(monitoring_addr(id), "GET", "/metrics").unwrap();
+    let at_waypoint = [
+        "reporter=\"waypoint\"",
+        "source_principal=\"spiffe://cluster.local/ns/default/sa/sleep\"",
+        "destination_principal=\"spiffe://cluster.local/ns/default/sa/echo\"",
+    ];
+    assert_eq!(
+        metric_sum(&metrics, "weft_tcp_connections_opened_total", &at_waypoint),
+        1.0,
+        "{metrics}"
+    );
+    let at_destination = [
+        "reporter=\"destination\"",
+        "source_principal=\"spiffe://cluster.local/ns/default/sa/waypoint\"",
+    ];
+    let seen = || {
+        metric_sum(
+            &n2.metrics(),
+            "weft_tcp_connections_opened_total",
+            &at_destination,
+        ) >= 1.0
+    };
+    assert!(
+        weft_tests::eventually(Duration::from_secs(5), seen).await,
+        "{}",
+        n2.metrics()
+    );
+
+    // The waypoint's Service gone from the mesh: refused at node1, counted, never direct.
+    m.services.retain(|s| s["name"] != "waypoint");
+    m.write().unwrap();
+    let reloaded = || n1.logs().matches("mesh state updated").count() >= 1;
+    assert!(
+        weft_tests::eventually(Duration::from_secs(5), reloaded).await,
+        "{}",
+        n1.logs()
+    );
+    let direct_before = metric_sum(
+        &n2.metrics(),
+        "weft_tcp_connections_opened_total",
+        &["reporter=\"destination\""],
+    );
+    let mut c = connect_via(&n1.addrs, ip(id, 1, 1), echo_vip(id))
+        .await
+        .unwrap();
+    assert!(
+        round_trip(&mut c, b"must not arrive").await.is_err(),
+        "a bound service was reached without its waypoint"
+    );
+    let refused = || {
+        metric_sum(
+            &n1.metrics(),
+            "weft_tcp_connections_failed_total",
+            &["reason=\"no_waypoint\""],
+        ) >= 1.0
+    };
+    assert!(
+        weft_tests::eventually(Duration::from_secs(5), refused).await,
+        "{}",
+        n1.metrics()
+    );
+    let direct_after = metric_sum(
+        &n2.metrics(),
+        "weft_tcp_connections_opened_total",
+        &["reporter=\"destination\""],
+    );
+    assert_eq!(direct_before, direct_after, "node2 saw a connection");
 }

@@ -120,6 +120,30 @@ impl MeshState {
             .find(|s| s.ports.iter().any(|p| p.target() == target.port()))
     }
 
+    /// The waypoint instance a connection to `service` goes through: an endpoint (round
+    /// robin) of the service named by `service.waypoint` in the service's own namespace (a
+    /// waypoint Gateway's Service). `None` when the service is bound but that waypoint is
+    /// missing or has no meshed endpoint: the caller must refuse, never go direct.
+    pub fn waypoint_of(&self, service: &Service) -> Option<&Arc<Workload>> {
+        let name = service.waypoint.as_deref()?;
+        let (si, wp) = self
+            .services
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.name == name && s.namespace == service.namespace)?;
+        let ready: Vec<usize> = wp
+            .endpoints
+            .iter()
+            .copied()
+            .filter(|&i| self.workloads[i].is_meshed())
+            .collect();
+        if ready.is_empty() {
+            return None;
+        }
+        let n = self.cursors[si].fetch_add(1, Ordering::Relaxed);
+        Some(&self.workloads[ready[n % ready.len()]])
+    }
+
     /// The workloads scheduled on `node`.
     pub fn local_workloads<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Arc<Workload>> {
         self.workloads.iter().filter(move |w| w.node == node)

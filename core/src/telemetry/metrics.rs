@@ -73,6 +73,7 @@ label_values! {
         UnknownSource => "unknown_source",
         PlaintextRefused => "plaintext_refused",
         Identity => "identity",
+        NoWaypoint => "no_waypoint",
     }
 }
 
@@ -108,6 +109,9 @@ pub enum FailureReason {
     PlaintextRefused,
     /// No certificate for the source identity.
     Identity,
+    /// The service is bound to a waypoint that is missing or has no ready instance; the
+    /// connection is refused rather than sent around it.
+    NoWaypoint,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

@@ -33,7 +33,33 @@ pub async fn handle(px: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, original: 
     };
     set_source(&mut labels, &src);
 
+    // Where the tunnel goes, when not to the target itself: a bound service's waypoint.
+    let mut via_waypoint = None;
     let (target, dst, service) = match state.resolve(original) {
+        Destination::Service { service, .. } if service.waypoint.is_some() => {
+            labels.destination_service = service.hostname.clone();
+            // Fail closed: a bound service is reached through its waypoint or not at all, so
+            // its L7 policy can never be bypassed by the waypoint being down.
+            let Some(wp) = state.waypoint_of(service) else {
+                tracing::warn!(
+                    src = %src.key(),
+                    service = %service.key(),
+                    waypoint = service.waypoint.as_deref().unwrap_or_default(),
+                    "refused: the service's waypoint is missing or has no ready instance"
+                );
+                px.metrics.failed(&labels, FailureReason::NoWaypoint);
+                weft_core::hbone::splice::reset_tcp(&tcp);
+                return;
+            };
+            let ip = wp
+                .ips
+                .iter()
+                .find(|ip| ip.is_ipv4() == original.is_ipv4())
+                .unwrap_or(&wp.ips[0]);
+            via_waypoint = Some(*ip);
+            // `:authority` stays the service's VIP:port; the waypoint picks the endpoint.
+            (original, Some(wp.clone()), service.hostname.clone())
+        }
         Destination::Service {
             service,
             port,
@@ -63,7 +89,11 @@ pub async fn handle(px: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, original: 
     if let Some(d) = &dst {
         set_destination(&mut labels, d);
     }
-    if let Some(why) = px.guard.refuse(target, &state) {
+    let tunnel_ip = via_waypoint.unwrap_or(target.ip());
+    if let Some(why) = px
+        .guard
+        .refuse(SocketAddr::new(tunnel_ip, target.port()), &state)
+    {
         tracing::warn!(src = %src.key(), dst = %target, "refused outbound connection to {why}");
         px.metrics.failed(&labels, FailureReason::BadRequest);
         weft_core::hbone::splice::reset_tcp(&tcp);
@@ -99,7 +129,8 @@ pub async fn handle(px: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, original: 
     match dst.filter(|d| d.is_meshed()) {
         Some(d) => {
             labels.connection_security_policy = SecurityPolicy::MutualTls;
-            hbone(&px, tcp, peer, target, hbone_port, &src, &d, labels, log).await
+            let tunnel = SocketAddr::new(tunnel_ip, hbone_port);
+            hbone(&px, tcp, peer, target, tunnel, &src, &d, labels, log).await
         }
         None => passthrough(&px, tcp, target, labels, log).await,
     }
@@ -111,7 +142,7 @@ async fn hbone(
     tcp: TcpStream,
     peer: SocketAddr,
     target: SocketAddr,
-    hbone_port: u16,
+    tunnel: SocketAddr,
     src: &Workload,
     dst: &Workload,
     labels: ConnectionLabels,
@@ -120,7 +151,7 @@ async fn hbone(
     let key = PoolKey {
         source: src.identity.clone(),
         destination: dst.identity.clone(),
-        address: SocketAddr::new(target.ip(), hbone_port),
+        address: tunnel,
     };
     let req = ConnectRequest {
         authority: target,
