@@ -51,20 +51,6 @@ pub async fn handle_connection(
     }
 }
 
-/// A policy that names `service` in its `targetRefs`.
-fn attached_policy<'a>(
-    state: &'a weft_core::model::MeshState,
-    service: &weft_core::model::Service,
-) -> Option<&'a weft_core::model::policy::AuthorizationPolicy> {
-    state.policies.policies().iter().find(|p| {
-        p.target_refs.iter().any(|t| {
-            t.kind == "Service"
-                && t.name == service.name
-                && t.namespace.as_deref().unwrap_or(&p.namespace) == service.namespace
-        })
-    })
-}
-
 /// One CONNECT.
 async fn stream(
     wp: Arc<Waypoint>,
@@ -117,7 +103,11 @@ async fn stream(
             // Policies attached to the service (targetRefs) are the waypoint's to enforce, and
             // the nodes skip them. Until the waypoint evaluates them, a service with any is
             // refused rather than served without them.
-            if let Some(p) = attached_policy(&state, service) {
+            if let Some(p) = state
+                .policies
+                .attached_to(&service.namespace, &service.name)
+                .next()
+            {
                 wp.metrics.failed(&labels, FailureReason::Denied);
                 return refuse(
                     resp,

@@ -35,13 +35,9 @@ impl Chosen {
 
 /// The endpoint's address in the client's address family, at the service port's target port.
 pub fn choose(ep: &Workload, target_port: u16, original: SocketAddr, hbone_port: u16) -> Chosen {
-    let ip = ep
-        .ips
-        .iter()
-        .find(|ip| ip.is_ipv4() == original.is_ipv4())
-        .or(ep.ips.first())
-        .copied()
-        .unwrap_or(original.ip());
+    // The sources never produce a workload without addresses; should one appear, the dial to
+    // the original address fails rather than the process panicking.
+    let ip = ep.ip_for(original).unwrap_or(original.ip());
     Chosen {
         workload: ep.clone(),
         address: SocketAddr::new(ip, target_port),

@@ -18,6 +18,9 @@ pub struct PolicyIndex {
     root: Scope,
     /// Policies of every other namespace, keyed by namespace.
     namespaces: HashMap<String, Scope>,
+    /// Waypoint policies attached to a Service: namespace -> service name -> indexes into
+    /// `policies`.
+    attached: HashMap<String, HashMap<String, Vec<usize>>>,
 }
 
 #[derive(Debug, Default)]
@@ -52,12 +55,39 @@ impl PolicyIndex {
             };
             scope.add(p.action, compile(p));
         }
+        let mut attached: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::new();
+        for (i, p) in policies.iter().enumerate() {
+            for t in p.target_refs.iter().filter(|t| t.kind == "Service") {
+                let ns = t.namespace.clone().unwrap_or_else(|| p.namespace.clone());
+                attached
+                    .entry(ns)
+                    .or_default()
+                    .entry(t.name.clone())
+                    .or_default()
+                    .push(i);
+            }
+        }
         PolicyIndex {
             policies,
             root_namespace: root_namespace.to_owned(),
             root,
             namespaces,
+            attached,
         }
+    }
+
+    /// The waypoint policies whose `targetRefs` name Service `namespace/name`.
+    pub fn attached_to<'a>(
+        &'a self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Iterator<Item = &'a AuthorizationPolicy> + 'a {
+        self.attached
+            .get(namespace)
+            .and_then(|m| m.get(name))
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.policies[i])
     }
 
     /// Every policy as configured, waypoint ones included, for config dumps.

@@ -28,6 +28,9 @@ pub struct MeshState {
     by_vip: HashMap<SocketAddr, (usize, usize)>,
     /// Workload index -> the services it is an endpoint of.
     by_endpoint: HashMap<usize, Vec<usize>>,
+    /// namespace -> name -> service index, for a bound service's waypoint (looked up by
+    /// `&str`, so without allocating per connection).
+    by_name: HashMap<String, HashMap<String, usize>>,
     /// Round-robin cursors, one per service. They restart at each reload, which is harmless.
     cursors: Vec<AtomicUsize>,
 }
@@ -77,6 +80,13 @@ impl MeshState {
                 by_endpoint.entry(w).or_default().push(si);
             }
         }
+        let mut by_name: HashMap<String, HashMap<String, usize>> = HashMap::new();
+        for (si, s) in services.iter().enumerate() {
+            by_name
+                .entry(s.namespace.clone())
+                .or_default()
+                .insert(s.name.clone(), si);
+        }
         let cursors = services.iter().map(|_| AtomicUsize::new(0)).collect();
         MeshState {
             trust_domain,
@@ -88,6 +98,7 @@ impl MeshState {
             by_ip,
             by_vip,
             by_endpoint,
+            by_name,
             cursors,
         }
     }
@@ -126,22 +137,20 @@ impl MeshState {
     /// missing or has no meshed endpoint: the caller must refuse, never go direct.
     pub fn waypoint_of(&self, service: &Service) -> Option<&Arc<Workload>> {
         let name = service.waypoint.as_deref()?;
-        let (si, wp) = self
-            .services
-            .iter()
-            .enumerate()
-            .find(|(_, s)| s.name == name && s.namespace == service.namespace)?;
-        let ready: Vec<usize> = wp
-            .endpoints
-            .iter()
-            .copied()
-            .filter(|&i| self.workloads[i].is_meshed())
-            .collect();
-        if ready.is_empty() {
+        let &si = self.by_name.get(&service.namespace)?.get(name)?;
+        let meshed = || {
+            self.services[si]
+                .endpoints
+                .iter()
+                .map(|&i| &self.workloads[i])
+                .filter(|w| w.is_meshed())
+        };
+        let ready = meshed().count();
+        if ready == 0 {
             return None;
         }
         let n = self.cursors[si].fetch_add(1, Ordering::Relaxed);
-        Some(&self.workloads[ready[n % ready.len()]])
+        meshed().nth(n % ready)
     }
 
     /// The workloads scheduled on `node`.

@@ -72,6 +72,17 @@ impl Workload {
         self.mode == CaptureMode::Ambient && self.tunnel == TunnelProtocol::Hbone
     }
 
+    /// The address to reach it at for a connection to `like`: one of the same family if it has
+    /// one, else its first (dual-stack pods list both). `None` only for a workload without
+    /// addresses, which the sources never produce.
+    pub fn ip_for(&self, like: std::net::SocketAddr) -> Option<IpAddr> {
+        self.ips
+            .iter()
+            .find(|ip| ip.is_ipv4() == like.is_ipv4())
+            .or(self.ips.first())
+            .copied()
+    }
+
     /// `namespace/name`, the form used in logs and metrics.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)

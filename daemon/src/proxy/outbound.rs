@@ -40,7 +40,10 @@ pub async fn handle(px: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, original: 
             labels.destination_service = service.hostname.clone();
             // Fail closed: a bound service is reached through its waypoint or not at all, so
             // its L7 policy can never be bypassed by the waypoint being down.
-            let Some(wp) = state.waypoint_of(service) else {
+            let instance = state
+                .waypoint_of(service)
+                .and_then(|w| Some((w, w.ip_for(original)?)));
+            let Some((wp, wp_ip)) = instance else {
                 tracing::warn!(
                     src = %src.key(),
                     service = %service.key(),
@@ -51,12 +54,7 @@ pub async fn handle(px: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, original: 
                 weft_core::hbone::splice::reset_tcp(&tcp);
                 return;
             };
-            let ip = wp
-                .ips
-                .iter()
-                .find(|ip| ip.is_ipv4() == original.is_ipv4())
-                .unwrap_or(&wp.ips[0]);
-            via_waypoint = Some(*ip);
+            via_waypoint = Some(wp_ip);
             // `:authority` stays the service's VIP:port; the waypoint picks the endpoint.
             (original, Some(wp.clone()), service.hostname.clone())
         }
@@ -72,13 +70,9 @@ pub async fn handle(px: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, original: 
                 weft_core::hbone::splice::reset_tcp(&tcp);
                 return;
             };
-            let ip = ep
-                .ips
-                .iter()
-                .find(|ip| ip.is_ipv4() == original.is_ipv4())
-                .unwrap_or(&ep.ips[0]);
+            let ip = ep.ip_for(original).unwrap_or(original.ip());
             (
-                SocketAddr::new(*ip, port.target()),
+                SocketAddr::new(ip, port.target()),
                 Some(ep.clone()),
                 service.hostname.clone(),
             )
