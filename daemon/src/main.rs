@@ -61,7 +61,7 @@ enum Command {
         #[arg(long, env = "WEFT_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
         worker_threads: Option<u16>,
         #[command(flatten)]
-        controller: Box<ControllerArgs>,
+        controller: Box<weft_core::identity::ControllerOptions>,
         /// Kubernetes mode: weftd's own DaemonSet, NAMESPACE/NAME. When weftd stops and the
         /// DaemonSet is gone (or was deleted while weftd ran), this is an uninstall: capture is
         /// removed instead of left pinned for the next weftd.
@@ -86,39 +86,6 @@ enum Command {
         #[command(subcommand)]
         command: CaptureCommand,
     },
-}
-
-/// Kubernetes mode: how to get certificates from weft-controller.
-#[derive(clap::Args)]
-#[command(next_help_heading = "Kubernetes mode: certificates from weft-controller")]
-struct ControllerArgs {
-    /// The certificate service.
-    #[arg(
-        long,
-        env = "WEFT_CA_ADDRESS",
-        default_value = "https://weft-controller.weft.svc:15012"
-    )]
-    ca_address: String,
-    /// weft-controller's namespace: its root ConfigMap is read from there.
-    #[arg(long, env = "WEFT_CONTROLLER_NAMESPACE", default_value = "weft")]
-    controller_namespace: String,
-    /// The SPIFFE id the controller must prove (default: its service account
-    /// `weft-controller` in --controller-namespace).
-    #[arg(long, env = "WEFT_CA_IDENTITY")]
-    ca_identity: Option<String>,
-    /// The projected service-account token weftd authenticates with (audience `weft-ca`).
-    #[arg(
-        long,
-        env = "WEFT_CA_TOKEN",
-        default_value = "/var/run/secrets/tokens/weft-ca/token"
-    )]
-    ca_token: PathBuf,
-    /// The ConfigMap the controller publishes the mesh root in.
-    #[arg(long, env = "WEFT_ROOT_CONFIGMAP", default_value = "weft-ca-root")]
-    root_configmap: String,
-    /// Requested workload certificate lifetime; renewed at half life.
-    #[arg(long, env = "WEFT_CERT_LIFETIME", default_value = "24h", value_parser = humantime_duration)]
-    cert_lifetime: Duration,
 }
 
 #[derive(Subcommand)]
@@ -280,14 +247,10 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            // A node agent asks on its pods' behalf.
             let controller = kubernetes.then_some(weft_core::identity::ControllerOptions {
-                address: controller.ca_address,
-                namespace: controller.controller_namespace,
-                identity: controller.ca_identity,
-                token: controller.ca_token,
-                root_configmap: controller.root_configmap,
-                lifetime: controller.cert_lifetime,
                 impersonate: true,
+                ..*controller
             });
             let opts = run::RunOptions {
                 mesh,
@@ -319,4 +282,15 @@ fn main() -> ExitCode {
 /// (docs/architecture.md, "Where the data path's time goes").
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap checks its own rules (unique argument ids, among them) only when a command is
+    /// built: fail here rather than at the first start.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

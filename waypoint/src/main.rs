@@ -76,22 +76,9 @@ struct Cli {
     /// How often to look for mesh-file edits.
     #[arg(long, default_value = "250ms", value_parser = humantime_duration)]
     reload_interval: Duration,
-    /// Kubernetes mode: the certificate service and the namespace of its root ConfigMap.
-    #[arg(
-        long,
-        env = "WEFT_CA_ADDRESS",
-        default_value = "https://weft-controller.weft.svc:15012"
-    )]
-    ca_address: String,
-    #[arg(long, env = "WEFT_CONTROLLER_NAMESPACE", default_value = "weft")]
-    controller_namespace: String,
-    /// The projected service-account token (audience `weft-ca`).
-    #[arg(
-        long,
-        env = "WEFT_CA_TOKEN",
-        default_value = "/var/run/secrets/tokens/weft-ca/token"
-    )]
-    ca_token: PathBuf,
+    /// Kubernetes mode: how to reach weft-controller.
+    #[command(flatten)]
+    controller: weft_core::identity::ControllerOptions,
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
 }
@@ -128,18 +115,8 @@ fn main() -> ExitCode {
         .clone()
         .unwrap_or_else(|| cli.name.clone());
     let options = run::Options {
-        controller: cli
-            .kubernetes
-            .then(|| weft_core::identity::ControllerOptions {
-                address: cli.ca_address.clone(),
-                namespace: cli.controller_namespace.clone(),
-                identity: None,
-                token: cli.ca_token.clone(),
-                root_configmap: "weft-ca-root".to_owned(),
-                lifetime: Duration::from_secs(24 * 3600),
-                // A waypoint asks for its own identity, with its own token.
-                impersonate: false,
-            }),
+        // `impersonate` stays false: a waypoint asks for its own identity, with its own token.
+        controller: cli.kubernetes.then(|| cli.controller.clone()),
         mesh: cli.mesh,
         manifests: cli.manifests,
         kubernetes: cli.kubernetes,
@@ -158,5 +135,16 @@ fn main() -> ExitCode {
             eprintln!("weft-waypoint: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap checks its own rules (unique argument ids, among them) only when a command is
+    /// built: fail here rather than at the first start.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

@@ -44,21 +44,82 @@ pub enum IssuerError {
     Remote(#[from] RemoteCaError),
 }
 
-/// How weftd reaches weft-controller in Kubernetes mode.
+/// How a binary reaches weft-controller in Kubernetes mode. With the `cli` feature these are
+/// the command-line flags too, so weftd and the waypoint spell them (and their environment
+/// variables) the same.
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[cfg_attr(
+    feature = "cli",
+    command(next_help_heading = "Kubernetes mode: certificates from weft-controller")
+)]
 pub struct ControllerOptions {
-    /// `https://host:port` of the certificate service.
+    /// The certificate service.
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            id = "ca_address",
+            long = "ca-address",
+            env = "WEFT_CA_ADDRESS",
+            default_value = "https://weft-controller.weft.svc:15012"
+        )
+    )]
     pub address: String,
-    /// The controller's namespace: where its root ConfigMap is, and (by default) its identity.
+    /// weft-controller's namespace: its root ConfigMap is read from there.
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            id = "controller_namespace",
+            long = "controller-namespace",
+            env = "WEFT_CONTROLLER_NAMESPACE",
+            default_value = "weft"
+        )
+    )]
     pub namespace: String,
-    /// The identity the controller must prove; default `spiffe://<td>/ns/<namespace>/sa/weft-controller`.
+    /// The SPIFFE id the controller must prove (default: its service account
+    /// `weft-controller` in --controller-namespace).
+    #[cfg_attr(
+        feature = "cli",
+        arg(id = "ca_identity", long = "ca-identity", env = "WEFT_CA_IDENTITY")
+    )]
     pub identity: Option<String>,
-    /// The projected service-account token (audience `weft-ca`).
+    /// The projected service-account token to authenticate with (audience `weft-ca`).
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            id = "ca_token",
+            long = "ca-token",
+            env = "WEFT_CA_TOKEN",
+            default_value = "/var/run/secrets/tokens/weft-ca/token"
+        )
+    )]
     pub token: PathBuf,
+    /// The ConfigMap the controller publishes the mesh root in.
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            id = "root_configmap",
+            long,
+            env = "WEFT_ROOT_CONFIGMAP",
+            default_value = "weft-ca-root"
+        )
+    )]
     pub root_configmap: String,
-    /// Requested workload certificate lifetime.
+    /// Requested workload certificate lifetime; renewed at half life.
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            id = "cert_lifetime",
+            long = "cert-lifetime",
+            env = "WEFT_CERT_LIFETIME",
+            default_value = "24h",
+            value_parser = crate::config::meshfile::parse_duration
+        )
+    )]
     pub lifetime: Duration,
-    /// Ask on workloads' behalf (a node agent) or for the caller's own identity (a waypoint).
+    /// Ask on workloads' behalf (a node agent) or for the caller's own identity (a waypoint);
+    /// set by the binary, not a flag.
+    #[cfg_attr(feature = "cli", arg(skip))]
     pub impersonate: bool,
 }
 
