@@ -88,22 +88,22 @@ pub async fn start(
         options.dns_names.clone(),
         options.lifetimes.default,
     )?);
-    let service = CertificateService {
+    let service = CertificateService::new(
         ca,
-        trust_domain: options.trust_domain.clone(),
-        reviewer: TokenReviewer::new(
+        options.trust_domain.clone(),
+        TokenReviewer::new(
             client.clone(),
             options.audiences.clone(),
             options.trust_domain.clone(),
         ),
-        authorizer: NodeAuthorizer::new(
+        NodeAuthorizer::new(
             client.clone(),
             options.node_agents.clone(),
             identity.clone(),
         ),
-        lifetimes: options.lifetimes,
+        options.lifetimes,
         metrics,
-    };
+    );
     let listener = TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("binding the certificate service port {}", options.listen))?;

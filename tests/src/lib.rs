@@ -206,6 +206,37 @@ impl Mesh {
         Ok(())
     }
 
+    /// The mesh's own CA, as the nodes load it.
+    pub fn ca(&self) -> weft_core::identity::CertificateAuthority {
+        weft_core::identity::CertificateAuthority::load(
+            &self.dir.path().join("root-cert.pem"),
+            &self.dir.path().join("root-key.pem"),
+            None,
+            None,
+        )
+        .expect("the test mesh's CA")
+    }
+
+    /// An HBONE client's TLS for `default/<sa>`, its certificate from `issuer` (default the
+    /// mesh's CA), that accepts only a server proving `default/<expected>` under the mesh's
+    /// root.
+    pub fn client_tls(
+        &self,
+        issuer: Option<&weft_core::identity::CertificateAuthority>,
+        sa: &str,
+        expected: &str,
+    ) -> std::sync::Arc<rustls::ClientConfig> {
+        use weft_core::identity::{SpiffeId, TrustAnchors};
+        let id = |sa: &str| SpiffeId::new("cluster.local", "default", sa).expect("a valid id");
+        let mesh_ca = self.ca();
+        let cert = issuer
+            .unwrap_or(&mesh_ca)
+            .issue(&id(sa), Duration::from_secs(3600))
+            .expect("a test certificate");
+        let roots = TrustAnchors::new(mesh_ca.trust_bundle()).expect("the mesh root");
+        weft_core::identity::client_config(&cert, &roots, id(expected)).expect("a TLS config")
+    }
+
     /// Writes the mesh file and starts the weftd of node1 and node2.
     pub fn start_both(&self) -> anyhow::Result<(Weftd, Weftd)> {
         self.write()?;

@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Request, StatusCode};
@@ -13,9 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
-use weft_core::identity::{self, CertificateAuthority, SpiffeId, TrustAnchors};
+use weft_core::identity::{self, CertificateAuthority, SpiffeId};
 use weft_tests::traffic::echo_server;
-use weft_tests::{Mesh, Weftd, connect_via, echo_addr, echo_vip, ip, round_trip, sleep_echo};
+use weft_tests::{Weftd, connect_via, echo_addr, echo_vip, ip, round_trip, sleep_echo};
 
 fn hbone_addr(id: u8) -> SocketAddr {
     SocketAddr::new(ip(id, 2, 1), 15008)
@@ -23,21 +22,6 @@ fn hbone_addr(id: u8) -> SocketAddr {
 
 fn id_of(sa: &str) -> SpiffeId {
     SpiffeId::new("cluster.local", "default", sa).unwrap()
-}
-
-/// A TLS client config for `sa`, from the mesh's own CA (or `ca` when given).
-fn client_tls(m: &Mesh, ca: Option<&CertificateAuthority>, sa: &str) -> Arc<rustls::ClientConfig> {
-    let mesh_ca = CertificateAuthority::load(
-        &m.dir.path().join("root-cert.pem"),
-        &m.dir.path().join("root-key.pem"),
-        None,
-        None,
-    )
-    .unwrap();
-    let issuer = ca.unwrap_or(&mesh_ca);
-    let cert = issuer.issue(&id_of(sa), Duration::from_secs(3600)).unwrap();
-    let roots = TrustAnchors::new(mesh_ca.trust_bundle()).unwrap();
-    identity::client_config(&cert, &roots, id_of("echo")).unwrap()
 }
 
 /// Checks the daemon still serves a normal connection end to end.
@@ -117,7 +101,7 @@ async fn tls_refuses_missing_and_foreign_client_certificates() {
     );
 
     // The same with a real HBONE client: the handshake or the first request fails.
-    let tls = client_tls(&m, Some(&other), "sleep");
+    let tls = m.client_tls(Some(&other), "sleep", "echo");
     let tcp = TcpStream::connect(hbone_addr(id)).await.unwrap();
     let refused = async {
         let tls = TlsConnector::from(tls)
@@ -196,7 +180,7 @@ async fn garbage_non_connect_and_bad_authority_are_refused_and_daemon_keeps_serv
     still_serving(&n1, id).await;
 
     // Valid mutual TLS, then garbage instead of the HTTP/2 preface.
-    let tls = client_tls(&m, None, "sleep");
+    let tls = m.client_tls(None, "sleep", "echo");
     let tcp = TcpStream::connect(hbone_addr(id)).await.unwrap();
     let mut s = TlsConnector::from(tls.clone())
         .connect(ServerName::IpAddress(ip(id, 2, 1).into()), tcp)

@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
-use weft_core::identity::{self, CertificateAuthority, SpiffeId, TrustAnchors};
+use weft_core::identity::{self, CertificateAuthority};
 use weft_tests::traffic::echo_server;
 use weft_tests::{
     Mesh, connect_via, echo_addr, echo_vip, http, ip, metric_sum, round_trip, sleep_echo,
@@ -23,10 +23,6 @@ use weft_tests::{
 };
 
 const ID: u8 = 55;
-
-fn id_of(sa: &str) -> SpiffeId {
-    SpiffeId::new("cluster.local", "default", sa).unwrap()
-}
 
 /// The waypoint's address: a workload address of its own on "node3" of test `id`.
 fn hbone_addr(id: u8) -> SocketAddr {
@@ -82,23 +78,6 @@ fn start_waypoint(m: &Mesh) -> Process {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// A TLS client for `sa` (from `ca`, else the mesh's CA) that expects the waypoint.
-fn client_tls(m: &Mesh, ca: Option<&CertificateAuthority>, sa: &str) -> Arc<rustls::ClientConfig> {
-    let mesh_ca = CertificateAuthority::load(
-        &m.dir.path().join("root-cert.pem"),
-        &m.dir.path().join("root-key.pem"),
-        None,
-        None,
-    )
-    .unwrap();
-    let cert = ca
-        .unwrap_or(&mesh_ca)
-        .issue(&id_of(sa), Duration::from_secs(3600))
-        .unwrap();
-    let roots = TrustAnchors::new(mesh_ca.trust_bundle()).unwrap();
-    identity::client_config(&cert, &roots, id_of("waypoint")).unwrap()
 }
 
 /// One HBONE connection to the waypoint.
@@ -216,7 +195,9 @@ async fn the_waypoint_carries_a_bound_service_to_its_endpoint_with_its_own_ident
     let wp = start_waypoint(&m);
     let _echo = echo_server(echo_addr(ID)).await.unwrap();
 
-    let mut h2 = connect(client_tls(&m, None, "sleep")).await.unwrap();
+    let mut h2 = connect(m.client_tls(None, "sleep", "waypoint"))
+        .await
+        .unwrap();
     let (mut send, mut recv) = open(&mut h2, echo_vip(ID))
         .await
         .unwrap_or_else(|s| panic!("{s:?}\nwaypoint:\n{}\nnode2:\n{}", wp.logs(), n2.logs()));
@@ -288,7 +269,7 @@ async fn the_waypoint_carries_a_bound_service_to_its_endpoint_with_its_own_ident
         identity::generate_root("not the mesh root", Duration::from_secs(3600)).unwrap();
     let other = CertificateAuthority::from_pem(&other_cert, &other_key, None, None).unwrap();
     let foreign = async {
-        let mut h2 = connect(client_tls(&m, Some(&other), "sleep")).await?;
+        let mut h2 = connect(m.client_tls(Some(&other), "sleep", "waypoint")).await?;
         let _stream = open(&mut h2, echo_vip(ID))
             .await
             .map_err(|s| anyhow::anyhow!("{s:?}"))?;

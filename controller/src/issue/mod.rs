@@ -95,15 +95,42 @@ pub struct Lifetimes {
 
 /// The certificate service.
 pub struct CertificateService {
-    pub ca: Arc<CertificateAuthority>,
-    pub trust_domain: String,
-    pub reviewer: TokenReviewer,
-    pub authorizer: NodeAuthorizer,
-    pub lifetimes: Lifetimes,
-    pub metrics: IssueMetrics,
+    ca: Arc<CertificateAuthority>,
+    /// The trust bundle as the answers carry it, one PEM per root; the bundle never changes
+    /// while the process runs, so it is encoded once.
+    roots: Vec<String>,
+    trust_domain: String,
+    reviewer: TokenReviewer,
+    authorizer: NodeAuthorizer,
+    lifetimes: Lifetimes,
+    metrics: IssueMetrics,
 }
 
 impl CertificateService {
+    pub fn new(
+        ca: Arc<CertificateAuthority>,
+        trust_domain: String,
+        reviewer: TokenReviewer,
+        authorizer: NodeAuthorizer,
+        lifetimes: Lifetimes,
+        metrics: IssueMetrics,
+    ) -> Self {
+        let roots = ca
+            .trust_bundle()
+            .iter()
+            .map(|c| certificates_pem(std::slice::from_ref(c)))
+            .collect();
+        Self {
+            ca,
+            roots,
+            trust_domain,
+            reviewer,
+            authorizer,
+            lifetimes,
+            metrics,
+        }
+    }
+
     async fn handle(
         &self,
         request: Request<IstioCertificateRequest>,
@@ -130,19 +157,13 @@ impl CertificateService {
             .ca
             .sign_request(&request.csr, &requested, lifetime)
             .map_err(Box::new)?;
-        let roots: Vec<String> = self
-            .ca
-            .trust_bundle()
-            .iter()
-            .map(|c| certificates_pem(std::slice::from_ref(c)))
-            .collect();
         let mut chain: Vec<String> = signed
             .chain
             .iter()
             .map(|c| certificates_pem(std::slice::from_ref(c)))
             .collect();
         // Leaf first, root last, as Istio answers; newer clients read `root_cert` instead.
-        chain.extend(roots.iter().cloned());
+        chain.extend(self.roots.iter().cloned());
         let by = match node {
             Some(node) => format!("{} for node {node}", caller.identity),
             None => caller.identity.to_string(),
@@ -150,7 +171,9 @@ impl CertificateService {
         Ok((
             IstioCertificateResponse {
                 cert_chain: chain,
-                root_cert: Some(Roots { ca_cert: roots }),
+                root_cert: Some(Roots {
+                    ca_cert: self.roots.clone(),
+                }),
             },
             requested,
             by,

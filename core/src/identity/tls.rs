@@ -51,17 +51,26 @@ pub(crate) fn client_config_with_key(
     roots: &TrustAnchors,
     expected: SpiffeId,
 ) -> Result<Arc<ClientConfig>, VerifyError> {
-    let verifier = SpiffeServerVerifier::new(roots.clone(), expected);
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
+    let mut config = verifying_server(roots, expected)?
         .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(key)));
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     config.resumption = Resumption::disabled();
     // Peers are addressed by IP and identified by certificate; SNI would carry nothing useful.
     config.enable_sni = false;
     Ok(Arc::new(config))
+}
+
+/// TLS 1.3, accepting only a server that proves `expected` under `roots`: the start of every
+/// client configuration, with or without a client certificate.
+fn verifying_server(
+    roots: &TrustAnchors,
+    expected: SpiffeId,
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, VerifyError> {
+    let verifier = SpiffeServerVerifier::new(roots.clone(), expected);
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier)))
 }
 
 pub(crate) fn server_config_with_key(
@@ -87,12 +96,7 @@ pub fn control_client_config(
     roots: &TrustAnchors,
     expected: SpiffeId,
 ) -> Result<Arc<ClientConfig>, VerifyError> {
-    let verifier = SpiffeServerVerifier::new(roots.clone(), expected);
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
+    let mut config = verifying_server(roots, expected)?.with_no_client_auth();
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(config))
 }
