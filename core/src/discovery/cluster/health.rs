@@ -72,11 +72,6 @@ impl SourceStatus {
         self.kinds.iter_mut().find(|k| k.kind == kind)
     }
 
-    /// Every kind listed at least once.
-    pub fn all_listed(&self) -> bool {
-        self.kinds.iter().all(|k| k.listed)
-    }
-
     /// Why the state being served may be behind the cluster; empty when it is not.
     pub fn stale(&self) -> Vec<String> {
         self.kinds

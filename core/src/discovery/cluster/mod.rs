@@ -124,8 +124,8 @@ pub async fn connect(status: &SharedStatus) -> Result<Client, kube::Error> {
         .build())
 }
 
-/// A client over any HTTP service (another stack, or a test's fake API server), with the
-/// same [`HealthLayer`].
+/// A client over a test's fake API server, with the same [`HealthLayer`].
+#[cfg(any(test, feature = "fake-api"))]
 pub fn client_over<S, B>(service: S, status: &SharedStatus) -> Client
 where
     S: tower::Service<http::Request<kube::client::Body>, Response = http::Response<B>>
