@@ -274,6 +274,24 @@ fn build(mesh: MeshFile, base: &Path) -> Result<LoadedMesh, Vec<FieldError>> {
         }
     }
 
+    let mut route_names = HashSet::new();
+    for (i, r) in mesh.routes.iter().enumerate() {
+        for e in r.validate() {
+            errs.push(format!("routes[{i}].{}", e.path), e.message);
+        }
+        if !route_names.insert((r.kind, r.namespace.as_str(), r.name.as_str())) {
+            errs.push(
+                format!("routes[{i}].name"),
+                format!(
+                    "{} {}/{} is listed twice",
+                    r.kind.as_str(),
+                    r.namespace,
+                    r.name
+                ),
+            );
+        }
+    }
+
     if !errs.0.is_empty() {
         return Err(errs.0);
     }
@@ -298,7 +316,8 @@ fn build(mesh: MeshFile, base: &Path) -> Result<LoadedMesh, Vec<FieldError>> {
             workloads,
             services,
             policies,
-        ),
+        )
+        .with_routes(mesh.routes),
         nodes: mesh.nodes,
         node_defaults: mesh.node_defaults,
         ca,

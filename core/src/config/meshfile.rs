@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::model::policy::AuthorizationPolicy;
+use crate::model::route::Route;
 use crate::model::{CaptureMode, InboundMode, ServicePort, TunnelProtocol};
 
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -38,6 +39,9 @@ pub struct MeshFile {
     pub services: Vec<ServiceFile>,
     #[serde(default)]
     pub policies: Vec<AuthorizationPolicy>,
+    /// HTTP and gRPC routes for waypoints (Gateway API rules; see `model::route`).
+    #[serde(default)]
+    pub routes: Vec<Route>,
 }
 
 /// Where the standalone CA lives. Relative paths are relative to the mesh file's directory.

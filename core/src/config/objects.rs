@@ -29,6 +29,7 @@ impl Settings {
             ("workloads", !mesh.workloads.is_empty()),
             ("services", !mesh.services.is_empty()),
             ("policies", !mesh.policies.is_empty()),
+            ("routes", !mesh.routes.is_empty()),
         ]
         .into_iter()
         .filter(|(_, listed)| *listed)
@@ -62,6 +63,7 @@ impl Settings {
         mesh.workloads = t.workloads;
         mesh.services = t.services;
         mesh.policies = t.policies;
+        mesh.routes = t.routes;
         finish(mesh, &self.file, &self.base).map_err(|e| match e {
             // Name the objects, not positions in lists the user never wrote.
             ConfigError::Invalid { errors, .. } => refused(
@@ -74,6 +76,7 @@ impl Settings {
                                 ("workloads", &t.workload_origins),
                                 ("services", &t.service_origins),
                                 ("policies", &t.policy_origins),
+                                ("routes", &t.route_origins),
                             ],
                         ),
                         message: e.message,

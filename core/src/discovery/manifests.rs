@@ -171,6 +171,12 @@ fn document(value: serde_yaml_ng::Value) -> Document {
         ("security.weft.dev/v1alpha1", "AuthorizationPolicy") => {
             typed(value, |o| Object::AuthorizationPolicy(Box::new(o)))
         }
+        ("gateway.networking.k8s.io/v1", "HTTPRoute") => {
+            typed(value, |o| Object::HttpRoute(Box::new(o)))
+        }
+        ("gateway.networking.k8s.io/v1", "GRPCRoute") => {
+            typed(value, |o| Object::GrpcRoute(Box::new(o)))
+        }
         (v, "AuthorizationPolicy") if v.starts_with("security.weft.dev/") => Document::Invalid {
             path: "apiVersion".into(),
             message: format!("{v:?} is not served; weft reads security.weft.dev/v1alpha1"),

@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod crd;
+pub mod gateway;
 pub mod manifests;
 pub mod objects;
 pub mod source;

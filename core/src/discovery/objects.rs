@@ -8,6 +8,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::crd::AuthorizationPolicy;
+use super::gateway::{GRPCRoute, HTTPRoute};
 
 /// `(namespace, name)`.
 pub type ObjectKey = (String, String);
@@ -28,6 +29,8 @@ pub enum Object {
     EndpointSlice(Box<EndpointSlice>),
     ServiceAccount(ServiceAccount),
     AuthorizationPolicy(Box<AuthorizationPolicy>),
+    HttpRoute(Box<HTTPRoute>),
+    GrpcRoute(Box<GRPCRoute>),
 }
 
 /// The kinds weft reads.
@@ -39,6 +42,8 @@ pub enum Kind {
     EndpointSlice,
     ServiceAccount,
     AuthorizationPolicy,
+    HttpRoute,
+    GrpcRoute,
 }
 
 impl Kind {
@@ -50,6 +55,8 @@ impl Kind {
             Kind::EndpointSlice => "EndpointSlice",
             Kind::ServiceAccount => "ServiceAccount",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::HttpRoute => "HTTPRoute",
+            Kind::GrpcRoute => "GRPCRoute",
         }
     }
 }
@@ -75,6 +82,8 @@ impl Object {
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::ServiceAccount(_) => Kind::ServiceAccount,
             Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Object::HttpRoute(_) => Kind::HttpRoute,
+            Object::GrpcRoute(_) => Kind::GrpcRoute,
         }
     }
 
@@ -96,6 +105,8 @@ impl Object {
             Object::EndpointSlice(o) => &o.metadata,
             Object::ServiceAccount(o) => &o.metadata,
             Object::AuthorizationPolicy(o) => &o.metadata,
+            Object::HttpRoute(o) => &o.metadata,
+            Object::GrpcRoute(o) => &o.metadata,
         }
     }
 
@@ -123,6 +134,8 @@ pub struct ObjectSet {
     pub endpoint_slices: BTreeMap<ObjectKey, Stored<EndpointSlice>>,
     pub service_accounts: BTreeMap<ObjectKey, Stored<ServiceAccount>>,
     pub policies: BTreeMap<ObjectKey, Stored<AuthorizationPolicy>>,
+    pub http_routes: BTreeMap<ObjectKey, Stored<HTTPRoute>>,
+    pub grpc_routes: BTreeMap<ObjectKey, Stored<GRPCRoute>>,
 }
 
 impl ObjectSet {
@@ -147,6 +160,12 @@ impl ObjectSet {
             Object::AuthorizationPolicy(o) => {
                 drop(self.policies.insert(key, Stored { object: *o, origin }))
             }
+            Object::HttpRoute(o) => {
+                drop(self.http_routes.insert(key, Stored { object: *o, origin }))
+            }
+            Object::GrpcRoute(o) => {
+                drop(self.grpc_routes.insert(key, Stored { object: *o, origin }))
+            }
         }
     }
 
@@ -159,6 +178,8 @@ impl ObjectSet {
             Kind::EndpointSlice => self.endpoint_slices.remove(key).is_some(),
             Kind::ServiceAccount => self.service_accounts.remove(key).is_some(),
             Kind::AuthorizationPolicy => self.policies.remove(key).is_some(),
+            Kind::HttpRoute => self.http_routes.remove(key).is_some(),
+            Kind::GrpcRoute => self.grpc_routes.remove(key).is_some(),
         }
     }
 
@@ -171,6 +192,8 @@ impl ObjectSet {
             Kind::EndpointSlice => self.endpoint_slices.clear(),
             Kind::ServiceAccount => self.service_accounts.clear(),
             Kind::AuthorizationPolicy => self.policies.clear(),
+            Kind::HttpRoute => self.http_routes.clear(),
+            Kind::GrpcRoute => self.grpc_routes.clear(),
         }
     }
 
@@ -182,6 +205,8 @@ impl ObjectSet {
             Kind::EndpointSlice => self.endpoint_slices.len(),
             Kind::ServiceAccount => self.service_accounts.len(),
             Kind::AuthorizationPolicy => self.policies.len(),
+            Kind::HttpRoute => self.http_routes.len(),
+            Kind::GrpcRoute => self.grpc_routes.len(),
         }
     }
 
@@ -210,6 +235,8 @@ impl ObjectSet {
             Object::EndpointSlice(o) => put(&mut self.endpoint_slices, key, *o, origin),
             Object::ServiceAccount(o) => put(&mut self.service_accounts, key, o, origin),
             Object::AuthorizationPolicy(o) => put(&mut self.policies, key, *o, origin),
+            Object::HttpRoute(o) => put(&mut self.http_routes, key, *o, origin),
+            Object::GrpcRoute(o) => put(&mut self.grpc_routes, key, *o, origin),
         }
     }
 }

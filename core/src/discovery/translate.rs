@@ -21,6 +21,7 @@ use super::{
 };
 use crate::config::meshfile::{ServiceFile, WorkloadFile};
 use crate::model::policy::{Action, AuthorizationPolicy, Rule};
+use crate::model::route::{Route, RouteKind, grpc};
 use crate::model::{CaptureMode, InboundMode, ServicePort, TunnelProtocol};
 
 /// Something wrong with one object.
@@ -49,6 +50,8 @@ pub struct Translation {
     pub service_origins: Vec<String>,
     pub policies: Vec<AuthorizationPolicy>,
     pub policy_origins: Vec<String>,
+    pub routes: Vec<Route>,
+    pub route_origins: Vec<String>,
     pub problems: Vec<Problem>,
 }
 
@@ -85,6 +88,7 @@ pub fn translate(objects: &ObjectSet) -> Translation {
     let pods = workloads(&mut cx);
     services(&mut cx, &pods);
     policies(&mut cx);
+    routes(&mut cx);
     cx.out
 }
 
@@ -504,5 +508,79 @@ fn policies(cx: &mut Ctx<'_>) {
         }
         cx.out.policies.push(policy);
         cx.out.policy_origins.push(who);
+    }
+}
+
+/// HTTPRoutes and GRPCRoutes (the latter as the HTTP rules they mean). A route with a problem
+/// is left out, as Gateway API leaves an unaccepted route unprogrammed: its requests take the
+/// service's default backend.
+fn routes(cx: &mut Ctx<'_>) {
+    let objects = cx.objects;
+    let meta = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, kind| Route {
+        name: m.name.clone().unwrap_or_default(),
+        namespace: namespace_of(m).to_string(),
+        kind,
+        created: m.creation_timestamp.as_ref().map(|t| t.0.to_string()),
+        parent_refs: Vec::new(),
+        hostnames: Vec::new(),
+        rules: Vec::new(),
+    };
+    let mut built: Vec<(String, Result<Route, Vec<(String, String)>>)> = Vec::new();
+    for (key, Stored { object, origin }) in &objects.http_routes {
+        let mut r = meta(&object.metadata, RouteKind::Http);
+        r.parent_refs = object.spec.parent_refs.clone();
+        r.hostnames = object.spec.hostnames.clone();
+        r.rules = object.spec.rules.clone();
+        built.push((describe("HTTPRoute", key, origin), Ok(r)));
+    }
+    for (key, Stored { object, origin }) in &objects.grpc_routes {
+        let mut r = meta(&object.metadata, RouteKind::Grpc);
+        r.parent_refs = object.spec.parent_refs.clone();
+        r.hostnames = object.spec.hostnames.clone();
+        let mut errors = Vec::new();
+        for (i, rule) in object.spec.rules.iter().enumerate() {
+            match grpc::lower(rule) {
+                Ok(l) => r.rules.push(l),
+                Err(e) => errors.push((format!("spec.rules[{i}].{}", e.path), e.message)),
+            }
+        }
+        let r = if errors.is_empty() {
+            Ok(r)
+        } else {
+            Err(errors)
+        };
+        built.push((describe("GRPCRoute", key, origin), r));
+    }
+    for (who, r) in built {
+        let route = match r {
+            Ok(route) => route,
+            Err(errors) => {
+                for (path, message) in errors {
+                    cx.problem(
+                        who.clone(),
+                        path,
+                        format!("{message}; the route is not applied"),
+                    );
+                }
+                continue;
+            }
+        };
+        let errors = route.validate();
+        if !errors.is_empty() {
+            for e in errors {
+                let path = match e.path.as_str() {
+                    "name" | "namespace" => format!("metadata.{}", e.path),
+                    p => format!("spec.{p}"),
+                };
+                cx.problem(
+                    who.clone(),
+                    path,
+                    format!("{}; the route is not applied", e.message),
+                );
+            }
+            continue;
+        }
+        cx.out.routes.push(route);
+        cx.out.route_origins.push(who);
     }
 }

@@ -336,3 +336,59 @@ fn an_invalid_policy_is_reported_and_fails_closed() {
         }
     }
 }
+
+const ROUTES: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: split, namespace: web, creationTimestamp: "2026-01-02T03:04:05Z"}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules:
+  - backendRefs: [{name: web-v1, port: 80, weight: 90}, {name: web-v2, port: 80, weight: 10}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: echo, namespace: web}
+spec:
+  parentRefs: [{kind: Service, name: echo}]
+  rules:
+  - matches: [{method: {service: echo.Echo, method: Say}}]
+    backendRefs: [{name: echo-v2, port: 50051}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: broken, namespace: web}
+spec:
+  parentRefs: [{kind: Service, name: web}]
+  rules:
+  - matches: [{path: {type: RegularExpression, value: "(x"}}]
+    backendRefs: [{name: web-v1, port: 80}]
+"#;
+
+#[test]
+fn routes_translate_and_a_broken_one_is_left_out_with_a_problem() {
+    use crate::model::route::{PathMatchType, RouteKind};
+    let t = run(ROUTES);
+    let keys: Vec<(RouteKind, String)> = t.routes.iter().map(|r| (r.kind, r.key())).collect();
+    assert_eq!(
+        keys,
+        vec![
+            (RouteKind::Http, "web/split".into()),
+            (RouteKind::Grpc, "web/echo".into())
+        ]
+    );
+    assert_eq!(t.routes[0].created.as_deref(), Some("2026-01-02T03:04:05Z"));
+    let grpc_path = t.routes[1].rules[0].matches[0]
+        .path
+        .as_ref()
+        .expect("lowered");
+    assert_eq!(
+        (grpc_path.kind, grpc_path.value.as_str()),
+        (PathMatchType::Exact, "/echo.Echo/Say")
+    );
+    assert_eq!(t.problems.len(), 1, "{:?}", t.problems);
+    let p = &t.problems[0];
+    assert!(p.object.starts_with("HTTPRoute web/broken"), "{}", p.object);
+    assert_eq!(p.path, "spec.rules[0].matches[0].path.value");
+    assert!(p.message.contains("not applied"), "{}", p.message);
+}

@@ -2,6 +2,7 @@
 //! them that the proxies read on every connection.
 
 pub mod policy;
+pub mod route;
 pub mod service;
 pub mod state;
 pub mod workload;

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use super::route::Route;
 use super::service::{Service, ServicePort};
 use super::workload::Workload;
 use crate::authz::PolicyIndex;
@@ -24,6 +25,10 @@ pub struct MeshState {
     pub workloads: Vec<Arc<Workload>>,
     pub services: Vec<Service>,
     pub policies: PolicyIndex,
+    /// HTTP and gRPC routes, for the waypoints (see [`MeshState::routes_for`]).
+    pub routes: Vec<Route>,
+    /// namespace -> service name -> indexes into `routes` attached to it.
+    routes_by_service: HashMap<String, HashMap<String, Vec<usize>>>,
     by_ip: HashMap<IpAddr, usize>,
     by_vip: HashMap<SocketAddr, (usize, usize)>,
     /// Workload index -> the services it is an endpoint of.
@@ -95,12 +100,64 @@ impl MeshState {
             workloads,
             services,
             policies,
+            routes: Vec::new(),
+            routes_by_service: HashMap::new(),
             by_ip,
             by_vip,
             by_endpoint,
             by_name,
             cursors,
         }
+    }
+
+    /// The state with `routes` attached to the services their parentRefs name.
+    pub fn with_routes(mut self, routes: Vec<Route>) -> Self {
+        let mut by: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::new();
+        for (i, r) in routes.iter().enumerate() {
+            for (ns, name, _) in r.service_parents() {
+                let list = by
+                    .entry(ns.to_owned())
+                    .or_default()
+                    .entry(name.to_owned())
+                    .or_default();
+                // Two parentRefs to two ports of one service attach the route once.
+                if list.last() != Some(&i) {
+                    list.push(i);
+                }
+            }
+        }
+        self.routes = routes;
+        self.routes_by_service = by;
+        self
+    }
+
+    /// The routes attached to Service `namespace/name`, in configuration order (precedence
+    /// is the waypoint's to work out, per request port).
+    pub fn routes_for<'a>(
+        &'a self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Iterator<Item = &'a Route> + 'a {
+        self.routes_by_service
+            .get(namespace)
+            .and_then(|m| m.get(name))
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.routes[i])
+    }
+
+    /// The service `namespace/name`.
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
+        let &si = self.by_name.get(namespace)?.get(name)?;
+        Some(&self.services[si])
+    }
+
+    /// The service's endpoints.
+    pub fn endpoints_of<'a>(
+        &'a self,
+        service: &'a Service,
+    ) -> impl Iterator<Item = &'a Arc<Workload>> + 'a {
+        service.endpoints.iter().map(|&i| &self.workloads[i])
     }
 
     /// An empty mesh, used before the first configuration is loaded.
@@ -189,6 +246,7 @@ impl MeshState {
             workloads: &self.workloads,
             services: &self.services,
             policies: self.policies.policies(),
+            routes: &self.routes,
         }
     }
 }
@@ -202,6 +260,7 @@ pub struct StateDump<'a> {
     pub workloads: &'a [Arc<Workload>],
     pub services: &'a [Service],
     pub policies: &'a [crate::model::policy::AuthorizationPolicy],
+    pub routes: &'a [Route],
 }
 
 /// The one place the current state lives. Readers take a cheap `Arc` snapshot per connection;
