@@ -6,6 +6,7 @@
 //! parallel without sharing a port.
 
 pub mod cluster;
+pub mod http_app;
 pub mod netns;
 pub mod traffic;
 
@@ -144,6 +145,8 @@ pub struct Mesh {
     pub workloads: Vec<Value>,
     pub services: Vec<Value>,
     pub policies: Vec<Value>,
+    /// HTTP and gRPC routes (`model::route::Route`, flattened like policies).
+    pub routes: Vec<Value>,
     /// Each node's `hbone` timers (`{}`: the defaults).
     pub hbone: Value,
 }
@@ -164,6 +167,7 @@ impl Mesh {
             workloads: Vec::new(),
             services: Vec::new(),
             policies: Vec::new(),
+            routes: Vec::new(),
             hbone: json!({}),
         })
     }
@@ -191,6 +195,7 @@ impl Mesh {
             "workloads": self.workloads,
             "services": self.services,
             "policies": self.policies,
+            "routes": self.routes,
         })
     }
 
@@ -282,6 +287,92 @@ impl Mesh {
         };
         w.wait_ready(Duration::from_secs(15))?;
         Ok(w)
+    }
+}
+
+/// Where the test waypoint serves: a workload address of its own on "node3".
+pub fn waypoint_addrs(id: u8) -> (SocketAddr, SocketAddr, SocketAddr) {
+    let a = ip(id, 3, 250);
+    (
+        SocketAddr::new(a, 15008),
+        SocketAddr::new(a, 15021),
+        SocketAddr::new(a, 15000),
+    )
+}
+
+/// A running weft-waypoint named `waypoint` in `default`; killed when dropped.
+pub struct WaypointProcess {
+    child: Child,
+    log: PathBuf,
+    pub hbone: SocketAddr,
+    pub monitoring: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl WaypointProcess {
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> String {
+        http(self.monitoring, "GET", "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+
+    pub fn config_dump(&self) -> anyhow::Result<Value> {
+        let (status, body) = http(self.admin, "GET", "/config_dump")?;
+        anyhow::ensure!(status == 200, "config_dump: {status} {body}");
+        Ok(serde_json::from_str(&body)?)
+    }
+}
+
+impl Drop for WaypointProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Mesh {
+    /// Starts the waypoint (mesh from the mesh file) and waits until it is ready.
+    pub fn start_waypoint(&self) -> anyhow::Result<WaypointProcess> {
+        let (hbone, monitoring, admin) = waypoint_addrs(self.id);
+        let log = self.dir.path().join("waypoint.log");
+        let child = Command::new(waypoint_bin())
+            .arg("--mesh")
+            .arg(self.path())
+            .args(["--name", "waypoint", "--namespace", "default"])
+            .args(["--listen", &hbone.to_string()])
+            .args(["--monitoring", &monitoring.to_string()])
+            .args(["--admin", &admin.to_string()])
+            .args(["--reload-interval", "100ms"])
+            .args(["--log", "info,weft::access=info"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting weft-waypoint")?;
+        let mut p = WaypointProcess {
+            child,
+            log,
+            hbone,
+            monitoring,
+            admin,
+        };
+        let start = Instant::now();
+        loop {
+            if let Some(status) = p.child.try_wait()? {
+                bail!("weft-waypoint exited ({status}):\n{}", p.logs());
+            }
+            if let Ok((200, _)) = http(monitoring, "GET", "/healthz/ready") {
+                return Ok(p);
+            }
+            if start.elapsed() > Duration::from_secs(15) {
+                bail!("weft-waypoint not ready:\n{}", p.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

@@ -4,9 +4,8 @@
 //! over HBONE with its own identity to the destination's weftd.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
@@ -18,66 +17,14 @@ use tokio_rustls::TlsConnector;
 use weft_core::identity::{self, CertificateAuthority};
 use weft_tests::traffic::echo_server;
 use weft_tests::{
-    Mesh, connect_via, echo_addr, echo_vip, http, ip, metric_sum, round_trip, sleep_echo,
-    waypoint_bin, workload,
+    connect_via, echo_addr, echo_vip, ip, metric_sum, round_trip, sleep_echo, waypoint_addrs,
+    workload,
 };
 
 const ID: u8 = 55;
 
-/// The waypoint's address: a workload address of its own on "node3" of test `id`.
 fn hbone_addr(id: u8) -> SocketAddr {
-    SocketAddr::new(ip(id, 3, 250), 15008)
-}
-
-fn monitoring_addr(id: u8) -> SocketAddr {
-    SocketAddr::new(ip(id, 3, 250), 15021)
-}
-
-struct Process(Child, std::path::PathBuf);
-
-impl Process {
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.1).unwrap_or_default()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_waypoint(m: &Mesh) -> Process {
-    let log = m.dir.path().join("waypoint.log");
-    let child = Command::new(waypoint_bin())
-        .arg("--mesh")
-        .arg(m.path())
-        .args(["--name", "waypoint", "--namespace", "default"])
-        .args(["--listen", &hbone_addr(m.id).to_string()])
-        .args(["--monitoring", &monitoring_addr(m.id).to_string()])
-        .args(["--reload-interval", "100ms"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut p = Process(child, log);
-    let start = Instant::now();
-    loop {
-        if let Some(status) = p.0.try_wait().unwrap() {
-            panic!("weft-waypoint exited ({status}):\n{}", p.logs());
-        }
-        if let Ok((200, _)) = http(monitoring_addr(m.id), "GET", "/healthz/ready") {
-            return p;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "not ready:\n{}",
-            p.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    waypoint_addrs(id).0
 }
 
 /// One HBONE connection to the waypoint.
@@ -171,14 +118,16 @@ async fn bulk_through(send: &mut h2::SendStream<Bytes>, recv: &mut h2::RecvStrea
 async fn the_waypoint_carries_a_bound_service_to_its_endpoint_with_its_own_identity() {
     let mut m = sleep_echo(ID);
     m.services[0]["waypoint"] = json!("waypoint");
+    // Opaque TCP: the relay, not the HTTP layers (whose refusals come inside the tunnel).
+    m.services[0]["ports"][0]["appProtocol"] = json!("tcp");
     // The same endpoint behind a service that is not bound to this waypoint.
     m.services.push(json!({"name": "unbound", "vips": [ip(ID, 0, 101).to_string()],
                           "ports": [{"port": 80, "targetPort": 8080}], "selector": {"app": "echo"}}));
     // Bound, but with a policy attached that the waypoint cannot enforce yet.
     m.services.push(
         json!({"name": "guarded", "vips": [ip(ID, 0, 102).to_string()],
-                          "ports": [{"port": 80, "targetPort": 8080}], "selector": {"app": "echo"},
-                          "waypoint": "waypoint"}),
+                          "ports": [{"port": 80, "targetPort": 8080, "appProtocol": "tcp"}],
+                          "selector": {"app": "echo"}, "waypoint": "waypoint"}),
     );
     m.policies
         .push(json!({"name": "guarded-allow", "namespace": "default",
@@ -192,7 +141,7 @@ async fn the_waypoint_carries_a_bound_service_to_its_endpoint_with_its_own_ident
                           "waypoint": "waypoint"}));
     m.write().unwrap();
     let n2 = m.start(2).unwrap();
-    let wp = start_waypoint(&m);
+    let wp = m.start_waypoint().unwrap();
     let _echo = echo_server(echo_addr(ID)).await.unwrap();
 
     let mut h2 = connect(m.client_tls(None, "sleep", "waypoint"))
@@ -233,7 +182,7 @@ async fn the_waypoint_carries_a_bound_service_to_its_endpoint_with_its_own_ident
         n2.metrics()
     );
     // The waypoint reports the original client and the service.
-    let (_, metrics) = http(monitoring_addr(ID), "GET", "/metrics").unwrap();
+    let metrics = wp.metrics();
     let labels = [
         "reporter=\"waypoint\"",
         "source_principal=\"spiffe://cluster.local/ns/default/sa/sleep\"",
@@ -316,7 +265,7 @@ async fn weftd_steers_a_bound_service_through_its_waypoint_and_fails_closed_with
                           "ports": [{"port": 15008}], "selector": {"app": "waypoint"}}),
     );
     let (n1, n2) = m.start_both().unwrap();
-    let wp = start_waypoint(&m);
+    let wp = m.start_waypoint().unwrap();
     let _echo = echo_server(echo_addr(id)).await.unwrap();
 
     let mut c = connect_via(&n1.addrs, ip(id, 1, 1), echo_vip(id))
@@ -326,7 +275,7 @@ async fn weftd_steers_a_bound_service_through_its_waypoint_and_fails_closed_with
         .await
         .unwrap_or_else(|e| panic!("{e}\nnode1:\n{}\nwaypoint:\n{}", n1.logs(), wp.logs()));
     drop(c);
-    let (_, metrics) = http(monitoring_addr(id), "GET", "/metrics").unwrap();
+    let metrics = wp.metrics();
     let at_waypoint = [
         "reporter=\"waypoint\"",
         "source_principal=\"spiffe://cluster.local/ns/default/sa/sleep\"",
@@ -337,9 +286,12 @@ async fn weftd_steers_a_bound_service_through_its_waypoint_and_fails_closed_with
         1.0,
         "{metrics}"
     );
+    // The destination node takes the waypoint's word on the original client (the tunnel is
+    // this namespace's waypoint), so its metrics and policy see `sleep`.
     let at_destination = [
         "reporter=\"destination\"",
-        "source_principal=\"spiffe://cluster.local/ns/default/sa/waypoint\"",
+        "source_principal=\"spiffe://cluster.local/ns/default/sa/sleep\"",
+        "source_workload=\"sleep\"",
     ];
     let seen = || {
         metric_sum(

@@ -2,11 +2,14 @@
 //! `weft.dev/use-waypoint=<name>`. It terminates HBONE with its own identity, serves the
 //! services bound to it, and carries each connection to an endpoint over HBONE again.
 //!
-//! This is the L4 relay the L7 layers (routing, retries, timeouts, authorization) will sit on;
-//! see docs/architecture.md, "Waypoint".
+//! HTTP is served through the L7 layers (`http`: routes, retries, timeouts, authorization,
+//! request telemetry); other traffic is relayed as TCP. See docs/architecture.md, "Waypoint".
 
+mod http;
 mod inbound;
 mod monitoring;
+mod protocol;
+mod routes;
 mod run;
 mod upstream;
 
@@ -23,7 +26,7 @@ use tracing_subscriber::EnvFilter;
 use weft_core::hbone::{self, Pool};
 use weft_core::identity::{CertificateManager, SpiffeId};
 use weft_core::model::StateStore;
-use weft_core::telemetry::ConnectionMetrics;
+use weft_core::telemetry::{ConnectionMetrics, RequestMetrics};
 
 /// Everything a connection handler needs, shared by all of them.
 pub struct Waypoint {
@@ -35,6 +38,13 @@ pub struct Waypoint {
     pub state: StateStore,
     pub hbone: hbone::Settings,
     pub metrics: Arc<ConnectionMetrics>,
+    pub requests: Arc<RequestMetrics>,
+    /// The routes of the services bound here, compiled for each mesh version.
+    pub routes: tokio::sync::watch::Receiver<Arc<routes::RouteTable>>,
+    /// HTTP connections to endpoints.
+    pub clients: http::Clients,
+    /// The L7 layers, built once the waypoint exists (they hold it).
+    pub http: std::sync::OnceLock<http::HttpService>,
     pub tracker: TaskTracker,
     /// Fires when the drain period is over: connections still open are closed.
     pub force_close: CancellationToken,
@@ -70,6 +80,9 @@ struct Cli {
     /// `/metrics` and `/healthz/ready`.
     #[arg(long, env = "WEFT_MONITORING", default_value = "0.0.0.0:15021")]
     monitoring: SocketAddr,
+    /// `/config_dump` (the mesh and the compiled routes): keep it on loopback.
+    #[arg(long, env = "WEFT_ADMIN", default_value = "127.0.0.1:15000")]
+    admin: SocketAddr,
     /// How long open connections may finish after SIGTERM.
     #[arg(long, default_value = "10s", value_parser = humantime_duration)]
     drain_period: Duration,
@@ -125,6 +138,7 @@ fn main() -> ExitCode {
         service_account,
         listen: cli.listen,
         monitoring: cli.monitoring,
+        admin: cli.admin,
         drain_period: cli.drain_period,
         reload_interval: cli.reload_interval,
     };

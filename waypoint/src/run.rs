@@ -17,9 +17,10 @@ use weft_core::discovery::source;
 use weft_core::hbone::{self, ClientTlsProvider, Pool, no_mark};
 use weft_core::identity::{self, CertificateManager, ControllerOptions, SpiffeId};
 use weft_core::model::StateStore;
-use weft_core::telemetry::ConnectionMetrics;
+use weft_core::telemetry::{ConnectionMetrics, RequestMetrics};
 
-use crate::{Waypoint, inbound, monitoring};
+use crate::routes::RouteTable;
+use crate::{Waypoint, http, inbound, monitoring};
 
 pub struct Options {
     pub mesh: PathBuf,
@@ -31,6 +32,7 @@ pub struct Options {
     pub service_account: String,
     pub listen: SocketAddr,
     pub monitoring: SocketAddr,
+    pub admin: SocketAddr,
     pub drain_period: Duration,
     pub reload_interval: Duration,
 }
@@ -61,6 +63,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .context("building the trust bundle")?;
     certs.set_identities([identity.clone()]);
     let metrics = ConnectionMetrics::register(&mut registry);
+    let requests = RequestMetrics::register(&mut registry);
+    let namespace = identity.namespace().to_owned();
+    let (routes_tx, routes) = tokio::sync::watch::channel(Arc::new(RouteTable::build(
+        &loaded.state,
+        &opts.name,
+        &namespace,
+    )));
     let settings = hbone::Settings::default();
     let pool = Pool::new(
         settings.clone(),
@@ -75,13 +84,20 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         state: StateStore::new(loaded.state),
         hbone: settings,
         metrics,
+        requests,
+        routes,
+        clients: http::Clients::default(),
+        http: std::sync::OnceLock::new(),
         tracker: TaskTracker::new(),
         force_close: CancellationToken::new(),
     });
 
+    let _ = wp.http.set(http::stack(wp.clone()));
+
     {
         let wp = wp.clone();
         let stop = shutdown.clone();
+        let name = opts.name.clone();
         tokio::spawn(async move {
             let apply = |mesh: LoadedMesh, _took: Duration| {
                 if mesh.state.trust_domain != trust_domain {
@@ -91,7 +107,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     );
                     return;
                 }
+                let table = RouteTable::build(&mesh.state, &name, &namespace);
                 wp.state.replace(mesh.state);
+                routes_tx.send_replace(Arc::new(table));
                 tracing::info!("mesh state updated");
             };
             let refused =
@@ -106,6 +124,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let monitor = TcpListener::bind(opts.monitoring)
         .await
         .with_context(|| format!("binding the monitoring port {}", opts.monitoring))?;
+    let admin = TcpListener::bind(opts.admin)
+        .await
+        .with_context(|| format!("binding the admin port {}", opts.admin))?;
+    tokio::spawn(monitoring::serve_admin(wp.clone(), admin, shutdown.clone()));
     tokio::spawn(monitoring::serve(
         Arc::new(monitoring::Monitoring {
             registry,

@@ -83,6 +83,7 @@ pub async fn open(
     wp: &Waypoint,
     chosen: &Chosen,
     client: SocketAddr,
+    on_behalf_of: Option<&weft_core::identity::SpiffeId>,
     baggage: Option<HeaderValue>,
 ) -> Result<Upstream, UpstreamError> {
     let Some(hbone) = chosen.hbone else {
@@ -108,6 +109,7 @@ pub async fn open(
         client,
         baggage,
         traceparent: None,
+        original_principal: on_behalf_of.and_then(|id| HeaderValue::from_str(&id.to_string()).ok()),
     };
     Ok(Upstream::Hbone(wp.pool.connect(&key, &req, || None).await?))
 }

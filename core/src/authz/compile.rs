@@ -1,12 +1,16 @@
-//! Turns a policy into matchers once per reload, so that the per-connection path compares
-//! integers, CIDRs and pre-split string patterns without parsing or allocating.
+//! Turns a policy into matchers once per reload, so that the per-connection (or per-request)
+//! path compares integers, CIDRs, pre-split string patterns and pre-parsed header names without
+//! parsing or allocating.
 //!
-//! This is also where the node's L4 view of Istio's L7 fields is decided (see the module docs
-//! of `authz`), and where a policy that somehow skipped validation is made to fail closed.
+//! A policy compiles for one [`Layer`]: the node's (connections only) or the waypoint's (HTTP
+//! requests too). This is where each layer's view of the attributes it cannot see is decided
+//! (see the module docs of `authz`), and where a policy that somehow skipped validation is made
+//! to fail closed.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use http::HeaderName;
 use ipnet::IpNet;
 
 use crate::model::policy::{
@@ -14,16 +18,31 @@ use crate::model::policy::{
     StringPattern, ValueError, WorkloadSelector, parse_ip_block, parse_port,
 };
 
-use super::ConnectionInfo;
+use super::{ConnectionInfo, RequestInfo};
 
-/// The connection as the matchers read it: the principal without its `spiffe://` scheme (the
-/// form policies are written in), addresses with IPv4-mapped IPv6 folded back to IPv4.
+/// Who evaluates a policy, which decides what it can see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Layer {
+    /// The node: the connection's identity, addresses and port. Every HTTP attribute is
+    /// unsupported.
+    L4,
+    /// A waypoint: the connection and the HTTP request. Only what needs request authentication
+    /// (JWT), which weft does not do, is unsupported.
+    L7,
+}
+
+/// The connection (and at a waypoint the request) as the matchers read it: the principal
+/// without its `spiffe://` scheme (the form policies are written in), addresses with
+/// IPv4-mapped IPv6 folded back to IPv4.
 pub(super) struct Peer<'a> {
     principal: Option<&'a str>,
     namespace: Option<&'a str>,
     source_ip: IpAddr,
     destination_ip: IpAddr,
     destination_port: u16,
+    /// None at the node; request attributes then match nothing (they are never compiled for
+    /// [`Layer::L4`] anyway).
+    request: Option<&'a RequestInfo<'a>>,
 }
 
 impl<'a> Peer<'a> {
@@ -37,6 +56,14 @@ impl<'a> Peer<'a> {
             source_ip: c.source_ip.to_canonical(),
             destination_ip: c.destination_ip.to_canonical(),
             destination_port: c.destination_port,
+            request: None,
+        }
+    }
+
+    pub(super) fn with_request(c: &ConnectionInfo<'a>, request: &'a RequestInfo<'a>) -> Self {
+        Peer {
+            request: Some(request),
+            ..Peer::new(c)
         }
     }
 }
@@ -53,11 +80,21 @@ enum Values {
     SourceIp(Box<[IpNet]>),
     DestinationIp(Box<[IpNet]>),
     DestinationPort(Box<[u16]>),
+    /// Case-sensitive, as Istio matches `:method`.
+    Method(Box<[StringPattern]>),
+    /// Against the normalised path without query.
+    Path(Box<[StringPattern]>),
+    Host(Box<[HostPattern]>),
+    Header {
+        header: RequestHeader,
+        patterns: Box<[StringPattern]>,
+    },
 }
 
 impl Values {
     /// Whether the attribute takes any of the values. An absent identity takes none, which is
-    /// what makes `notPrincipals: ["*"]` select plaintext peers, as in Istio.
+    /// what makes `notPrincipals: ["*"]` select plaintext peers, as in Istio; likewise an
+    /// absent header, so `notValues` on it holds.
     fn any(&self, p: &Peer<'_>) -> bool {
         match self {
             Values::Principal(ms) => p.principal.is_some_and(|v| ms.iter().any(|m| m.matches(v))),
@@ -65,6 +102,127 @@ impl Values {
             Values::SourceIp(nets) => nets.iter().any(|n| n.contains(&p.source_ip)),
             Values::DestinationIp(nets) => nets.iter().any(|n| n.contains(&p.destination_ip)),
             Values::DestinationPort(ports) => ports.contains(&p.destination_port),
+            Values::Method(ms) => p
+                .request
+                .is_some_and(|r| ms.iter().any(|m| m.matches(r.method))),
+            Values::Path(ms) => p
+                .request
+                .is_some_and(|r| ms.iter().any(|m| m.matches(r.path))),
+            Values::Host(hs) => p
+                .request
+                .is_some_and(|r| hs.iter().any(|h| h.matches(r.host))),
+            Values::Header { header, patterns } => p.request.is_some_and(|r| {
+                header.any_value(r, |v| patterns.iter().any(|m| header_matches(m, v)))
+            }),
+        }
+    }
+}
+
+/// A `hosts` entry. Istio compares the Host header as sent, so `hosts: [example.com]` would not
+/// match `example.com:8080`; here a pattern that names no port also matches the host with its
+/// port removed, since which port a client writes (or whether it writes one) is not something a
+/// policy author means to distinguish, and a DENY on a host must not be bypassed by adding
+/// `:80`. A pattern that names a port (`example.com:8080`, `example.com:*`) is compared with the
+/// host as sent. Case-insensitive throughout.
+#[derive(Debug)]
+struct HostPattern {
+    pattern: StringPattern,
+    portless: bool,
+}
+
+impl HostPattern {
+    fn parse(s: &str) -> Result<Self, ValueError> {
+        // After a `]` so that the colons of a bracketed IPv6 address are not taken for a port.
+        let tail = s.rsplit_once(']').map_or(s, |(_, t)| t);
+        Ok(HostPattern {
+            pattern: StringPattern::parse(s)?,
+            portless: !tail.contains(':'),
+        })
+    }
+
+    fn matches(&self, host: &str) -> bool {
+        matches_ignore_case(&self.pattern, host)
+            || (self.portless
+                && strip_port(host).is_some_and(|h| matches_ignore_case(&self.pattern, h)))
+    }
+}
+
+/// `host:port` or `[v6]:port` to `host` / `[v6]`; None when there is no (numeric) port. A bare
+/// IPv6 address has colons but no port.
+fn strip_port(host: &str) -> Option<&str> {
+    let (name, port) = host.rsplit_once(':')?;
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let bracketed = name.starts_with('[') && name.ends_with(']');
+    (bracketed || !name.contains(':')).then_some(name)
+}
+
+fn matches_ignore_case(p: &StringPattern, value: &str) -> bool {
+    let v = value.as_bytes();
+    match p {
+        StringPattern::Exact(e) => v.eq_ignore_ascii_case(e.as_bytes()),
+        StringPattern::Prefix(s) => v
+            .get(..s.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(s.as_bytes())),
+        StringPattern::Suffix(s) => v
+            .len()
+            .checked_sub(s.len())
+            .and_then(|start| v.get(start..))
+            .is_some_and(|t| t.eq_ignore_ascii_case(s.as_bytes())),
+        StringPattern::Present => !v.is_empty(),
+    }
+}
+
+/// A header value against an Istio string pattern, byte-wise (values need not be UTF-8). `*` is
+/// Envoy's present match: any value, even empty, of a header that is there.
+fn header_matches(p: &StringPattern, v: &[u8]) -> bool {
+    match p {
+        StringPattern::Exact(e) => v == e.as_bytes(),
+        StringPattern::Prefix(s) => v.starts_with(s.as_bytes()),
+        StringPattern::Suffix(s) => v.ends_with(s.as_bytes()),
+        StringPattern::Present => true,
+    }
+}
+
+/// The header a `request.headers[name]` condition reads. Envoy exposes the request line as
+/// pseudo-headers, which `http::HeaderMap` does not hold, so those are read from the request.
+#[derive(Debug)]
+enum RequestHeader {
+    /// `:method`.
+    Method,
+    /// `:path`: the normalised path, without the query (unlike Envoy's, which has it).
+    Path,
+    /// `:authority` or `host`: HTTP/2 carries the host outside the header map, so both read
+    /// [`RequestInfo::host`] whatever the protocol.
+    Authority,
+    /// Any other header, by its lower-cased name (header names are case-insensitive).
+    Named(HeaderName),
+}
+
+impl RequestHeader {
+    fn parse(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            ":method" => Some(RequestHeader::Method),
+            ":path" => Some(RequestHeader::Path),
+            ":authority" | "host" => Some(RequestHeader::Authority),
+            // Other pseudo-headers (`:scheme`) are not header names: refused, so the rule fails
+            // closed.
+            n => HeaderName::from_bytes(n.as_bytes())
+                .ok()
+                .map(RequestHeader::Named),
+        }
+    }
+
+    /// Whether any value of the header satisfies `f`; an absent header has none. Several values
+    /// (repeated header lines) are tried one by one, not joined.
+    fn any_value(&self, r: &RequestInfo<'_>, f: impl Fn(&[u8]) -> bool) -> bool {
+        match self {
+            RequestHeader::Method => f(r.method.as_bytes()),
+            RequestHeader::Path => f(r.path.as_bytes()),
+            // A request without a host has no `:authority`.
+            RequestHeader::Authority => !r.host.is_empty() && f(r.host.as_bytes()),
+            RequestHeader::Named(name) => r.headers.get_all(name).iter().any(|v| f(v.as_bytes())),
         }
     }
 }
@@ -91,8 +249,8 @@ fn all_hold(checks: &[Check], p: &Peer<'_>) -> bool {
 
 #[derive(Debug)]
 enum CompiledRule {
-    /// An ALLOW or AUDIT rule the node cannot evaluate (it names L7 attributes), or an invalid
-    /// one in such a policy.
+    /// An ALLOW or AUDIT rule the layer cannot evaluate (it names attributes the layer does
+    /// not see), or an invalid one in such a policy.
     Never,
     Match {
         /// Any entry, or anything when empty.
@@ -124,7 +282,7 @@ impl CompiledRule {
     }
 }
 
-/// A policy ready for per-connection evaluation.
+/// A policy ready for per-connection (or per-request) evaluation.
 #[derive(Debug)]
 pub(super) struct CompiledPolicy {
     /// `namespace/name`, shared into decisions without allocating.
@@ -144,26 +302,29 @@ impl CompiledPolicy {
     }
 }
 
-/// Compiles one policy. Rules that do not compile (the loader validates, so only a caller that
-/// skipped validation gets here) fail closed: they deny everything in a DENY policy and allow
-/// nothing in an ALLOW policy.
-pub(super) fn compile(policy: &AuthorizationPolicy) -> CompiledPolicy {
+/// Compiles one policy for `layer`. Rules that do not compile (the loader validates, so only a
+/// caller that skipped validation gets here, or a value validation does not parse, such as a
+/// path pattern `/a/*/b`) fail closed: they deny everything in a DENY policy and allow nothing
+/// in an ALLOW policy.
+pub(super) fn compile(policy: &AuthorizationPolicy, layer: Layer) -> CompiledPolicy {
     let key: Arc<str> = Arc::from(policy.key());
     let rules = policy
         .rules
         .iter()
         .enumerate()
-        .map(|(i, rule)| match compile_rule(rule, policy.action) {
+        .map(|(i, rule)| match compile_rule(rule, policy.action, layer) {
             Ok(r) => {
                 if matches!(r, CompiledRule::Never) {
                     tracing::warn!(
                         policy = %key, rule = i, action = %policy.action,
-                        "rule uses HTTP attributes the node cannot see; it matches nothing at L4"
+                        "rule uses {}; it matches nothing", unsupported(layer)
                     );
-                } else if policy.action == Action::Deny && rule_has_l7(rule).unwrap_or(false) {
+                } else if policy.action == Action::Deny
+                    && rule_unsupported(rule, layer).unwrap_or(false)
+                {
                     tracing::info!(
                         policy = %key, rule = i,
-                        "DENY rule uses HTTP attributes; enforcing its L4 part alone"
+                        "DENY rule uses {}; enforcing the rest of it alone", unsupported(layer)
                     );
                 }
                 r
@@ -187,11 +348,19 @@ pub(super) fn compile(policy: &AuthorizationPolicy) -> CompiledPolicy {
     }
 }
 
-/// ALLOW and AUDIT rules naming L7 attributes match nothing (allowing on a partial match would
-/// let through what the user meant to restrict). DENY rules drop their L7 parts instead, so
-/// they deny the L4 traffic they otherwise select: wider than intended, never narrower.
-fn compile_rule(rule: &Rule, action: Action) -> Result<CompiledRule, ValueError> {
-    if action != Action::Deny && rule_has_l7(rule)? {
+fn unsupported(layer: Layer) -> &'static str {
+    match layer {
+        Layer::L4 => "HTTP attributes the node cannot see",
+        Layer::L7 => "request authentication (JWT), which weft does not support",
+    }
+}
+
+/// ALLOW and AUDIT rules naming unsupported attributes match nothing (allowing on a partial
+/// match would let through what the user meant to restrict). DENY rules drop those parts
+/// instead, so they deny the traffic they otherwise select: wider than intended, never
+/// narrower.
+fn compile_rule(rule: &Rule, action: Action, layer: Layer) -> Result<CompiledRule, ValueError> {
+    if action != Action::Deny && rule_unsupported(rule, layer)? {
         return Ok(CompiledRule::Never);
     }
     let from = rule
@@ -202,11 +371,11 @@ fn compile_rule(rule: &Rule, action: Action) -> Result<CompiledRule, ValueError>
     let to = rule
         .to
         .iter()
-        .map(|t| compile_operation(t.operation.as_ref().ok_or(ValueError::Empty)?))
+        .map(|t| compile_operation(t.operation.as_ref().ok_or(ValueError::Empty)?, layer))
         .collect::<Result<_, _>>()?;
     let mut when = Vec::new();
     for c in &rule.when {
-        compile_condition(c, &mut when)?;
+        compile_condition(c, layer, &mut when)?;
     }
     Ok(CompiledRule::Match {
         from,
@@ -219,22 +388,53 @@ fn compile_rule(rule: &Rule, action: Action) -> Result<CompiledRule, ValueError>
 /// request principals, request `when` keys), which a node cannot see: at L4 an ALLOW rule with
 /// one matches nothing and a DENY rule denies on its L4 part alone.
 pub fn has_l7_rules(policy: &crate::model::policy::AuthorizationPolicy) -> bool {
-    policy.rules.iter().any(|r| rule_has_l7(r).unwrap_or(false))
+    policy
+        .rules
+        .iter()
+        .any(|r| rule_unsupported(r, Layer::L4).unwrap_or(false))
 }
 
-fn rule_has_l7(rule: &Rule) -> Result<bool, ValueError> {
-    let mut l7 = rule
+/// Whether the rule names something `layer` cannot evaluate: at L4 anything from HTTP, at L7
+/// request principals and the JWT (or other non-header) `when` keys.
+fn rule_unsupported(rule: &Rule, layer: Layer) -> Result<bool, ValueError> {
+    let mut found = rule
         .from
         .iter()
         .any(|f| f.source.as_ref().is_some_and(Source::has_l7))
-        || rule
-            .to
-            .iter()
-            .any(|t| t.operation.as_ref().is_some_and(Operation::has_l7));
+        || (layer == Layer::L4
+            && rule
+                .to
+                .iter()
+                .any(|t| t.operation.as_ref().is_some_and(Operation::has_l7)));
     for c in &rule.when {
-        l7 |= ConditionKey::parse(&c.key)? == ConditionKey::L7;
+        found |= matches!(classify(&c.key, layer)?, Key::Unsupported);
     }
-    Ok(l7)
+    Ok(found)
+}
+
+/// A `when` key as one layer sees it.
+enum Key<'k> {
+    Connection(ConditionKey),
+    /// `request.headers[name]`, at L7 only.
+    Header(&'k str),
+    Unsupported,
+}
+
+fn classify(key: &str, layer: Layer) -> Result<Key<'_>, ValueError> {
+    match ConditionKey::parse(key)? {
+        ConditionKey::L7 => Ok(match (layer, request_header_name(key)) {
+            (Layer::L7, Some(name)) => Key::Header(name),
+            _ => Key::Unsupported,
+        }),
+        k => Ok(Key::Connection(k)),
+    }
+}
+
+/// The `name` of `request.headers[name]` (`ConditionKey::parse` has accepted the key).
+fn request_header_name(key: &str) -> Option<&str> {
+    key.strip_prefix("request.headers[")
+        .and_then(|r| r.strip_suffix(']'))
+        .filter(|n| !n.is_empty())
 }
 
 fn compile_source(s: &Source) -> Result<All, ValueError> {
@@ -253,18 +453,58 @@ fn compile_source(s: &Source) -> Result<All, ValueError> {
     Ok(checks.into())
 }
 
-fn compile_operation(o: &Operation) -> Result<All, ValueError> {
+/// At L4 only the ports; the HTTP fields are dropped (only DENY rules get here with them, see
+/// `compile_rule`).
+fn compile_operation(o: &Operation, layer: Layer) -> Result<All, ValueError> {
     let mut checks = Vec::new();
     push(&mut checks, &o.ports, false, ports)?;
     push(&mut checks, &o.not_ports, true, ports)?;
+    if layer == Layer::L7 {
+        let methods = |v: &[String]| patterns(v.iter().map(String::as_str), Values::Method);
+        let paths = |v: &[String]| patterns(v.iter().map(String::as_str), Values::Path);
+        let hosts = |v: &[String]| {
+            v.iter()
+                .map(|h| HostPattern::parse(h))
+                .collect::<Result<_, _>>()
+                .map(Values::Host)
+        };
+        push(&mut checks, &o.methods, false, methods)?;
+        push(&mut checks, &o.not_methods, true, methods)?;
+        push(&mut checks, &o.paths, false, paths)?;
+        push(&mut checks, &o.not_paths, true, paths)?;
+        push(&mut checks, &o.hosts, false, hosts)?;
+        push(&mut checks, &o.not_hosts, true, hosts)?;
+    }
     Ok(checks.into())
 }
 
-fn compile_condition(c: &Condition, out: &mut Vec<Check>) -> Result<(), ValueError> {
+fn compile_condition(c: &Condition, layer: Layer, out: &mut Vec<Check>) -> Result<(), ValueError> {
     if c.values.is_empty() && c.not_values.is_empty() {
         return Err(ValueError::Empty);
     }
-    let key = ConditionKey::parse(&c.key)?;
+    let key = match classify(&c.key, layer)? {
+        // Only DENY rules get here with an unsupported key: the layer cannot see the
+        // attribute, so the condition is dropped (see `compile_rule`).
+        Key::Unsupported => return Ok(()),
+        Key::Header(name) => {
+            let header = || {
+                RequestHeader::parse(name).ok_or_else(|| ValueError::ConditionKey(c.key.clone()))
+            };
+            let compile = |v: &[Scalar]| -> Result<Values, ValueError> {
+                let patterns = v
+                    .iter()
+                    .map(|s| StringPattern::parse(s.as_str()))
+                    .collect::<Result<_, _>>()?;
+                Ok(Values::Header {
+                    header: header()?,
+                    patterns,
+                })
+            };
+            push(out, &c.values, false, compile)?;
+            return push(out, &c.not_values, true, compile);
+        }
+        Key::Connection(k) => k,
+    };
     let compile = |v: &[Scalar]| -> Result<Values, ValueError> {
         let strs = v.iter().map(Scalar::as_str);
         match key {
@@ -276,11 +516,6 @@ fn compile_condition(c: &Condition, out: &mut Vec<Check>) -> Result<(), ValueErr
             ConditionKey::L7 => Err(ValueError::ConditionKey(c.key.clone())),
         }
     };
-    if key == ConditionKey::L7 {
-        // Only DENY rules get here with an L7 key: the node cannot see the attribute, so the
-        // condition is dropped (see `compile_rule`).
-        return Ok(());
-    }
     push(out, &c.values, false, compile)?;
     push(out, &c.not_values, true, compile)
 }

@@ -1,23 +1,48 @@
-//! L4 authorization: may this connection reach this workload? Istio's `AuthorizationPolicy`
-//! semantics, as ztunnel applies them at the node, where only the peer's identity, addresses
-//! and the destination port are visible.
+//! Authorization: Istio's `AuthorizationPolicy` semantics, at the two places weft enforces
+//! them.
+//!
+//! **At the node** ([`PolicyIndex::evaluate`]): may this connection reach this workload? As
+//! ztunnel applies them, where only the peer's identity, addresses and the destination port are
+//! visible.
 //!
 //! - Scope: a policy in the root namespace applies mesh-wide (to every workload, or with a
 //!   selector to matching workloads in any namespace); elsewhere it applies to its namespace's
 //!   workloads, narrowed by its selector. Policies with `targetRefs` belong to waypoints and are
 //!   never applied here.
-//! - Decision: a matching DENY policy denies; otherwise, if no ALLOW policy applies the
-//!   connection is allowed; otherwise a matching ALLOW policy allows and anything else is
-//!   denied. AUDIT matches are reported for logging and never change the outcome.
 //! - L7 attributes (request principals, hosts, methods, paths, header and JWT conditions): an
 //!   ALLOW or AUDIT rule naming any of them matches nothing; a DENY rule is enforced on its L4
 //!   part alone. Both choices err towards denying.
 //!
-//! [`PolicyIndex`] compiles policies once per mesh reload; [`PolicyIndex::evaluate`] then runs
-//! per connection and allocates only when an AUDIT policy matches.
+//! **At a waypoint** ([`PolicyIndex::evaluate_waypoint`]): may this HTTP request reach this
+//! service?
+//!
+//! - Scope: the policies of the service's namespace whose `targetRefs` name the Service (group
+//!   `""` or `core`) or the waypoint's Gateway (group `gateway.networking.k8s.io`). A targetRef
+//!   naming another namespace attaches nothing (Istio refuses them). Selector policies are the
+//!   nodes' and are not applied here.
+//! - Everything the node matches, plus `methods` (case-sensitive), `paths` (against the path
+//!   from [`normalize_path`], without query), `hosts` (case-insensitive; a pattern without a
+//!   port also matches the host with its port removed, so `example.com` covers
+//!   `example.com:8080`), `ports` (the service port the request came to) and `when` on
+//!   `request.headers[name]` (name case-insensitive; any of several values may match; an
+//!   absent header fails `values` and passes `notValues`). All of them take Istio's string
+//!   patterns: exact, `prefix*`, `*suffix`, `*`.
+//! - Request authentication (`requestPrincipals`, `request.auth.*`, other non-header keys) is
+//!   not supported (weft does not validate JWTs): treated as the node treats L7 attributes.
+//!
+//! Both decide the same way: a matching DENY policy denies; otherwise, if no ALLOW policy
+//! applies the request is allowed; otherwise a matching ALLOW policy allows and anything else
+//! is denied. AUDIT matches are reported for logging and never change the outcome.
+//!
+//! [`PolicyIndex`] compiles policies once per mesh reload; evaluation then runs per connection
+//! or request and allocates only when an AUDIT policy matches.
 
 mod compile;
 mod index;
+#[cfg(test)]
+mod l7_tests;
+mod path;
+mod request;
 #[cfg(test)]
 mod tests;
 
@@ -28,8 +53,12 @@ use std::sync::Arc;
 
 pub use compile::has_l7_rules;
 pub use index::PolicyIndex;
+pub use path::{PathError, normalize_path};
+pub use request::RequestInfo;
 
-/// What the node knows about an inbound connection when it authorizes it.
+/// What the node knows about an inbound connection when it authorizes it; at a waypoint, the
+/// connection a request came on, with the destination being the service address and port the
+/// request was sent to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionInfo<'a> {
     /// The peer's full SPIFFE ID (`spiffe://td/ns/x/sa/y`), or None for plaintext peers.
@@ -48,7 +77,7 @@ pub struct WorkloadRef<'a> {
     pub labels: &'a BTreeMap<String, String>,
 }
 
-/// The outcome for one connection, with enough detail to log why.
+/// The outcome for one connection or request, with enough detail to log why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub allowed: bool,
@@ -57,11 +86,11 @@ pub struct Decision {
     pub audited: Vec<Arc<str>>,
 }
 
-/// Why a connection was allowed or denied. Policy names are `namespace/name`, shared (`Arc`)
+/// Why a connection or request was allowed or denied. Policy names are `namespace/name`, shared (`Arc`)
 /// with the index so that building a decision does not allocate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecisionReason {
-    /// No ALLOW policy applies to the workload and no DENY policy matched.
+    /// No ALLOW policy applies to the workload (or service) and no DENY policy matched.
     NoPolicies,
     AllowedBy {
         policy: Arc<str>,
@@ -69,7 +98,7 @@ pub enum DecisionReason {
     DeniedBy {
         policy: Arc<str>,
     },
-    /// ALLOW policies apply to the workload but none matched.
+    /// ALLOW policies apply to the workload (or service) but none matched.
     NoAllowMatched,
 }
 

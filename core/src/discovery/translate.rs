@@ -525,7 +525,9 @@ fn routes(cx: &mut Ctx<'_>) {
         hostnames: Vec::new(),
         rules: Vec::new(),
     };
-    let mut built: Vec<(String, Result<Route, Vec<(String, String)>>)> = Vec::new();
+    // (object, the route or the (path, message) problems that kept it from being built)
+    type Built = (String, Result<Route, Vec<(String, String)>>);
+    let mut built: Vec<Built> = Vec::new();
     for (key, Stored { object, origin }) in &objects.http_routes {
         let mut r = meta(&object.metadata, RouteKind::Http);
         r.parent_refs = object.spec.parent_refs.clone();

@@ -36,6 +36,10 @@ pub struct ConnectRequest {
     pub client: SocketAddr,
     pub baggage: Option<HeaderValue>,
     pub traceparent: Option<HeaderValue>,
+    /// A waypoint's CONNECT on behalf of a client: the client's identity, sent as
+    /// [`headers::ORIGINAL_PRINCIPAL`]. The destination believes it only from the waypoint of
+    /// the destination service's namespace.
+    pub original_principal: Option<HeaderValue>,
 }
 
 impl ConnectRequest {
@@ -49,6 +53,9 @@ impl ConnectRequest {
         }
         if let Some(t) = &self.traceparent {
             req = req.header("traceparent", t.clone());
+        }
+        if let Some(p) = &self.original_principal {
+            req = req.header(headers::ORIGINAL_PRINCIPAL, p.clone());
         }
         req.body(())
             .map_err(|e| HboneError::Request(format!("CONNECT {}: {e}", self.authority)))

@@ -5,6 +5,11 @@ use std::net::{IpAddr, SocketAddr};
 
 use http::HeaderValue;
 
+/// The original client's SPIFFE id in a waypoint's CONNECT. Istio has no such header (its
+/// destination sees the waypoint); weft's destination node uses it for L4 policy, but only
+/// when the tunnel's own certificate is the waypoint's of the destination's namespace.
+pub const ORIGINAL_PRINCIPAL: &str = "weft-original-principal";
+
 /// `for="10.0.0.1:4321"` or `for="[fd00::1]:4321"`, as RFC 7239 wants ports and IPv6 quoted.
 pub fn forwarded_for(addr: SocketAddr) -> HeaderValue {
     let v = match addr {

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod headers;
+pub mod io;
 pub mod pool;
 pub mod server;
 pub mod splice;
@@ -14,6 +15,7 @@ pub mod splice;
 use std::time::Duration;
 
 pub use client::{ClientTlsProvider, ConnectRequest};
+pub use io::StreamIo;
 pub use pool::{MarkFor, Pool, PoolKey, PooledStream, no_mark};
 pub use splice::{SpliceEnd, SpliceOutcome, splice, splice_streams, splice_tcp};
 

@@ -77,6 +77,13 @@ pub struct PooledStream {
     _lease: Lease,
 }
 
+impl PooledStream {
+    /// The stream as bytes, holding its slot until the byte stream is dropped.
+    pub fn into_io(self) -> super::StreamIo {
+        super::StreamIo::new(self.send, self.recv).keeping(Box::new(self._lease))
+    }
+}
+
 struct Lease(Arc<Conn>);
 
 impl Drop for Lease {

@@ -60,6 +60,9 @@ pub struct ConnectTarget {
     pub client: Option<SocketAddr>,
     pub baggage: Option<HeaderValue>,
     pub traceparent: Option<HeaderValue>,
+    /// The client a waypoint says it connects for ([`headers::ORIGINAL_PRINCIPAL`]);
+    /// believed only from the right waypoint (the receiver decides), ignored when malformed.
+    pub original_principal: Option<crate::identity::SpiffeId>,
 }
 
 /// Checks that `req` is a CONNECT to `ip:port`. The error is the status to answer with.
@@ -89,6 +92,10 @@ pub fn parse_connect<B>(req: &Request<B>) -> Result<ConnectTarget, (StatusCode, 
         client: h.get("forwarded").and_then(headers::parse_forwarded_for),
         baggage: h.get("baggage").cloned(),
         traceparent: h.get("traceparent").cloned(),
+        original_principal: h
+            .get(headers::ORIGINAL_PRINCIPAL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()),
     })
 }
 

@@ -36,6 +36,9 @@ pub struct MeshState {
     /// namespace -> name -> service index, for a bound service's waypoint (looked up by
     /// `&str`, so without allocating per connection).
     by_name: HashMap<String, HashMap<String, usize>>,
+    /// namespace -> identities of the waypoint instances its services are bound to: the
+    /// identities whose word on the original client a destination node takes.
+    waypoint_identities: HashMap<String, Vec<crate::identity::SpiffeId>>,
     /// Round-robin cursors, one per service. They restart at each reload, which is harmless.
     cursors: Vec<AtomicUsize>,
 }
@@ -92,6 +95,24 @@ impl MeshState {
                 .or_default()
                 .insert(s.name.clone(), si);
         }
+        let mut waypoint_identities: HashMap<String, Vec<crate::identity::SpiffeId>> =
+            HashMap::new();
+        for s in &services {
+            let Some(w) = s.waypoint.as_deref() else {
+                continue;
+            };
+            let Some(&wi) = by_name.get(&s.namespace).and_then(|m| m.get(w)) else {
+                continue;
+            };
+            let ids = waypoint_identities.entry(s.namespace.clone()).or_default();
+            for &e in &services[wi].endpoints {
+                let id = &workloads[e].identity;
+                // A waypoint of this namespace is one that runs as this namespace.
+                if id.namespace() == s.namespace && !ids.contains(id) {
+                    ids.push(id.clone());
+                }
+            }
+        }
         let cursors = services.iter().map(|_| AtomicUsize::new(0)).collect();
         MeshState {
             trust_domain,
@@ -106,6 +127,7 @@ impl MeshState {
             by_vip,
             by_endpoint,
             by_name,
+            waypoint_identities,
             cursors,
         }
     }
@@ -150,6 +172,16 @@ impl MeshState {
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
         let &si = self.by_name.get(namespace)?.get(name)?;
         Some(&self.services[si])
+    }
+
+    /// The next endpoint of `service`, round robin (the waypoint's pick for a route backend).
+    pub fn next_endpoint(&self, service: &Service) -> Option<&Arc<Workload>> {
+        if service.endpoints.is_empty() {
+            return None;
+        }
+        let si = *self.by_name.get(&service.namespace)?.get(&service.name)?;
+        let n = self.cursors[si].fetch_add(1, Ordering::Relaxed);
+        Some(&self.workloads[service.endpoints[n % service.endpoints.len()]])
     }
 
     /// The service's endpoints.
@@ -208,6 +240,13 @@ impl MeshState {
         }
         let n = self.cursors[si].fetch_add(1, Ordering::Relaxed);
         meshed().nth(n % ready)
+    }
+
+    /// Whether `identity` is that of a waypoint instance serving services of `namespace`.
+    pub fn is_waypoint_of(&self, namespace: &str, identity: &crate::identity::SpiffeId) -> bool {
+        self.waypoint_identities
+            .get(namespace)
+            .is_some_and(|ids| ids.contains(identity))
     }
 
     /// The workloads scheduled on `node`.

@@ -4,6 +4,8 @@
 pub mod accesslog;
 pub mod httpd;
 pub mod metrics;
+pub mod requests;
 
 pub use accesslog::AccessLog;
 pub use metrics::{ConnectionLabels, ConnectionMetrics, FailureReason, Reporter, SecurityPolicy};
+pub use requests::{RequestLabels, RequestMetrics};

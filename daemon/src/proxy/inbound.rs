@@ -95,6 +95,26 @@ async fn stream(
             return refuse(resp, status, &why, &labels, FailureReason::BadRequest);
         }
     };
+    // A waypoint's word on the original client is taken only from a waypoint of the target's
+    // namespace (its instances' identities, from the mesh state): then destination policy
+    // matches the real client. From anyone else the header is ignored.
+    let tunnel = source.clone();
+    let source = match &connect.original_principal {
+        Some(original) => match state.workload_by_ip(connect.target.ip()) {
+            Some(dst)
+                if state.is_waypoint_of(&dst.namespace, &tunnel)
+                    && original.trust_domain() == tunnel.trust_domain() =>
+            {
+                original.clone()
+            }
+            _ => {
+                tracing::debug!(%peer, %tunnel, claimed = %original, "original principal ignored: the tunnel is not this namespace's waypoint");
+                tunnel.clone()
+            }
+        },
+        None => tunnel.clone(),
+    };
+    labels.source_principal = source.to_string();
     // `forwarded` is believed only when it does not contradict the certificate: an address of a
     // workload with another identity is a lie, and the connection's own peer is used instead.
     let peer_addr = SocketAddr::new(peer.ip(), 0);

@@ -163,6 +163,7 @@ async fn hbone(
                 .unwrap_or("latest"),
         ),
         traceparent: None,
+        original_principal: None,
     };
     // What the workload sent before the tunnel was up goes out with the CONNECT.
     let (mut early_bytes, mut early_error) = (0u64, None);

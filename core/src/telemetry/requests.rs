@@ -1,0 +1,64 @@
+//! Request metrics, reported by waypoints: Istio's `istio_requests_total` and
+//! `istio_request_duration_milliseconds` as `weft_*`, with Istio's connection labels plus the
+//! request's protocol, response code, gRPC status and response flags.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use super::metrics::ConnectionLabels;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    #[prometheus(flatten)]
+    pub connection: ConnectionLabels,
+    /// `http`, `http2` or `grpc`.
+    pub request_protocol: &'static str,
+    pub response_code: u16,
+    /// The gRPC status for gRPC requests, `-` otherwise.
+    pub grpc_response_status: String,
+    /// Envoy's short codes (`UH`, `UF`, `UT`, `URX`, `NR`, ...), comma separated, `-` when none.
+    pub response_flags: String,
+}
+
+/// Istio's buckets for request durations, in milliseconds.
+const BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+fn histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+pub struct RequestMetrics {
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<RequestLabels, Histogram, fn() -> Histogram>,
+}
+
+impl RequestMetrics {
+    pub fn register(registry: &mut Registry) -> std::sync::Arc<Self> {
+        let m = RequestMetrics {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(histogram),
+        };
+        registry.register(
+            "weft_requests",
+            "Requests handled by a waypoint",
+            m.requests.clone(),
+        );
+        registry.register(
+            "weft_request_duration_milliseconds",
+            "Request duration, from the request's arrival to the end of the response",
+            m.duration.clone(),
+        );
+        std::sync::Arc::new(m)
+    }
+
+    pub fn record(&self, labels: &RequestLabels, duration_ms: f64) {
+        self.requests.get_or_create(labels).inc();
+        self.duration.get_or_create(labels).observe(duration_ms);
+    }
+}

@@ -1,0 +1,385 @@
+//! HTTP through the waypoint, on loopback: `sleep` on node1 speaks HTTP/1.1 or HTTP/2 to the
+//! bound service `web`; node1's weftd steers it to the waypoint, which routes it (Gateway API
+//! rules from the mesh file) to `web-v1` or `web-v2` on node2 through node2's weftd.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use weft_tests::http_app::{HttpApp, http_app};
+use weft_tests::{Mesh, NodeAddrs, WaypointProcess, Weftd, connect_via, ip, metric_sum};
+
+const ID: u8 = 57;
+
+fn vip() -> SocketAddr {
+    SocketAddr::new(ip(ID, 0, 100), 80)
+}
+
+fn pod(name: &str, labels: Value, addr: std::net::IpAddr, node: &str) -> Value {
+    json!({"name": name, "namespace": "default", "serviceAccount": name,
+           "ips": [addr.to_string()], "node": node, "labels": labels})
+}
+
+fn service(name: &str, host: u8, selector: Value) -> Value {
+    json!({"name": name, "vips": [ip(ID, 0, host).to_string()],
+           "ports": [{"port": 80, "targetPort": 8080}], "selector": selector})
+}
+
+struct Setup {
+    _m: Mesh,
+    n1: Weftd,
+    n2: Weftd,
+    wp: WaypointProcess,
+    v1: HttpApp,
+    v2: HttpApp,
+}
+
+async fn setup() -> Setup {
+    let mut m = Mesh::new(ID, 2).unwrap();
+    m.nodes.push("node3".into());
+    m.workloads
+        .push(pod("sleep", json!({"app": "sleep"}), ip(ID, 1, 1), "node1"));
+    m.workloads.push(pod(
+        "web-v1",
+        json!({"app": "web", "version": "v1"}),
+        ip(ID, 2, 1),
+        "node2",
+    ));
+    m.workloads.push(pod(
+        "web-v2",
+        json!({"app": "web", "version": "v2"}),
+        ip(ID, 2, 2),
+        "node2",
+    ));
+    m.workloads.push(pod(
+        "waypoint",
+        json!({"app": "waypoint"}),
+        ip(ID, 3, 250),
+        "node3",
+    ));
+    let mut web = service("web", 100, json!({"app": "web"}));
+    web["waypoint"] = json!("waypoint");
+    m.services.push(web);
+    m.services
+        .push(service("web-v1", 101, json!({"version": "v1"})));
+    m.services
+        .push(service("web-v2", 102, json!({"version": "v2"})));
+    m.services.push(
+        json!({"name": "waypoint", "vips": [ip(ID, 0, 110).to_string()],
+                           "ports": [{"port": 15008}], "selector": {"app": "waypoint"}}),
+    );
+    let backend = |name: &str| json!({"name": name, "port": 80});
+    m.routes.push(json!({
+        "name": "web", "namespace": "default",
+        "parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": 80}],
+        "rules": [
+            {"matches": [{"headers": [{"name": "x-version", "value": "v2"}]}],
+             "backendRefs": [backend("web-v2")]},
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/fail"}}],
+             "backendRefs": [backend("web-v1")],
+             "retry": {"codes": [503], "attempts": 2, "backoff": "5ms"}},
+            {"matches": [{"path": {"type": "Exact", "value": "/slow"}}],
+             "filters": [{"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplaceFullPath", "replaceFullPath": "/sleep/3000"}}}],
+             "backendRefs": [backend("web-v1")],
+             "timeouts": {"request": "300ms"}},
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/old"}}],
+             "filters": [{"type": "RequestRedirect", "requestRedirect": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/new"}, "statusCode": 301}}]},
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/api"}, "method": "GET"}],
+             "filters": [
+                {"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}}},
+                {"type": "RequestHeaderModifier", "requestHeaderModifier": {"add": [{"name": "x-added", "value": "yes"}], "remove": ["x-drop"]}},
+                {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"set": [{"name": "x-resp", "value": "set"}]}}],
+             "backendRefs": [backend("web-v1")]},
+            {"matches": [{"path": {"type": "RegularExpression", "value": "/items/[0-9]+"}},
+                         {"queryParams": [{"name": "pin", "value": "v2"}]}],
+             "backendRefs": [backend("web-v2")]},
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/mirror"}}],
+             "filters": [{"type": "RequestMirror", "requestMirror": {"backendRef": backend("web-v2")}}],
+             "backendRefs": [backend("web-v1")]},
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/missing"}}],
+             "backendRefs": [backend("no-such-service")]},
+            {"backendRefs": [
+                {"name": "web-v1", "port": 80, "weight": 90},
+                {"name": "web-v2", "port": 80, "weight": 10}]},
+        ]
+    }));
+    let (n1, n2) = m.start_both().unwrap();
+    let wp = m.start_waypoint().unwrap();
+    let v1 = http_app(SocketAddr::new(ip(ID, 2, 1), 8080), "web-v1")
+        .await
+        .unwrap();
+    let v2 = http_app(SocketAddr::new(ip(ID, 2, 2), 8080), "web-v2")
+        .await
+        .unwrap();
+    Setup {
+        _m: m,
+        n1,
+        n2,
+        wp,
+        v1,
+        v2,
+    }
+}
+
+type H1 = http1::SendRequest<Full<Bytes>>;
+
+async fn h1(node: &NodeAddrs) -> H1 {
+    let tcp = connect_via(node, ip(ID, 1, 1), vip()).await.unwrap();
+    let (send, conn) = http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+async fn h2(node: &NodeAddrs) -> http2::SendRequest<Full<Bytes>> {
+    let tcp = connect_via(node, ip(ID, 1, 1), vip()).await.unwrap();
+    let (send, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    json: Value,
+    text: String,
+}
+
+async fn read(resp: Response<hyper::body::Incoming>) -> Answer {
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        json: serde_json::from_str(&text).unwrap_or(Value::Null),
+        text,
+    }
+}
+
+fn get(path: &str) -> Request<Full<Bytes>> {
+    Request::get(path)
+        .header("host", "web.default.svc.cluster.local")
+        .body(Full::default())
+        .unwrap()
+}
+
+async fn send(c: &mut H1, req: Request<Full<Bytes>>) -> Answer {
+    c.ready().await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), c.send_request(req))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    read(r).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routes_filters_splits_and_retries_through_the_waypoint() {
+    let s = setup().await;
+    let mut c = h1(&s.n1.addrs).await;
+
+    // The default rule splits 90/10: 1000 requests on one kept connection.
+    let mut v2 = 0;
+    for i in 0..1000 {
+        let a = send(&mut c, get("/")).await;
+        assert_eq!(
+            a.status,
+            StatusCode::OK,
+            "request {i}: {}\n{}",
+            a.text,
+            s.wp.logs()
+        );
+        if a.json["server"] == "web-v2" {
+            v2 += 1;
+        }
+    }
+    assert!(
+        (50..=150).contains(&v2),
+        "web-v2 got {v2} of 1000, expected 100 +- 50"
+    );
+
+    // A header pins v2.
+    for _ in 0..20 {
+        let mut req = get("/");
+        req.headers_mut().insert("x-version", "v2".parse().unwrap());
+        assert_eq!(send(&mut c, req).await.json["server"], "web-v2");
+    }
+    // Regex path or query parameter: v2 too; a non-matching path falls to the split.
+    assert_eq!(
+        send(&mut c, get("/items/42")).await.json["server"],
+        "web-v2"
+    );
+    assert_eq!(
+        send(&mut c, get("/x?a=1&pin=v2")).await.json["server"],
+        "web-v2"
+    );
+
+    // Rewrite and header modifiers as the server sees them.
+    let mut req = get("/api/things?q=1");
+    req.headers_mut()
+        .insert("x-drop", "secret".parse().unwrap());
+    let a = send(&mut c, req).await;
+    assert_eq!(a.json["server"], "web-v1");
+    assert_eq!(a.json["path"], "/things?q=1");
+    assert_eq!(a.json["headers"]["x-added"], "yes");
+    assert!(a.json["headers"].get("x-drop").is_none(), "{}", a.text);
+    assert_eq!(a.headers["x-resp"], "set");
+    // The waypoint's own request headers.
+    let h = &a.json["headers"];
+    assert_eq!(h["x-forwarded-for"], ip(ID, 1, 1).to_string(), "{}", a.text);
+    assert!(
+        h["x-request-id"].as_str().is_some_and(|v| v.len() == 36),
+        "{}",
+        a.text
+    );
+    assert!(
+        h["traceparent"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("00-")),
+        "{}",
+        a.text
+    );
+    // POST does not match the GET-only rule: it takes the split, unrewritten.
+    let post = Request::post("/api/things")
+        .body(Full::new(Bytes::from("x")))
+        .unwrap();
+    let a = send(&mut c, post).await;
+    assert_eq!(a.json["path"], "/api/things", "{}", a.text);
+
+    // A redirect is answered by the waypoint itself.
+    let a = send(&mut c, get("/old/page?x=1")).await;
+    assert_eq!(a.status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(
+        a.headers["location"],
+        "http://web.default.svc.cluster.local/new/page?x=1"
+    );
+
+    // A backend that fails its first attempt is retried: the client sees 200.
+    let a = send(&mut c, get("/fail/once/a")).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(s.v1.count("/fail/once/a"), 2);
+    // A POST whose body is larger than the retry buffer is sent once, never retried.
+    let big = Request::post("/fail/once/big")
+        .body(Full::new(Bytes::from(vec![7u8; 100 * 1024])))
+        .unwrap();
+    let a = send(&mut c, big).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(s.v1.count("/fail/once/big"), 1);
+    // A small POST body is held and replayed.
+    let small = Request::post("/fail/once/small")
+        .body(Full::new(Bytes::from("hello")))
+        .unwrap();
+    let a = send(&mut c, small).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json["body_bytes"], 5);
+
+    // The budget caps retries under a backend that always fails: 200 requests with two
+    // retries each would make 600 attempts; the budget allows a fifth more plus a floor.
+    let before = s.v1.count("/fail/always");
+    for _ in 0..200 {
+        assert_eq!(
+            send(&mut c, get("/fail/always")).await.status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+    let attempts = s.v1.count("/fail/always") - before;
+    assert!(
+        (200..=330).contains(&attempts),
+        "{attempts} attempts for 200 requests"
+    );
+
+    // The request timeout answers 504 on time.
+    let start = Instant::now();
+    let a = send(&mut c, get("/slow")).await;
+    assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT, "{}", a.text);
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+
+    // A mirror gets a copy; the client does not wait for it.
+    let a = send(&mut c, get("/mirror/1")).await;
+    assert_eq!(a.json["server"], "web-v1");
+    let mirrored = || s.v2.count("/mirror/1") == 1;
+    assert!(weft_tests::eventually(Duration::from_secs(5), mirrored).await);
+
+    // A backend Service that does not exist: 503, and the waypoint keeps serving.
+    assert_eq!(
+        send(&mut c, get("/missing")).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(send(&mut c, get("/")).await.status, StatusCode::OK);
+
+    // HTTP/2 prior knowledge from the client: multiplexed, and sent on as HTTP/2.
+    let mut c2 = h2(&s.n1.addrs).await;
+    let mut pending = Vec::new();
+    for _ in 0..20 {
+        let req = Request::get("http://web.default.svc.cluster.local/h2")
+            .body(Full::default())
+            .unwrap();
+        c2.ready().await.unwrap();
+        pending.push(c2.send_request(req));
+    }
+    for p in pending {
+        let a = read(p.await.unwrap()).await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.json["version"], "HTTP/2.0", "{}", a.text);
+    }
+
+    // Request metrics, with Istio's labels, response codes and flags.
+    let metrics = s.wp.metrics();
+    let ok = [
+        "reporter=\"waypoint\"",
+        "source_principal=\"spiffe://cluster.local/ns/default/sa/sleep\"",
+        "source_workload=\"sleep\"",
+        "destination_service=\"web.default.svc.cluster.local\"",
+        "destination_workload=\"web-v1\"",
+        "response_code=\"200\"",
+        "request_protocol=\"http\"",
+    ];
+    assert!(
+        metric_sum(&metrics, "weft_requests_total", &ok) >= 800.0,
+        "{metrics}"
+    );
+    let exhausted = ["response_code=\"503\"", "response_flags=\"URX\""];
+    assert!(
+        metric_sum(&metrics, "weft_requests_total", &exhausted) >= 1.0,
+        "{metrics}"
+    );
+    let timeout = ["response_code=\"504\"", "response_flags=\"UT\""];
+    assert_eq!(
+        metric_sum(&metrics, "weft_requests_total", &timeout),
+        1.0,
+        "{metrics}"
+    );
+    assert!(metric_sum(&metrics, "weft_request_duration_milliseconds_count", &ok) >= 800.0);
+    // The destination node took the waypoint's word on the original client.
+    let dest = [
+        "reporter=\"destination\"",
+        "source_principal=\"spiffe://cluster.local/ns/default/sa/sleep\"",
+    ];
+    assert!(metric_sum(&s.n2.metrics(), "weft_tcp_connections_opened_total", &dest) >= 1.0);
+    // Connections to the backends are kept: far fewer tunnels than requests.
+    let tunnels = metric_sum(
+        &s.n2.metrics(),
+        "weft_tcp_connections_opened_total",
+        &["reporter=\"destination\""],
+    );
+    assert!(tunnels < 50.0, "{tunnels} tunnels for ~1500 requests");
+
+    // The compiled routes, in the order they are tried.
+    let dump = s.wp.config_dump().unwrap();
+    let entries = &dump["routes"][0]["entries"];
+    assert_eq!(dump["routes"][0]["service"], "default/web");
+    assert_eq!(
+        entries[0]["matches"], r#"{"path":{"type":"Exact","value":"/slow"}}"#,
+        "{dump:#}"
+    );
+}

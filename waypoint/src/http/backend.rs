@@ -1,0 +1,177 @@
+//! The innermost service: an endpoint of the chosen backend Service, round robin, and the
+//! request sent to it over a pooled HTTP connection inside HBONE (or plain TCP for an
+//! endpoint outside the mesh). The protocol towards it is the backend port's `appProtocol`,
+//! else the client's.
+
+use std::sync::Arc;
+
+use http::header::HOST;
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use tower::util::BoxCloneSyncService;
+
+use super::body::{self, Body, answer, is_grpc};
+use super::client::{Proto, Target};
+use super::context::is_upgrade;
+use super::exchange::{Exchange, Flag, Upstream};
+use super::retry::ConnectFailed;
+use super::route::Selected;
+use super::{Downstream, HttpService, tunnel_of};
+use crate::Waypoint;
+use crate::upstream;
+
+pub fn service(wp: Arc<Waypoint>) -> HttpService {
+    BoxCloneSyncService::new(tower::service_fn(move |req| {
+        let wp = wp.clone();
+        async move { Ok(handle(wp, req).await) }
+    }))
+}
+
+/// `appProtocol` values that mean HTTP/2 towards the endpoint.
+fn protocol(app_protocol: Option<&str>, client: Version) -> Proto {
+    match app_protocol.map(str::to_ascii_lowercase).as_deref() {
+        Some("http2" | "grpc" | "kubernetes.io/h2c") => Proto::Http2,
+        Some("http") => Proto::Http1,
+        _ if client == Version::HTTP_2 => Proto::Http2,
+        _ => Proto::Http1,
+    }
+}
+
+async fn handle(wp: Arc<Waypoint>, mut req: Request<Body>) -> Response<Body> {
+    let grpc = is_grpc(req.headers());
+    let (Some((down, snap)), Some(sel)) =
+        (tunnel_of(&req), req.extensions().get::<Selected>().cloned())
+    else {
+        return answer(
+            grpc,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "request without its route",
+        );
+    };
+    let exchange = req.extensions().get::<Exchange>().cloned();
+    let unavailable = |why: String| {
+        if let Some(x) = &exchange {
+            x.flag(Flag::NoHealthyUpstream);
+        }
+        answer(grpc, StatusCode::SERVICE_UNAVAILABLE, &why)
+    };
+    let target = &sel.target;
+    let state = &snap.state;
+    let Some(service) = state.service(&target.namespace, &target.name) else {
+        return unavailable(format!("backend {target}: no such service"));
+    };
+    let Some(port) = service.port(target.port) else {
+        return unavailable(format!("backend {target}: the service has no such port"));
+    };
+    let Some(ep) = state.next_endpoint(service) else {
+        return unavailable(format!("backend {target}: no healthy endpoint"));
+    };
+    let chosen = upstream::choose(ep, port.target(), down.vip, state.hbone_port);
+    if let Some(x) = &exchange {
+        x.with(|l| {
+            l.upstream = Some(Upstream {
+                workload: chosen.workload.name.clone(),
+                namespace: chosen.workload.namespace.clone(),
+                principal: chosen.identity_label(),
+                address: chosen.address.to_string(),
+                backend: target.to_string(),
+            })
+        });
+    }
+    let proto = protocol(port.app_protocol.as_deref(), req.version());
+    let upgrade = proto == Proto::Http1 && is_upgrade(req.headers());
+    if let Err(e) = for_upstream(&mut req, proto, &down) {
+        return answer(
+            grpc,
+            StatusCode::BAD_REQUEST,
+            &format!("request target: {e}"),
+        );
+    }
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let target = Arc::new(Target {
+        chosen,
+        client: down.client,
+        identity: down.source.clone(),
+    });
+    let resp = match wp.clients.send(&wp, target, proto, req, upgrade).await {
+        Ok(r) => r,
+        Err(super::client::SendError::Connect(e)) => {
+            if let Some(x) = &exchange {
+                x.flag(Flag::UpstreamConnectFailure);
+            }
+            let mut r = answer(
+                grpc,
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("upstream connect error: {e}"),
+            );
+            r.extensions_mut().insert(ConnectFailed);
+            return r;
+        }
+        Err(e) => {
+            if let Some(x) = &exchange {
+                x.flag(Flag::UpstreamReset);
+            }
+            return answer(
+                grpc,
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("upstream reset: {e}"),
+            );
+        }
+    };
+    let mut resp = resp;
+    if let Some(down_up) = downstream_upgrade
+        && resp.status() == StatusCode::SWITCHING_PROTOCOLS
+    {
+        let up = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            match tokio::try_join!(down_up, up) {
+                Ok((d, u)) => {
+                    let mut d = hyper_util::rt::TokioIo::new(d);
+                    let mut u = hyper_util::rt::TokioIo::new(u);
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut d, &mut u).await {
+                        tracing::debug!("upgraded connection ended: {e}");
+                    }
+                }
+                Err(e) => tracing::debug!("upgrade failed: {e}"),
+            }
+        });
+    }
+    resp.map(body::incoming)
+}
+
+/// The request as the endpoint must see it: origin-form with a `Host` for HTTP/1.1,
+/// absolute with `:authority` (and no `Host`) for HTTP/2.
+fn for_upstream(req: &mut Request<Body>, proto: Proto, down: &Downstream) -> Result<(), String> {
+    let authority = req
+        .headers()
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| down.service_hostname.clone());
+    let pq = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    match proto {
+        Proto::Http1 => {
+            *req.uri_mut() = Uri::from(pq);
+            *req.version_mut() = Version::HTTP_11;
+            if !req.headers().contains_key(HOST) {
+                let v = HeaderValue::from_str(&authority).map_err(|e| e.to_string())?;
+                req.headers_mut().insert(HOST, v);
+            }
+        }
+        Proto::Http2 => {
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = Some(Authority::try_from(authority).map_err(|e| e.to_string())?);
+            parts.path_and_query = Some(pq);
+            *req.uri_mut() = Uri::from_parts(parts).map_err(|e| e.to_string())?;
+            *req.version_mut() = Version::HTTP_2;
+            req.headers_mut().remove(HOST);
+        }
+    }
+    Ok(())
+}

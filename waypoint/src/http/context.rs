@@ -1,0 +1,285 @@
+//! What the waypoint does to every request before anything reads it: one normalised path
+//! (routing and authorization must see the path the backend will), no hop-by-hop headers,
+//! the client added to `x-forwarded-for` and `forwarded`, a request id, and a W3C trace
+//! context with the waypoint's own span.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Uri};
+use tower::Layer;
+use weft_core::authz::normalize_path;
+
+use super::body::{Body, answer, is_grpc};
+use super::exchange::{Exchange, Flag};
+use super::{Downstream, HttpService, layer_fn, next};
+
+pub fn layer() -> impl Layer<HttpService, Service = HttpService> + Clone {
+    layer_fn(handle)
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+async fn handle(inner: HttpService, mut req: Request<Body>) -> Response<Body> {
+    let grpc = is_grpc(req.headers());
+    let refuse = |req: &Request<Body>, status, msg: &str| {
+        super::exchange::flag(req, Flag::DownstreamProtocolError);
+        answer(grpc, status, msg)
+    };
+    if req.method() == Method::CONNECT {
+        return refuse(
+            &req,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not proxied by the waypoint",
+        );
+    }
+    match normalized_uri(req.uri()) {
+        Ok(Some(uri)) => *req.uri_mut() = uri,
+        Ok(None) => {}
+        Err(e) => {
+            return refuse(
+                &req,
+                StatusCode::BAD_REQUEST,
+                &format!("bad request path: {e}"),
+            );
+        }
+    }
+    let upgrade = is_upgrade(req.headers());
+    strip_hop_by_hop(req.headers_mut(), upgrade);
+    // The waypoint answers `100-continue` itself (hyper does, when the body is first read).
+    req.headers_mut().remove(header::EXPECT);
+    if let Some(down) = req.extensions().get::<Arc<Downstream>>().cloned() {
+        forwarded_for(req.headers_mut(), down.client.ip());
+    }
+    let id = request_id(req.headers_mut());
+    trace(req.headers_mut());
+    if let Some(x) = req.extensions().get::<Exchange>() {
+        x.with(|l| l.request_id = id);
+    }
+    let mut resp = next(inner, req).await;
+    let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    strip_hop_by_hop(resp.headers_mut(), switched);
+    resp
+}
+
+/// The URI with its path normalised; `None` when it already was.
+fn normalized_uri(uri: &Uri) -> Result<Option<Uri>, String> {
+    let path = uri.path();
+    let normalized = normalize_path(path).map_err(|e| e.to_string())?;
+    if normalized == path {
+        return Ok(None);
+    }
+    let pq = match uri.query() {
+        Some(q) => format!("{normalized}?{q}"),
+        None => normalized,
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(PathAndQuery::try_from(pq).map_err(|e| e.to_string())?);
+    Uri::from_parts(parts).map(Some).map_err(|e| e.to_string())
+}
+
+pub fn is_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
+}
+
+/// Headers that describe one connection and must not be forwarded (RFC 9110 7.6.1), and those
+/// the `connection` header names. An upgrade keeps `connection: upgrade` and `upgrade`: the
+/// backend must see the request for what it is. `te: trailers` stays (gRPC needs it).
+fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(upgrade && n == header::UPGRADE))
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in ["keep-alive", "proxy-connection", "transfer-encoding"] {
+        h.remove(n);
+    }
+    if !upgrade {
+        h.remove(header::CONNECTION);
+        h.remove(header::UPGRADE);
+    } else {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    let te_trailers = h
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    h.remove(header::TE);
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+fn forwarded_for(h: &mut HeaderMap, ip: std::net::IpAddr) {
+    let ip_text = ip.to_string();
+    let xff = match h.get(&XFF).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip_text}"),
+        None => ip_text.clone(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert(XFF, v);
+    }
+    // RFC 7239: IPv6 addresses are quoted and bracketed.
+    let node = if ip.is_ipv6() {
+        format!("for=\"[{ip_text}]\";proto=http")
+    } else {
+        format!("for={ip_text};proto=http")
+    };
+    let fwd = match h.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {node}"),
+        None => node,
+    };
+    if let Ok(v) = HeaderValue::from_str(&fwd) {
+        h.insert(header::FORWARDED, v);
+    }
+    if !h.contains_key(&XFP) {
+        h.insert(XFP, HeaderValue::from_static("http"));
+    }
+}
+
+/// The client's `x-request-id` when it is a sane one, else a new one (UUID v4 form).
+fn request_id(h: &mut HeaderMap) -> String {
+    if let Some(v) = h.get(&REQUEST_ID).and_then(|v| v.to_str().ok())
+        && !v.is_empty()
+        && v.len() <= 128
+    {
+        return v.to_owned();
+    }
+    let r = fastrand::u128(..);
+    let id = format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        (r >> 96) as u32,
+        (r >> 80) as u16,
+        (r >> 68) as u16 & 0x0fff,
+        ((r >> 52) as u16 & 0x3fff) | 0x8000,
+        r as u64 & 0xffff_ffff_ffff
+    );
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        h.insert(REQUEST_ID, v);
+    }
+    id
+}
+
+/// Continues the client's trace with a span of our own, or starts one (sampled) when the
+/// client sent none or a malformed one.
+fn trace(h: &mut HeaderMap) {
+    let span = loop {
+        let s = fastrand::u64(..);
+        if s != 0 {
+            break s;
+        }
+    };
+    let parsed = h
+        .get(&TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_traceparent);
+    let value = match parsed {
+        Some((trace, flags)) => format!("00-{trace}-{span:016x}-{flags}"),
+        None => {
+            let t = loop {
+                let t = fastrand::u128(..);
+                if t != 0 {
+                    break t;
+                }
+            };
+            format!("00-{t:032x}-{span:016x}-01")
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        h.insert(TRACEPARENT, v);
+    }
+}
+
+/// `(trace id, flags)` of a valid version-00 `traceparent`.
+fn parse_traceparent(v: &str) -> Option<(&str, &str)> {
+    let mut parts = v.split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    };
+    let zero = |s: &str| s.bytes().all(|b| b == b'0');
+    (version == "00"
+        && parts.next().is_none()
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && !zero(trace)
+        && !zero(parent))
+    .then_some((trace, flags))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_and_te_trailers_stays() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            "keep-alive, x-secret".parse().expect("v"),
+        );
+        h.insert("x-secret", "1".parse().expect("v"));
+        h.insert("keep-alive", "timeout=5".parse().expect("v"));
+        h.insert(header::TE, "trailers, deflate".parse().expect("v"));
+        h.insert("x-kept", "1".parse().expect("v"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(!h.contains_key("x-secret") && !h.contains_key(header::CONNECTION));
+        assert!(!h.contains_key("keep-alive"));
+        assert_eq!(
+            h.get(header::TE).map(|v| v.as_bytes()),
+            Some(&b"trailers"[..])
+        );
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn traces_are_continued_or_started() {
+        let mut h = HeaderMap::new();
+        let theirs = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        h.insert(TRACEPARENT, theirs.parse().expect("v"));
+        trace(&mut h);
+        let ours = h[&TRACEPARENT].to_str().expect("ascii").to_owned();
+        assert!(
+            ours.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{ours}"
+        );
+        assert_ne!(ours, theirs, "the waypoint's own span");
+        let mut fresh = HeaderMap::new();
+        fresh.insert(TRACEPARENT, "garbage".parse().expect("v"));
+        trace(&mut fresh);
+        let t = fresh[&TRACEPARENT].to_str().expect("ascii");
+        assert!(parse_traceparent(t).is_some(), "{t}");
+    }
+
+    #[test]
+    fn forwarded_headers_append() {
+        let mut h = HeaderMap::new();
+        h.insert(XFF, "203.0.113.9".parse().expect("v"));
+        forwarded_for(&mut h, "10.0.0.1".parse().expect("ip"));
+        assert_eq!(h[&XFF], "203.0.113.9, 10.0.0.1");
+        assert_eq!(h[header::FORWARDED], "for=10.0.0.1;proto=http");
+    }
+}

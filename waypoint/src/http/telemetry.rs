@@ -1,0 +1,219 @@
+//! Request metrics and the access log. Both are written when the response has ended (its
+//! last byte or trailers sent, or the client gone), so durations cover streamed bodies and a
+//! gRPC status that only arrives in trailers is seen.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, Version};
+use http_body::{Body as _, Frame, SizeHint};
+use tower::Layer;
+use weft_core::telemetry::{ConnectionLabels, Reporter, RequestLabels, SecurityPolicy};
+
+use super::body::{Body, BoxError, is_grpc};
+use super::exchange::{Exchange, Flag};
+use super::{Downstream, HttpService, layer_fn, next};
+use crate::Waypoint;
+
+pub fn layer(wp: Arc<Waypoint>) -> impl Layer<HttpService, Service = HttpService> + Clone {
+    layer_fn(move |inner, req| handle(wp.clone(), inner, req))
+}
+
+/// What the log line and the labels need from the request.
+struct Started {
+    wp: Arc<Waypoint>,
+    exchange: Exchange,
+    down: Option<Arc<Downstream>>,
+    start: Instant,
+    method: String,
+    path: String,
+    protocol: &'static str,
+    status: u16,
+    grpc_status: Option<String>,
+    bytes: u64,
+}
+
+async fn handle(wp: Arc<Waypoint>, inner: HttpService, mut req: Request<Body>) -> Response<Body> {
+    let exchange = Exchange::default();
+    req.extensions_mut().insert(exchange.clone());
+    let protocol = if is_grpc(req.headers()) {
+        "grpc"
+    } else if req.version() == Version::HTTP_2 {
+        "http2"
+    } else {
+        "http"
+    };
+    let started = Started {
+        wp,
+        exchange,
+        down: req.extensions().get::<Arc<Downstream>>().cloned(),
+        start: Instant::now(),
+        method: req.method().to_string(),
+        path: req.uri().path().to_owned(),
+        protocol,
+        status: 0,
+        grpc_status: None,
+        bytes: 0,
+    };
+    let resp = next(inner, req).await;
+    let (mut parts, body) = resp.into_parts();
+    let mut started = started;
+    started.status = parts.status.as_u16();
+    started.grpc_status = grpc_status(&parts.headers);
+    // Trailers-only gRPC answers (our own errors among them) end with the headers.
+    let body = Recorded {
+        inner: body,
+        done: Some(started),
+    };
+    parts.extensions.clear();
+    Response::from_parts(parts, http_body_util::BodyExt::boxed(body))
+}
+
+fn grpc_status(h: &HeaderMap) -> Option<String> {
+    h.get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+pin_project_lite::pin_project! {
+    /// The response body, which records the exchange once when it ends or is dropped.
+    struct Recorded {
+        #[pin]
+        inner: Body,
+        done: Option<Started>,
+    }
+
+    impl PinnedDrop for Recorded {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(s) = this.done.take() {
+                // hyper stops polling a body that says it has ended; one dropped before
+                // that is a client that went away.
+                let ended = this.inner.is_end_stream();
+                if !ended {
+                    s.exchange.flag(Flag::DownstreamReset);
+                }
+                finish(s, ended);
+            }
+        }
+    }
+}
+
+impl http_body::Body for Recorded {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let r = this.inner.poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(s) = this.done.as_mut() {
+                    if let Some(d) = frame.data_ref() {
+                        s.bytes += d.len() as u64;
+                    }
+                    if let Some(t) = frame.trailers_ref()
+                        && let Some(g) = grpc_status(t)
+                    {
+                        s.grpc_status = Some(g);
+                    }
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(s) = this.done.take() {
+                    finish(s, true);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(s) = this.done.take() {
+                    s.exchange.flag(Flag::UpstreamReset);
+                    finish(s, false);
+                }
+            }
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn finish(s: Started, complete: bool) {
+    let elapsed = s.start.elapsed();
+    let log = s.exchange.with(std::mem::take);
+    let mut c = ConnectionLabels::new(Reporter::Waypoint);
+    c.connection_security_policy = SecurityPolicy::MutualTls;
+    if let Some(d) = &s.down {
+        c.source_principal = d.source.to_string();
+        c.source_workload_namespace = d.source.namespace().to_owned();
+        if let Some((name, _)) = &d.source_workload {
+            c.source_workload = name.clone();
+        }
+        c.destination_service = d.service_hostname.clone();
+    }
+    if let Some(u) = &log.upstream {
+        c.destination_workload = u.workload.clone();
+        c.destination_workload_namespace = u.namespace.clone();
+        if !u.principal.is_empty() {
+            c.destination_principal = u.principal.clone();
+        }
+    }
+    let flags = if log.flags.is_empty() {
+        "-".to_owned()
+    } else {
+        log.flags
+            .iter()
+            .map(|f| f.code())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let grpc = s.grpc_status.clone().unwrap_or_else(|| "-".into());
+    let labels = RequestLabels {
+        connection: c,
+        request_protocol: s.protocol,
+        response_code: s.status,
+        grpc_response_status: if s.protocol == "grpc" {
+            grpc.clone()
+        } else {
+            "-".into()
+        },
+        response_flags: flags.clone(),
+    };
+    let ms = elapsed.as_secs_f64() * 1000.0;
+    s.wp.requests.record(&labels, ms);
+    let up = log.upstream.unwrap_or_default();
+    tracing::info!(
+        target: "weft::access",
+        direction = "waypoint",
+        request_id = %log.request_id,
+        method = %s.method,
+        path = %s.path,
+        protocol = s.protocol,
+        status = s.status,
+        grpc_status = %grpc,
+        flags = %flags,
+        route = log.route.as_deref().unwrap_or("-"),
+        backend = %up.backend,
+        attempts = log.attempts,
+        src = %s.down.as_ref().map(|d| d.client.to_string()).unwrap_or_default(),
+        src_identity = %labels.connection.source_principal,
+        dst = %up.address,
+        dst_identity = %up.principal,
+        dst_service = %labels.connection.destination_service,
+        bytes_sent = s.bytes,
+        duration_ms = elapsed.as_millis() as u64,
+        complete,
+    );
+}
