@@ -15,9 +15,15 @@ use weft_tests::http_app::{HttpApp, http_app};
 use weft_tests::{Mesh, NodeAddrs, WaypointProcess, Weftd, connect_via, ip, metric_sum};
 
 const ID: u8 = 57;
+/// The policy test's own addresses.
+const POLICY_ID: u8 = 59;
+
+fn vip_of(id: u8) -> SocketAddr {
+    SocketAddr::new(ip(id, 0, 100), 80)
+}
 
 fn vip() -> SocketAddr {
-    SocketAddr::new(ip(ID, 0, 100), 80)
+    vip_of(ID)
 }
 
 fn pod(name: &str, labels: Value, addr: std::net::IpAddr, node: &str) -> Value {
@@ -25,8 +31,8 @@ fn pod(name: &str, labels: Value, addr: std::net::IpAddr, node: &str) -> Value {
            "ips": [addr.to_string()], "node": node, "labels": labels})
 }
 
-fn service(name: &str, host: u8, selector: Value) -> Value {
-    json!({"name": name, "vips": [ip(ID, 0, host).to_string()],
+fn service(id: u8, name: &str, host: u8, selector: Value) -> Value {
+    json!({"name": name, "vips": [ip(id, 0, host).to_string()],
            "ports": [{"port": 80, "targetPort": 8080}], "selector": selector})
 }
 
@@ -39,40 +45,40 @@ struct Setup {
     v2: HttpApp,
 }
 
-async fn setup() -> Setup {
-    let mut m = Mesh::new(ID, 2).unwrap();
+/// `sleep` on node1; `web-v1` and `web-v2` on node2 behind `web` (bound to the waypoint) and
+/// their own Services; the waypoint's workload and Service on node3.
+fn topology(id: u8) -> Mesh {
+    let mut m = Mesh::new(id, 2).unwrap();
     m.nodes.push("node3".into());
+    let v = |n| json!({"app": "web", "version": n});
     m.workloads
-        .push(pod("sleep", json!({"app": "sleep"}), ip(ID, 1, 1), "node1"));
-    m.workloads.push(pod(
-        "web-v1",
-        json!({"app": "web", "version": "v1"}),
-        ip(ID, 2, 1),
-        "node2",
-    ));
-    m.workloads.push(pod(
-        "web-v2",
-        json!({"app": "web", "version": "v2"}),
-        ip(ID, 2, 2),
-        "node2",
-    ));
+        .push(pod("sleep", json!({"app": "sleep"}), ip(id, 1, 1), "node1"));
+    m.workloads
+        .push(pod("web-v1", v("v1"), ip(id, 2, 1), "node2"));
+    m.workloads
+        .push(pod("web-v2", v("v2"), ip(id, 2, 2), "node2"));
     m.workloads.push(pod(
         "waypoint",
         json!({"app": "waypoint"}),
-        ip(ID, 3, 250),
+        ip(id, 3, 250),
         "node3",
     ));
-    let mut web = service("web", 100, json!({"app": "web"}));
+    let mut web = service(id, "web", 100, json!({"app": "web"}));
     web["waypoint"] = json!("waypoint");
     m.services.push(web);
     m.services
-        .push(service("web-v1", 101, json!({"version": "v1"})));
+        .push(service(id, "web-v1", 101, json!({"version": "v1"})));
     m.services
-        .push(service("web-v2", 102, json!({"version": "v2"})));
+        .push(service(id, "web-v2", 102, json!({"version": "v2"})));
     m.services.push(
-        json!({"name": "waypoint", "vips": [ip(ID, 0, 110).to_string()],
+        json!({"name": "waypoint", "vips": [ip(id, 0, 110).to_string()],
                            "ports": [{"port": 15008}], "selector": {"app": "waypoint"}}),
     );
+    m
+}
+
+async fn setup() -> Setup {
+    let mut m = topology(ID);
     let backend = |name: &str| json!({"name": name, "port": 80});
     m.routes.push(json!({
         "name": "web", "namespace": "default",
@@ -382,4 +388,148 @@ async fn routes_filters_splits_and_retries_through_the_waypoint() {
         entries[0]["matches"], r#"{"path":{"type":"Exact","value":"/slow"}}"#,
         "{dump:#}"
     );
+}
+
+/// One HTTP/1.1 request written as raw bytes (so odd paths reach the waypoint as sent), on
+/// its own connection; the status code of the answer.
+async fn raw_status(node: &NodeAddrs, id: u8, request: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = connect_via(node, ip(id, 1, 1), vip_of(id)).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn l7_policy_at_the_waypoint_and_the_original_client_at_the_destination() {
+    let id = POLICY_ID;
+    let mut m = topology(id);
+    // At the waypoint: no DELETE, nothing under /admin.
+    m.policies
+        .push(json!({"name": "no-delete", "namespace": "default",
+        "targetRefs": [{"kind": "Service", "name": "web"}], "action": "DENY",
+        "rules": [{"to": [{"operation": {"methods": ["DELETE"]}}]}]}));
+    m.policies.push(json!({"name": "no-admin", "namespace": "default",
+        "targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"}],
+        "action": "DENY",
+        "rules": [{"to": [{"operation": {"paths": ["/admin", "/admin/*"]}}]}]}));
+    // At the destination node: only `sleep` may reach web's pods. The waypoint is not allowed
+    // itself: requests through it arrive only because node2 takes its word on the client.
+    m.policies
+        .push(json!({"name": "only-sleep", "namespace": "default",
+        "selector": {"matchLabels": {"app": "web"}}, "action": "ALLOW",
+        "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/default/sa/sleep"]}}]}]}));
+    let (n1, _n2) = m.start_both().unwrap();
+    let wp = m.start_waypoint().unwrap();
+    let v1 = http_app(SocketAddr::new(ip(id, 2, 1), 8080), "web-v1")
+        .await
+        .unwrap();
+    let _v2 = http_app(SocketAddr::new(ip(id, 2, 2), 8080), "web-v2")
+        .await
+        .unwrap();
+
+    let req = |line: &str| format!("{line} HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n");
+    assert_eq!(
+        raw_status(&n1.addrs, id, &req("GET /")).await,
+        200,
+        "{}\n{}\n{}",
+        wp.logs(),
+        n1.logs(),
+        _n2.logs()
+    );
+    assert_eq!(
+        raw_status(&n1.addrs, id, &req("GET /public/admin")).await,
+        200
+    );
+    assert_eq!(raw_status(&n1.addrs, id, &req("DELETE /")).await, 403);
+    // Every spelling of /admin is the same path to the policy.
+    for path in [
+        "/admin",
+        "/admin/users",
+        "/a/../admin",
+        "/%61dmin",
+        "//admin",
+        "/x/..%2Fadmin",
+        "/admin%2Fusers",
+        "/./admin",
+        "/%2e%2e/admin",
+        "/public/..//admin/",
+    ] {
+        let status = raw_status(&n1.addrs, id, &req(&format!("GET {path}"))).await;
+        assert_eq!(status, 403, "{path} got past the policy\n{}", wp.logs());
+    }
+    assert_eq!(v1.count("/admin") + v1.count("/%61"), 0, "{:?}", v1.seen());
+    // An escape that does not decode is refused outright.
+    assert_eq!(raw_status(&n1.addrs, id, &req("GET /%zz")).await, 400);
+
+    // The denial says so.
+    let mut c = {
+        let tcp = connect_via(&n1.addrs, ip(id, 1, 1), vip_of(id))
+            .await
+            .unwrap();
+        let (send, conn) = http1::handshake(TokioIo::new(tcp)).await.unwrap();
+        tokio::spawn(conn);
+        send
+    };
+    let del = Request::delete("/x")
+        .header("host", "web")
+        .body(Full::default())
+        .unwrap();
+    let a = send(&mut c, del).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert!(
+        a.text.contains("RBAC: access denied") && a.text.contains("default/no-delete"),
+        "{}",
+        a.text
+    );
+    let metrics = wp.metrics();
+    assert!(
+        metric_sum(
+            &metrics,
+            "weft_requests_total",
+            &["response_code=\"403\"", "response_flags=\"RBAC\""]
+        ) >= 11.0,
+        "{metrics}"
+    );
+
+    // Straight to node2 with another identity, claiming to be `sleep`: the claim is ignored
+    // (that identity is no waypoint of the namespace), and the ALLOW policy refuses it.
+    let claim = |sa: &str| {
+        let tls = m.client_tls(None, sa, "web-v1");
+        async move {
+            let target = SocketAddr::new(ip(id, 2, 1), 8080);
+            let tcp = tokio::net::TcpStream::connect(SocketAddr::new(target.ip(), 15008))
+                .await
+                .unwrap();
+            let s = tokio_rustls::TlsConnector::from(tls)
+                .connect(
+                    rustls_pki_types::ServerName::IpAddress(target.ip().into()),
+                    tcp,
+                )
+                .await
+                .unwrap();
+            let (h2, conn) = h2::client::handshake(s).await.unwrap();
+            tokio::spawn(conn);
+            let mut h2 = h2.ready().await.unwrap();
+            let req = Request::builder()
+                .method(http::Method::CONNECT)
+                .uri(target.to_string())
+                .header(
+                    weft_core::hbone::headers::ORIGINAL_PRINCIPAL,
+                    "spiffe://cluster.local/ns/default/sa/sleep",
+                )
+                .body(())
+                .unwrap();
+            let (resp, _send) = h2.send_request(req, false).unwrap();
+            resp.await.unwrap().status()
+        }
+    };
+    assert_eq!(claim("intruder").await, StatusCode::UNAUTHORIZED);
+    // `sleep` itself is allowed, with or without the header.
+    assert_eq!(claim("sleep").await, StatusCode::OK);
 }

@@ -14,7 +14,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// stream, e.g. to detect the protocol); shutdown ends the stream (END_STREAM), as a FIN would.
 pub struct StreamIo {
     send: SendStream<Bytes>,
-    recv: RecvStream,
+    /// Taken only by `drop`.
+    recv: Option<RecvStream>,
     /// Received and not yet read.
     pending: Bytes,
     shut: bool,
@@ -26,7 +27,7 @@ impl StreamIo {
     pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
         StreamIo {
             send,
-            recv,
+            recv: Some(recv),
             pending: Bytes::new(),
             shut: false,
             _keep: None,
@@ -42,6 +43,35 @@ impl StreamIo {
     pub fn keeping(mut self, keep: Box<dyn Send + Sync>) -> Self {
         self._keep = Some(keep);
         self
+    }
+}
+
+/// How long a finished stream waits for the peer's end before it is dropped anyway.
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Drop for StreamIo {
+    /// Dropping a stream the peer has not finished sends RST_STREAM(CANCEL), and a peer that
+    /// gets a reset may drop the data it has not delivered yet: the last response of a
+    /// `connection: close` exchange would be lost. Once our side has ended cleanly, the peer's
+    /// remaining data is read (and discarded) until it ends too.
+    fn drop(&mut self) {
+        let Some(mut recv) = self.recv.take() else {
+            return;
+        };
+        if !self.shut || recv.is_end_stream() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let drain = async {
+                while let Some(Ok(chunk)) = recv.data().await {
+                    let _ = recv.flow_control().release_capacity(chunk.len());
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_LIMIT, drain).await;
+        });
     }
 }
 
@@ -66,16 +96,17 @@ impl AsyncRead for StreamIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         while self.pending.is_empty() {
-            match ready!(self.recv.poll_data(cx)) {
+            let Some(recv) = self.recv.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            match ready!(recv.poll_data(cx)) {
                 None => return Poll::Ready(Ok(())),
                 Some(Err(e)) => return Poll::Ready(Err(stream_error(e))),
                 Some(Ok(chunk)) => {
                     // The window opens as data arrives; the bytes still held are bounded by
                     // one frame, so the peer is not made to wait on our reader.
-                    let n = chunk.len();
-                    self.recv
-                        .flow_control()
-                        .release_capacity(n)
+                    recv.flow_control()
+                        .release_capacity(chunk.len())
                         .map_err(stream_error)?;
                     self.pending = chunk;
                 }
