@@ -223,7 +223,7 @@ impl MeshState {
     /// The waypoint instance a connection to `service` goes through: an endpoint (round
     /// robin) of the service named by `service.waypoint` in the service's own namespace (a
     /// waypoint Gateway's Service). `None` when the service is bound but that waypoint is
-    /// missing or has no meshed endpoint: the caller must refuse, never go direct.
+    /// missing or has no HBONE endpoint: the caller must refuse, never go direct.
     pub fn waypoint_of(&self, service: &Service) -> Option<&Arc<Workload>> {
         let name = service.waypoint.as_deref()?;
         let &si = self.by_name.get(&service.namespace)?.get(name)?;
@@ -232,7 +232,9 @@ impl MeshState {
                 .endpoints
                 .iter()
                 .map(|&i| &self.workloads[i])
-                .filter(|w| w.is_meshed())
+                // A waypoint terminates HBONE itself: its pods are never captured (mode
+                // `none`), so what counts is that it is reached over HBONE, not its mode.
+                .filter(|w| w.tunnel == super::workload::TunnelProtocol::Hbone)
         };
         let ready = meshed().count();
         if ready == 0 {

@@ -120,7 +120,9 @@ pub async fn handle(px: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, original: 
         .emit();
     };
 
-    match dst.filter(|d| d.is_meshed()) {
+    // A waypoint is always reached over HBONE (its own pods are never captured, so they are
+    // not "meshed" in the capture sense); never as plain TCP, which would skip it.
+    match dst.filter(|d| via_waypoint.is_some() || d.is_meshed()) {
         Some(d) => {
             labels.connection_security_policy = SecurityPolicy::MutualTls;
             let tunnel = SocketAddr::new(tunnel_ip, hbone_port);
