@@ -65,6 +65,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         opts.reload_interval,
         &mut registry,
         &shutdown,
+        &weft_core::discovery::cluster::KINDS,
     )
     .await?;
     let (source, loaded, kube_client) = (opened.source, opened.first, opened.client);

@@ -47,6 +47,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         opts.reload_interval,
         &mut registry,
         &shutdown,
+        &weft_core::discovery::cluster::WAYPOINT_KINDS,
     )
     .await?;
     let (source, loaded, client) = (opened.source, opened.first, opened.client);

@@ -54,6 +54,7 @@ pub async fn open(
     reload_interval: Duration,
     registry: &mut Registry,
     stop: &CancellationToken,
+    kinds: &[super::Kind],
 ) -> Result<Opened, SourceError> {
     if !kubernetes {
         let mut loader = MeshLoader::new(mesh).with_manifests(manifests);
@@ -65,7 +66,7 @@ pub async fn open(
         });
     }
     let settings = Settings::read(&mesh, "the Kubernetes API server")?;
-    let status = cluster::new_status();
+    let status = cluster::new_status(kinds);
     let client = cluster::connect(&status)
         .await
         .map_err(SourceError::Connect)?;
@@ -76,6 +77,7 @@ pub async fn open(
         metrics,
         Batching::default(),
         stop.clone(),
+        kinds,
         move |objects| {
             let started = Instant::now();
             (settings.from_cluster(objects), started.elapsed())

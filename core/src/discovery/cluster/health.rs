@@ -116,6 +116,8 @@ pub fn kind_of_path(path: &str) -> Option<Kind> {
         "endpointslices" => Kind::EndpointSlice,
         "serviceaccounts" => Kind::ServiceAccount,
         "authorizationpolicies" => Kind::AuthorizationPolicy,
+        "httproutes" => Kind::HttpRoute,
+        "grpcroutes" => Kind::GrpcRoute,
         _ => return None,
     })
 }

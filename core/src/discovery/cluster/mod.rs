@@ -41,15 +41,28 @@ use tokio_util::sync::CancellationToken;
 pub use health::{HealthLayer, KindStatus, SharedStatus, SourceStatus};
 
 use super::crd::AuthorizationPolicy;
+use super::gateway::{GRPCRoute, HTTPRoute};
 use super::{Kind, Object, ObjectKey, ObjectSet};
 
-/// The kinds the source watches.
+/// The kinds every source watches (weftd's set).
 pub const KINDS: [Kind; 5] = [
     Kind::Namespace,
     Kind::Pod,
     Kind::Service,
     Kind::EndpointSlice,
     Kind::AuthorizationPolicy,
+];
+
+/// A waypoint's set: also the Gateway API routes, which only waypoints apply (the nodes never
+/// watch them, so a cluster without the Gateway API CRDs runs weftd unchanged).
+pub const WAYPOINT_KINDS: [Kind; 7] = [
+    Kind::Namespace,
+    Kind::Pod,
+    Kind::Service,
+    Kind::EndpointSlice,
+    Kind::AuthorizationPolicy,
+    Kind::HttpRoute,
+    Kind::GrpcRoute,
 ];
 
 /// How long the source waits for a burst of changes to end before making a version, and the
@@ -143,8 +156,8 @@ where
         .build()
 }
 
-pub fn new_status() -> SharedStatus {
-    std::sync::Arc::new(std::sync::Mutex::new(SourceStatus::new(&KINDS)))
+pub fn new_status(kinds: &[Kind]) -> SharedStatus {
+    std::sync::Arc::new(std::sync::Mutex::new(SourceStatus::new(kinds)))
 }
 
 enum Change {
@@ -163,6 +176,7 @@ pub fn start<T: Send + 'static>(
     metrics: SourceMetrics,
     batching: Batching,
     cancel: CancellationToken,
+    kinds: &[Kind],
     load: impl FnMut(&ObjectSet) -> T + Send + 'static,
 ) -> tokio::sync::mpsc::Receiver<T> {
     let (changes, rx) = mpsc::channel();
@@ -202,16 +216,33 @@ pub fn start<T: Send + 'static>(
         },
     );
     w.spawn(
-        Api::<AuthorizationPolicy>::all(client),
+        Api::<AuthorizationPolicy>::all(client.clone()),
         Kind::AuthorizationPolicy,
         |mut o| {
             slim::meta(&mut o.metadata);
             Object::AuthorizationPolicy(Box::new(o))
         },
     );
+    if kinds.contains(&Kind::HttpRoute) {
+        w.spawn(
+            Api::<HTTPRoute>::all(client.clone()),
+            Kind::HttpRoute,
+            |mut o| {
+                slim::meta(&mut o.metadata);
+                Object::HttpRoute(Box::new(o))
+            },
+        );
+    }
+    if kinds.contains(&Kind::GrpcRoute) {
+        w.spawn(Api::<GRPCRoute>::all(client), Kind::GrpcRoute, |mut o| {
+            slim::meta(&mut o.metadata);
+            Object::GrpcRoute(Box::new(o))
+        });
+    }
     drop(w);
+    let wanted = kinds.len();
     tokio::task::spawn_blocking(move || {
-        batch(rx, status, metrics, batching, load, versions);
+        batch(rx, status, metrics, batching, wanted, load, versions);
     });
     out
 }
@@ -309,6 +340,9 @@ fn describe(kind: Kind, e: &watcher::Error) -> String {
         (Some(404), Kind::AuthorizationPolicy) => {
             " (is the CRD installed? see deploy/crds/ or the Helm chart)"
         }
+        (Some(404), Kind::HttpRoute | Kind::GrpcRoute) => {
+            " (are the Gateway API CRDs installed? a waypoint needs them)"
+        }
         (Some(403), _) => " (check weftd's ClusterRole: it needs get, list and watch)",
         (Some(410), _) => " (resourceVersion expired; listing again)",
         _ => "",
@@ -321,6 +355,7 @@ fn batch<T>(
     status: SharedStatus,
     metrics: SourceMetrics,
     batching: Batching,
+    wanted: usize,
     mut load: impl FnMut(&ObjectSet) -> T,
     versions: tokio::sync::mpsc::Sender<T>,
 ) {
@@ -354,7 +389,7 @@ fn batch<T>(
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
         pending = None;
-        if listed.len() < KINDS.len() {
+        if listed.len() < wanted {
             // The first version waits for every kind: a mesh without its policies would let
             // through what they deny.
             continue;

@@ -49,7 +49,11 @@ struct Running {
 }
 
 fn run(api: &FakeApi) -> Running {
-    let status = new_status();
+    run_with(api, &super::KINDS)
+}
+
+fn run_with(api: &FakeApi, kinds: &[Kind]) -> Running {
+    let status = new_status(kinds);
     let client = client_over(api.clone(), &status);
     let cancel = CancellationToken::new();
     let batching = Batching {
@@ -62,6 +66,7 @@ fn run(api: &FakeApi) -> Running {
         SourceMetrics::default(),
         batching,
         cancel.clone(),
+        kinds,
         translate,
     );
     Running {
@@ -304,4 +309,46 @@ async fn a_missing_crd_holds_the_first_version_and_names_the_cause() {
             .is_err(),
         "a first version without policies would allow what they deny"
     );
+}
+
+/// Routes are the waypoints' business: watched only with `WAYPOINT_KINDS`, translated like
+/// the manifests source's, and a node without the Gateway API CRDs is not held up by them.
+#[tokio::test]
+async fn routes_are_watched_by_waypoints_only() {
+    let api = FakeApi::default();
+    cluster(&api);
+    api.apply(
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
+                 "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}}),
+    );
+    let mut waypoint = run_with(&api, &super::WAYPOINT_KINDS);
+    let t = waypoint.until("the route", |t| !t.routes.is_empty()).await;
+    assert_eq!(t.routes[0].key(), "shop/web");
+    drop(waypoint);
+
+    // A node: the routes' API answering 404 does not matter, it is never asked.
+    api.set_handler(Box::new(|_, path, _| {
+        path.ends_with("/httproutes").then(|| {
+            (
+                http::StatusCode::NOT_FOUND,
+                super::fake::status_body(404, "NotFound", "no such resource"),
+            )
+        })
+    }));
+    let mut node = run(&api);
+    let t = node
+        .until("the first version", |t| !t.workloads.is_empty())
+        .await;
+    assert!(t.routes.is_empty());
+    // A waypoint without the CRDs waits, and says why.
+    let waypoint = run_with(&api, &super::WAYPOINT_KINDS);
+    waypoint
+        .until_status("the Gateway API hint", |s| {
+            s.kind(Kind::HttpRoute)
+                .and_then(|k| k.error.as_deref())
+                .is_some_and(|e| e.contains("Gateway API CRDs"))
+        })
+        .await;
 }
