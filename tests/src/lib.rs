@@ -6,6 +6,7 @@
 //! parallel without sharing a port.
 
 pub mod cluster;
+pub mod grpc_app;
 pub mod http_app;
 pub mod netns;
 pub mod traffic;

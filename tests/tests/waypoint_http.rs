@@ -544,8 +544,12 @@ async fn bad_http_is_refused_and_the_waypoint_keeps_serving() {
     m.services[0]["ports"][0]["appProtocol"] = json!("http");
     let (n1, _n2) = m.start_both().unwrap();
     let wp = m.start_waypoint().unwrap();
-    let _v1 = http_app(SocketAddr::new(ip(id, 2, 1), 8080), "web-v1").await.unwrap();
-    let _v2 = http_app(SocketAddr::new(ip(id, 2, 2), 8080), "web-v2").await.unwrap();
+    let _v1 = http_app(SocketAddr::new(ip(id, 2, 1), 8080), "web-v1")
+        .await
+        .unwrap();
+    let _v2 = http_app(SocketAddr::new(ip(id, 2, 2), 8080), "web-v2")
+        .await
+        .unwrap();
     let ok = || async {
         let req = "GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n";
         raw_status(&n1.addrs, id, req).await
@@ -553,17 +557,28 @@ async fn bad_http_is_refused_and_the_waypoint_keeps_serving() {
     assert_eq!(ok().await, 200, "{}", wp.logs());
 
     // Not HTTP on an HTTP port, a broken header line, headers larger than the limit.
-    assert_eq!(raw_status(&n1.addrs, id, "NOT HTTP AT ALL\r\n\r\n").await, 400);
+    assert_eq!(
+        raw_status(&n1.addrs, id, "NOT HTTP AT ALL\r\n\r\n").await,
+        400
+    );
     let broken = "GET / HTTP/1.1\r\nhost: web\r\nno colon here\r\n\r\n";
     assert_eq!(raw_status(&n1.addrs, id, broken).await, 400);
-    let huge = format!("GET / HTTP/1.1\r\nhost: web\r\nx-big: {}\r\n\r\n", "a".repeat(100 * 1024));
+    let huge = format!(
+        "GET / HTTP/1.1\r\nhost: web\r\nx-big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
     let status = raw_status(&n1.addrs, id, &huge).await;
-    assert!(status == 431 || status == 0, "oversized headers got {status}");
+    assert!(
+        status == 431 || status == 0,
+        "oversized headers got {status}"
+    );
     assert_eq!(ok().await, 200);
 
     // HTTP/2 rapid reset: streams opened and reset at once, far past the server's limit. The
     // connection is closed; a new one is served.
-    let tcp = connect_via(&n1.addrs, ip(id, 1, 1), vip_of(id)).await.unwrap();
+    let tcp = connect_via(&n1.addrs, ip(id, 1, 1), vip_of(id))
+        .await
+        .unwrap();
     let (h2c, conn) = h2::client::handshake(tcp).await.unwrap();
     let conn = tokio::spawn(conn);
     let flood = async {
@@ -586,10 +601,19 @@ async fn bad_http_is_refused_and_the_waypoint_keeps_serving() {
 
     // A SETTINGS flood, never reading the acknowledgements: the waypoint stops reading that
     // connection (or closes it); others are served meanwhile.
-    let mut tcp = connect_via(&n1.addrs, ip(id, 1, 1), vip_of(id)).await.unwrap();
-    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    let mut tcp = connect_via(&n1.addrs, ip(id, 1, 1), vip_of(id))
+        .await
+        .unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
     let frame = [0u8, 0, 0, 4, 0, 0, 0, 0, 0];
-    let frames: Vec<u8> = frame.iter().copied().cycle().take(frame.len() * 100_000).collect();
+    let frames: Vec<u8> = frame
+        .iter()
+        .copied()
+        .cycle()
+        .take(frame.len() * 100_000)
+        .collect();
     let _ = tokio::time::timeout(Duration::from_secs(10), tcp.write_all(&frames)).await;
     assert_eq!(ok().await, 200, "{}", wp.logs());
     let mut sink = [0u8; 1024];
