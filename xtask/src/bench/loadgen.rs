@@ -6,6 +6,9 @@
 //!   total RATE over CONNECTIONS open connections. Each request has an intended send time on
 //!   a fixed schedule and its latency is measured from that time, not from when it was sent,
 //!   so a stall counts against every request it delayed (no coordinated omission).
+//! - `http-latency ADDR RATE SECONDS CONNECTIONS`: as `latency`, with HTTP/1.1 `GET /` on
+//!   kept connections instead of raw bytes (for the waypoint, which needs HTTP to route).
+//! - `http-serve ADDR`: answers every HTTP/1.1 request on a kept connection with a 2-byte 200.
 //! - `connrate ADDR SECONDS WORKERS`: closed loop of connect + 64-byte exchange + close.
 //! - `hold ADDR COUNT`: opens COUNT connections, prints once they are all up, then holds them
 //!   until stdin closes.
@@ -36,8 +39,16 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             arg(2, "rate")?.parse()?,
             Duration::from_secs(arg(3, "seconds")?.parse()?),
             arg(4, "connections")?.parse()?,
-            arg(5, "size")?.parse()?,
+            Exchange::Bytes(arg(5, "size")?.parse()?),
         ),
+        "http-latency" => latency(
+            addr,
+            arg(2, "rate")?.parse()?,
+            Duration::from_secs(arg(3, "seconds")?.parse()?),
+            arg(4, "connections")?.parse()?,
+            Exchange::Http,
+        ),
+        "http-serve" => http_serve(addr),
         "connrate" => connrate(
             addr,
             Duration::from_secs(arg(2, "seconds")?.parse()?),
@@ -114,12 +125,68 @@ fn sleep_until(when: Instant) {
     }
 }
 
+/// What one request/response of `latency` is.
+#[derive(Clone, Copy)]
+enum Exchange {
+    /// SIZE bytes out, the same back (an echo server).
+    Bytes(usize),
+    /// `GET /` and a response with a `content-length` body.
+    Http,
+}
+
+const HTTP_REQUEST: &[u8] = b"GET / HTTP/1.1\r\nhost: bench\r\n\r\n";
+const HTTP_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+/// Reads one HTTP/1.1 message: the head, then `content-length` bytes of body. One exchange is
+/// in flight per connection, so what one read returns belongs to one message.
+fn read_http(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<()> {
+    buf.clear();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return Ok(());
+            }
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            bail!("connection closed mid-message");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn http_serve(addr: SocketAddr) -> anyhow::Result<()> {
+    let l = std::net::TcpListener::bind(addr)?;
+    println!("{}", json!({"listening": addr.to_string()}));
+    for s in l.incoming() {
+        let Ok(mut s) = s else { continue };
+        let _ = s.set_nodelay(true);
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            // The benchmark's requests are GETs without a body: a message is its head.
+            while read_http(&mut s, &mut buf).is_ok() {
+                if s.write_all(HTTP_RESPONSE).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
 fn latency(
     addr: SocketAddr,
     rate: f64,
     duration: Duration,
     connections: usize,
-    size: usize,
+    exchange: Exchange,
 ) -> anyhow::Result<()> {
     let streams: Vec<TcpStream> = (0..connections)
         .map(|_| connect(addr))
@@ -138,7 +205,12 @@ fn latency(
                     // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
                     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) };
                     let mut hist = histogram();
+                    let size = match exchange {
+                        Exchange::Bytes(n) => n,
+                        Exchange::Http => 0,
+                    };
                     let (req, mut resp) = (vec![0x5a_u8; size], vec![0_u8; size]);
+                    let mut head = Vec::new();
                     let offset = interval.mul_f64(i as f64 / connections as f64);
                     let mut sent = 0u64;
                     for k in 0u32.. {
@@ -147,8 +219,16 @@ fn latency(
                             break;
                         }
                         sleep_until(intended);
-                        stream.write_all(&req)?;
-                        stream.read_exact(&mut resp)?;
+                        match exchange {
+                            Exchange::Bytes(_) => {
+                                stream.write_all(&req)?;
+                                stream.read_exact(&mut resp)?;
+                            }
+                            Exchange::Http => {
+                                stream.write_all(HTTP_REQUEST)?;
+                                read_http(&mut stream, &mut head)?;
+                            }
+                        }
                         sent += 1;
                         if intended >= start + warmup {
                             let ns = intended.elapsed().as_nanos() as u64;

@@ -14,6 +14,7 @@
 mod figures;
 pub mod loadgen;
 mod report;
+mod waypoint;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -45,9 +46,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 .unwrap_or_default();
             l4(&only, value("--features").as_deref())
         }
+        Some("waypoint") => waypoint::run(),
         _ => bail!(
             "usage: cargo xtask bench l4 [--only throughput,latency,connrate,memory,reload,criterion] \
-             [--features <weftd features, e.g. aws-lc-rs>]"
+             [--features <weftd features, e.g. aws-lc-rs>]\n       cargo xtask bench waypoint"
         ),
     }
 }

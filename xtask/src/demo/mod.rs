@@ -1,11 +1,15 @@
 //! `cargo xtask demo`: a local mesh of network namespaces with transparent eBPF capture.
 //!
 //! Two node namespaces joined by a bridge (each node's "uplink" plugs into it), each running
-//! weftd; a `client` pod on node1, two `web` pods on node2 behind the service VIP 10.60.100.1,
-//! and an `outside` host that is not in the mesh. Unmodified `curl` and `python3 -m http.server` are the applications. The
-//! demo sends requests, prints who talked to whom with which identities and the metric lines,
-//! prints commands to try, and waits for Ctrl-C (`--once`: exits at once). Everything it made
-//! is removed when it ends, by name.
+//! weftd; a `client` pod on node1, and an `outside` host that is not in the mesh; on node2 the
+//! `web` pods: web-1 and web-2 (version v1, behind the service `web-v1`, 10.60.100.2), web-3
+//! and web-4 (v2; web-4 fails every other request), and a waypoint pod. The service `web`
+//! (10.60.100.1) is bound to the waypoint, which splits it 90/10 between the versions, pins v2
+//! on a header, retries what web-4 fails, and refuses DELETE (see [`waypoint`]). Unmodified
+//! `curl` and python HTTP servers are the applications. The demo sends requests, prints who
+//! talked to whom with which identities and the metric lines, prints commands to try, and
+//! waits for Ctrl-C (`--once`: exits at once). Everything it made is removed when it ends, by
+//! name.
 //!
 //! The topology is the one the end-to-end tests build (`weft_tests::netns`), so what the demo
 //! shows is what CI checks.
@@ -20,11 +24,14 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use weft_tests::netns::{Topology, read, write_mesh};
 
+mod waypoint;
+
 const PREFIX: &str = "weft-demo";
 const ID: u8 = 60;
-const VIP: &str = "10.60.100.1";
-const NAMESPACES: [&str; 7] = [
-    "node1", "node2", "lan", "client", "outside", "web-1", "web-2",
+/// The service the first act calls: web-1 and web-2, straight through the nodes.
+const VIP: &str = "10.60.100.2";
+const NAMESPACES: [&str; 10] = [
+    "node1", "node2", "lan", "client", "outside", "web-1", "web-2", "web-3", "web-4", "waypoint",
 ];
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
@@ -50,7 +57,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let _claim = weft_tests::netns::claim_names("cargo xtask demo", PREFIX, &NAMESPACES)?;
     // `cargo xtask test` has built everything already (`--no-build`).
     if !args.iter().any(|a| a == "--no-build") {
-        crate::cargo(&["build", "-p", "weftd"])?;
+        crate::cargo(&["build", "-p", "weftd", "-p", "weft-waypoint"])?;
     }
     let weftd = weft_tests::weftd_bin();
     check_kernel(&weftd)?;
@@ -100,34 +107,49 @@ fn demo(dir: &Path, once: bool) -> anyhow::Result<()> {
     let outside = t.pod("node1", "outside", 9, 2)?;
     let web1 = t.pod("node2", "web-1", 2, 2)?;
     let web2 = t.pod("node2", "web-2", 2, 3)?;
+    let web3 = t.pod("node2", "web-3", 2, 4)?;
+    let web4 = t.pod("node2", "web-4", 2, 5)?;
+    let waypoint_ip = t.pod("node2", "waypoint", 2, 6)?;
     let cgroup2 = t.extra_cgroup("node2")?;
     let nodes =
         t.ebpf_node("node1", &t.cgroup, "uplink") + &t.ebpf_node("node2", &cgroup2, "uplink");
     let netns = |pod: &str| t.ns_path(pod).display().to_string();
+    let web = |pod: &str, ip: &str, version: &str| {
+        format!(
+            "  - {{name: {pod}, serviceAccount: web, ips: [{ip}], node: node2, netns: \"{}\", labels: {{app: web, version: {version}}}}}\n",
+            netns(pod)
+        )
+    };
     let workloads = format!(
         "  - {{name: client, serviceAccount: client, ips: [{client}], node: node1, netns: \"{}\", labels: {{app: client}}}}
-  - {{name: web-1, serviceAccount: web, ips: [{web1}], node: node2, netns: \"{}\", labels: {{app: web}}}}
-  - {{name: web-2, serviceAccount: web, ips: [{web2}], node: node2, netns: \"{}\", labels: {{app: web}}}}
+  - {{name: waypoint, serviceAccount: waypoint, ips: [{waypoint_ip}], node: node2, netns: \"{}\", labels: {{app: waypoint}}, mode: none}}
 ",
         netns("client"),
-        netns("web-1"),
-        netns("web-2")
-    );
+        netns("waypoint"),
+    ) + &web("web-1", &web1, "v1")
+        + &web("web-2", &web2, "v1")
+        + &web("web-3", &web3, "v2")
+        + &web("web-4", &web4, "v2");
     let rest = format!(
         "services:
-  - {{name: web, vips: [{VIP}], ports: [{{port: 80, targetPort: 8080}}], selector: {{app: web}}}}
-policies:
+  - {{name: web-v1, vips: [{VIP}], ports: [{{port: 80, targetPort: 8080, appProtocol: http}}], selector: {{version: v1}}}}
+{}policies:
   - name: web-allow-client
     namespace: default
     selector: {{matchLabels: {{app: web}}}}
     rules: [{{from: [{{source: {{principals: [\"cluster.local/ns/default/sa/client\"]}}}}]}}]
-"
+{}",
+        waypoint::SERVICES,
+        waypoint::POLICIES_AND_ROUTES
     );
     write_mesh(dir, &nodes, &workloads, &rest)?;
     let _web1 = t.http_server(dir, "web-1", &web1)?;
     let _web2 = t.http_server(dir, "web-2", &web2)?;
+    let _web3 = t.http_server(dir, "web-3", &web3)?;
+    let _web4 = waypoint::flaky_server(&t, dir, "web-4", &web4)?;
     let _weftd1 = t.start_weftd(dir, "node1", "")?;
     let _weftd2 = t.start_weftd(dir, "node2", "")?;
+    let _waypoint = waypoint::start(&t, dir)?;
     let in_pod = write_in_pod(&t, dir, &cgroup2)?;
     let node_cmd =
         |node: &str, cmd: &str| format!("nsenter --net={} {cmd}", t.ns_path(node).display());
@@ -135,8 +157,11 @@ policies:
     println!(
         "\n== topology (network namespaces {PREFIX}-*)
   node1: weftd, pod client ({client}, enrolled), host outside ({outside}, not in the mesh)
-  node2: weftd, pods web-1 ({web1}) and web-2 ({web2}), enrolled, behind service web {VIP}:80
-  policy: web accepts only the identity of client"
+  node2: weftd, pods web-1 ({web1}) and web-2 ({web2}), enrolled, behind service web-v1 {VIP}:80;
+         web-3 ({web3}) and web-4 ({web4}, flaky) as v2; a waypoint pod ({waypoint_ip}) in front of
+         the service web {}:80
+  policy: web accepts only the identity of client",
+        waypoint::VIP
     );
     println!(
         "\n== client calls http://{VIP}/ with plain curl; capture sends it through both weftd"
@@ -194,15 +219,23 @@ policies:
         }
     }
 
+    waypoint::act(&t, dir)?;
+
     println!(
         "\n== try (as root, in another terminal)
   {in_pod} client curl -s http://{VIP}/                      # through the mesh
   {in_pod} outside curl -s --max-time 3 http://{web1}:8080/  # refused: not in the mesh
+  {in_pod} client curl -s -H 'x-version: v2' http://{}/   # pinned to v2 by the waypoint
+  {in_pod} client curl -s -X DELETE http://{}/            # 403 from the waypoint's policy
+  {}   # the waypoint's routes as compiled
   {}   # only TLS crosses the link
   {}   # metrics of node1
   {}   # state: capture, certificates, pool
   tail -f {}                                      # node2's log
   edit {} (e.g. set client's `mode: none`) and watch weftd reload it",
+        waypoint::VIP,
+        waypoint::VIP,
+        node_cmd("waypoint", "curl -s 127.0.0.1:15000/config_dump"),
         node_cmd("node1", "tcpdump -ni uplink -A tcp port 15008"),
         node_cmd("node1", "curl -s 127.0.0.1:15020/metrics | grep ^weft_"),
         node_cmd("node1", "curl -s 127.0.0.1:15000/config_dump"),
