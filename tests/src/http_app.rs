@@ -4,6 +4,7 @@
 //! - `/fail/once/<key>`: 503 the first time a key is seen, 200 after.
 //! - `/fail/always`: always 503.
 //! - `/sleep/<ms>`: answers after that long.
+//! - `/upgrade` with `upgrade: echo`: 101, then echoes the upgraded bytes (a WebSocket stand-in).
 //! - anything else: 200.
 //!
 //! The body is `{"server", "method", "path", "version", "headers", "body_bytes"}`.
@@ -84,8 +85,24 @@ pub async fn http_app(addr: SocketAddr, name: &'static str) -> anyhow::Result<Ht
 async fn answer(
     name: &'static str,
     state: Arc<Mutex<State>>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/upgrade" && req.headers().get("upgrade").is_some_and(|v| v == "echo") {
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on.await {
+                let (mut r, mut w) = tokio::io::split(TokioIo::new(up));
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        let mut resp = Response::new(Full::default());
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        resp.headers_mut()
+            .insert("upgrade", "echo".parse().unwrap());
+        resp.headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
+        return Ok(resp);
+    }
     let method = req.method().to_string();
     let path = req
         .uri()

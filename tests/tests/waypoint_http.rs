@@ -323,6 +323,68 @@ async fn routes_filters_splits_and_retries_through_the_waypoint() {
     );
     assert_eq!(send(&mut c, get("/")).await.status, StatusCode::OK);
 
+    // `Expect: 100-continue`: the waypoint says continue, then the body goes through.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = connect_via(&s.n1.addrs, ip(ID, 1, 1), vip()).await.unwrap();
+        let body = vec![b'x'; 300 * 1024];
+        let head = format!(
+            "POST /upload HTTP/1.1\r\nhost: web\r\ncontent-length: {}\r\nexpect: 100-continue\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+            .await
+            .expect("100 Continue in time")
+            .unwrap();
+        let interim = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(interim.starts_with("HTTP/1.1 100"), "{interim:?}");
+        tcp.write_all(&body).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest)).await;
+        let text = String::from_utf8_lossy(&rest);
+        assert!(
+            text.starts_with("HTTP/1.1 200") || interim.contains("HTTP/1.1 200"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("\"body_bytes\":{}", body.len())),
+            "{text}"
+        );
+    }
+
+    // An upgrade (WebSocket's mechanism) gets its own connection and both ways are spliced.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = connect_via(&s.n1.addrs, ip(ID, 1, 1), vip()).await.unwrap();
+        tcp.write_all(
+            b"GET /upgrade HTTP/1.1\r\nhost: web\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut byte))
+                .await
+                .expect("101 in time")
+                .unwrap();
+            assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&head));
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        assert!(head.contains("upgrade: echo"), "{head}");
+        tcp.write_all(b"raw bytes after the upgrade").await.unwrap();
+        let mut echoed = [0u8; 27];
+        tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut echoed))
+            .await
+            .expect("echo in time")
+            .unwrap();
+        assert_eq!(&echoed, b"raw bytes after the upgrade");
+    }
+
     // HTTP/2 prior knowledge from the client: multiplexed, and sent on as HTTP/2.
     let mut c2 = h2(&s.n1.addrs).await;
     let mut pending = Vec::new();
