@@ -187,9 +187,9 @@ struct Relay {
 }
 
 impl Relay {
-    /// Picks an endpoint and opens the upstream, or says why not. Policies attached to the
-    /// service are the waypoint's to enforce; for TCP it cannot yet, so a service with any
-    /// is refused rather than served without them.
+    /// Authorizes the connection by the policies attached to the service or the waypoint (their
+    /// L4 view: TCP has no HTTP attributes), picks an endpoint and opens the upstream, or says
+    /// why not.
     async fn open(&self) -> Result<(Chosen, Upstream), (StatusCode, String)> {
         let wp = &self.wp;
         let state: Arc<MeshState> = wp.state.current();
@@ -198,18 +198,25 @@ impl Relay {
             wp.metrics.failed(&self.labels, reason);
             Err((status, why))
         };
-        if let Some(p) = state
-            .policies
-            .attached_to(&d.service_namespace, &d.service_name)
-            .next()
-        {
+        let source = d.source.to_string();
+        let conn = weft_core::authz::ConnectionInfo {
+            source_principal: Some(&source),
+            source_namespace: Some(d.source.namespace()),
+            source_ip: d.client.ip(),
+            destination_ip: d.vip.ip(),
+            destination_port: d.vip.port(),
+        };
+        let decision = state.policies.evaluate_waypoint_tcp(
+            &d.service_namespace,
+            &d.service_name,
+            &wp.name,
+            &conn,
+        );
+        if !decision.allowed {
             return fail(
                 FailureReason::Denied,
                 StatusCode::FORBIDDEN,
-                format!(
-                    "service {}/{} has policy {}/{} attached, which this waypoint cannot enforce on TCP yet",
-                    d.service_namespace, d.service_name, p.namespace, p.name
-                ),
+                format!("{}/{}: {decision}", d.service_namespace, d.service_name),
             );
         }
         let Destination::Service { port, endpoint, .. } = state.resolve(d.vip) else {

@@ -350,7 +350,7 @@ pub(super) fn compile(policy: &AuthorizationPolicy, layer: Layer) -> CompiledPol
 
 fn unsupported(layer: Layer) -> &'static str {
     match layer {
-        Layer::L4 => "HTTP attributes the node cannot see",
+        Layer::L4 => "HTTP attributes, which a TCP connection does not have",
         Layer::L7 => "request authentication (JWT), which weft does not support",
     }
 }

@@ -25,6 +25,8 @@ pub struct PolicyIndex {
     attached: HashMap<String, HashMap<String, Vec<usize>>>,
     /// Every waypoint policy, compiled for L7, in configuration order.
     waypoint: Vec<CompiledPolicy>,
+    /// The same policies compiled for L4: what a waypoint enforces on TCP it carries.
+    waypoint_tcp: Vec<CompiledPolicy>,
     /// What the waypoint policies of each namespace are attached to.
     targets: HashMap<String, Targets>,
 }
@@ -194,10 +196,12 @@ impl PolicyIndex {
             }
         }
         let mut waypoint = Vec::new();
+        let mut waypoint_tcp = Vec::new();
         let mut targets: HashMap<String, Targets> = HashMap::new();
         for p in policies.iter().filter(|p| p.is_waypoint_policy()) {
             let i = waypoint.len();
             waypoint.push(compile(p, Layer::L7));
+            waypoint_tcp.push(compile(p, Layer::L4));
             for t in &p.target_refs {
                 let Some(t) = target(p, t) else { continue };
                 let of_ns = targets.entry(p.namespace.clone()).or_default();
@@ -215,6 +219,7 @@ impl PolicyIndex {
             namespaces,
             attached,
             waypoint,
+            waypoint_tcp,
             targets,
         }
     }
@@ -280,6 +285,31 @@ impl PolicyIndex {
         req: &RequestInfo<'_>,
     ) -> Decision {
         let peer = Peer::with_request(conn, req);
+        self.decide_attached(namespace, service, waypoint, &self.waypoint, &peer)
+    }
+
+    /// Like [`PolicyIndex::evaluate_waypoint`] for a connection the waypoint carries as TCP:
+    /// the same policies with the node's view of HTTP attributes (an ALLOW rule naming one
+    /// matches nothing, a DENY rule is enforced on the rest).
+    pub fn evaluate_waypoint_tcp(
+        &self,
+        namespace: &str,
+        service: &str,
+        waypoint: &str,
+        conn: &ConnectionInfo<'_>,
+    ) -> Decision {
+        let peer = Peer::new(conn);
+        self.decide_attached(namespace, service, waypoint, &self.waypoint_tcp, &peer)
+    }
+
+    fn decide_attached(
+        &self,
+        namespace: &str,
+        service: &str,
+        waypoint: &str,
+        compiled: &[CompiledPolicy],
+        peer: &Peer<'_>,
+    ) -> Decision {
         let of_ns = self.targets.get(namespace);
         let by_service = of_ns.and_then(|t| t.services.get(service));
         let by_gateway = of_ns.and_then(|t| t.gateways.get(waypoint));
@@ -288,13 +318,13 @@ impl PolicyIndex {
                 a: by_service.map_or(&[][..], list),
                 b: by_gateway.map_or(&[][..], list),
             }
-            .filter_map(|i| self.waypoint.get(i))
+            .filter_map(|i| compiled.get(i))
         };
         decide(
             applying(|a| &a.audit),
             applying(|a| &a.deny),
             applying(|a| &a.allow),
-            &peer,
+            peer,
         )
     }
 }

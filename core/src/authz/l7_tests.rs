@@ -708,3 +708,52 @@ fn l7_node_still_skips_every_waypoint_policy() {
         .collect();
     assert_eq!(names, ["deny-all"]);
 }
+
+/// TCP through a waypoint: the attached policies with the node's view of HTTP attributes.
+#[test]
+fn tcp_at_the_waypoint_sees_the_l4_part_of_attached_policies() {
+    let conn = |principal: &'static str, namespace: &'static str| ConnectionInfo {
+        source_principal: Some(principal),
+        source_namespace: Some(namespace),
+        source_ip: "10.0.1.5".parse::<IpAddr>().unwrap(),
+        destination_ip: "10.96.0.10".parse::<IpAddr>().unwrap(),
+        destination_port: 8080,
+    };
+    let other = "spiffe://cluster.local/ns/other/sa/x";
+    // An ALLOW rule naming methods matches no TCP connection: nothing is allowed.
+    let ix = index(on_echo!(
+        "reads",
+        "ALLOW",
+        r#"[{to: [{operation: {methods: [GET]}}]}]"#
+    ));
+    let d = ix.evaluate_waypoint_tcp("default", "echo", "waypoint", &conn(SLEEP, "sleep"));
+    assert_eq!(d.reason, DecisionReason::NoAllowMatched);
+    // A DENY rule is enforced on its L4 part: wider than meant, never narrower.
+    let ix = index(on_echo!(
+        "no-delete-from-other",
+        "DENY",
+        r#"[{from: [{source: {namespaces: [other]}}], to: [{operation: {methods: [DELETE]}}]}]"#
+    ));
+    let d = ix.evaluate_waypoint_tcp("default", "echo", "waypoint", &conn(other, "other"));
+    assert_eq!(d.reason, denied_by("default/no-delete-from-other"));
+    let d = ix.evaluate_waypoint_tcp("default", "echo", "waypoint", &conn(SLEEP, "sleep"));
+    assert!(d.allowed, "{d}");
+    // Plain L4 policies apply as written; another service's do not.
+    let ix = index(on_echo!(
+        "only-sleep",
+        "ALLOW",
+        r#"[{from: [{source: {principals: ["cluster.local/ns/sleep/sa/sleep"]}}]}]"#
+    ));
+    assert!(
+        ix.evaluate_waypoint_tcp("default", "echo", "waypoint", &conn(SLEEP, "sleep"))
+            .allowed
+    );
+    assert!(
+        !ix.evaluate_waypoint_tcp("default", "echo", "waypoint", &conn(other, "other"))
+            .allowed
+    );
+    assert!(
+        ix.evaluate_waypoint_tcp("default", "web", "waypoint", &conn(other, "other"))
+            .allowed
+    );
+}
