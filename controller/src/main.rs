@@ -1,8 +1,10 @@
 //! weft-controller: the mesh CA, served over Istio's certificate protocol to weftd (and to
 //! waypoints), with callers authenticated by TokenReview and node agents limited to the
-//! identities of the pods on their own node. It also writes each AuthorizationPolicy's status.
+//! identities of the pods on their own node. It also writes each AuthorizationPolicy's status,
+//! and runs a waypoint (Deployment, Service, ServiceAccount) for each `weft-waypoint` Gateway.
 
 mod authority;
+mod gateways;
 mod issue;
 mod metrics;
 mod policies;
@@ -87,6 +89,13 @@ struct Cli {
         default_value = "weft-ca"
     )]
     audiences: Vec<String>,
+    /// The image of the waypoints run for `weft-waypoint` Gateways.
+    #[arg(
+        long,
+        env = "WEFT_WAYPOINT_IMAGE",
+        default_value = concat!("weft/weft-waypoint:", env!("CARGO_PKG_VERSION"))
+    )]
+    waypoint_image: String,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
@@ -132,6 +141,13 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let ns = cli.namespace.clone();
+    // How pods reach the certificate service: the Service's port is the container's (the
+    // chart's 15012).
+    let ca_address = format!(
+        "https://{}.{ns}.svc:{}",
+        cli.service_name,
+        cli.listen.port()
+    );
     let options = run::Options {
         listen: cli.listen,
         monitoring: cli.monitoring,
@@ -157,6 +173,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         node_agents: cli.node_agents,
         audiences: cli.audiences,
+        waypoint_image: cli.waypoint_image,
+        ca_address,
     };
     let client = kube::Client::try_default().await.map_err(|e| {
         anyhow::anyhow!(

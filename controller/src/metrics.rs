@@ -59,6 +59,18 @@ impl IssueMetrics {
     }
 }
 
+/// `weft_waypoint_reconcile_errors_total`: reconciles of a waypoint Gateway that failed
+/// (each is logged with its cause and retried with backoff).
+pub fn register_reconcile_errors(registry: &mut Registry) -> Counter {
+    let errors = Counter::default();
+    registry.register(
+        "weft_waypoint_reconcile_errors",
+        "Reconciles of waypoint Gateways that failed and will be retried",
+        errors.clone(),
+    );
+    errors
+}
+
 /// What the monitoring port serves.
 pub struct Monitoring {
     pub registry: Registry,

@@ -39,6 +39,10 @@ pub struct Options {
     pub lifetimes: Lifetimes,
     pub node_agents: Vec<NodeAgent>,
     pub audiences: Vec<String>,
+    /// The image of the waypoint Deployments the controller makes for waypoint Gateways.
+    pub waypoint_image: String,
+    /// The certificate service as pods reach it (the Service's address), given to waypoints.
+    pub ca_address: String,
 }
 
 /// A running controller.
@@ -63,6 +67,7 @@ pub async fn start(
     .context("the controller's own identity")?;
     let mut registry = Registry::default();
     let metrics = IssueMetrics::register(&mut registry);
+    let reconcile_errors = crate::metrics::register_reconcile_errors(&mut registry);
     let monitoring = Arc::new(Monitoring {
         registry,
         ready: false.into(),
@@ -109,7 +114,26 @@ pub async fn start(
         .with_context(|| format!("binding the certificate service port {}", options.listen))?;
     let grpc = listener.local_addr()?;
     info!(%grpc, %identity, "certificate service listening");
-    let policies = tokio::spawn(crate::policies::run(client, stop.clone()));
+    let policies = tokio::spawn(crate::policies::run(client.clone(), stop.clone()));
+    let waypoints = crate::gateways::Waypoints {
+        image: options.waypoint_image.clone(),
+        trust_domain: options.trust_domain.clone(),
+        ca_address: options.ca_address.clone(),
+        controller_namespace: options.namespace.clone(),
+        controller_identity: identity.to_string(),
+        audience: options
+            .audiences
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "weft-ca".to_owned()),
+        cert_lifetime: options.lifetimes.default,
+    };
+    let gateways = tokio::spawn(crate::gateways::run(
+        client,
+        waypoints,
+        reconcile_errors,
+        stop.clone(),
+    ));
     let grpc_task = tokio::spawn(serve::serve(listener, serving, service, stop.clone()));
     monitoring.ready.store(true, Ordering::Relaxed);
     let task = tokio::spawn(async move {
@@ -120,6 +144,7 @@ pub async fn start(
                 Err(e) => return Err(anyhow::anyhow!("the certificate service panicked: {e}")),
             },
             _ = policies => "the policy status writer",
+            _ = gateways => "the waypoint reconciler",
             _ = monitoring_task => "the monitoring server",
         };
         if stop.is_cancelled() {

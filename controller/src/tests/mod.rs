@@ -3,6 +3,7 @@
 //! CA Secret held by the fake). This module is the harness; the tests are by concern.
 
 mod authority;
+mod gateways;
 mod issue;
 mod policies;
 
@@ -166,6 +167,8 @@ fn options(ca: CaSource) -> run::Options {
         },
         node_agents: vec!["weft/weftd".parse().unwrap()],
         audiences: vec!["weft-ca".to_owned()],
+        waypoint_image: "weft/weft-waypoint:test".to_owned(),
+        ca_address: "https://weft-controller.weft.svc:15012".to_owned(),
     }
 }
 
