@@ -4,7 +4,7 @@
 //! - `/fail/once/<key>`: 503 the first time a key is seen, 200 after.
 //! - `/fail/always`: always 503.
 //! - `/sleep/<ms>`: answers after that long.
-//! - `/upgrade` with `upgrade: echo`: 101, then echoes the upgraded bytes (a WebSocket stand-in).
+//! - `/upgrade` with `upgrade: websocket`: 101, then echoes the upgraded bytes (a WebSocket stand-in).
 //! - anything else: 200.
 //!
 //! The body is `{"server", "method", "path", "version", "headers", "body_bytes"}`.
@@ -87,7 +87,12 @@ async fn answer(
     state: Arc<Mutex<State>>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    if req.uri().path() == "/upgrade" && req.headers().get("upgrade").is_some_and(|v| v == "echo") {
+    if req.uri().path() == "/upgrade"
+        && req
+            .headers()
+            .get("upgrade")
+            .is_some_and(|v| v == "websocket")
+    {
         let on = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             if let Ok(up) = on.await {
@@ -98,7 +103,7 @@ async fn answer(
         let mut resp = Response::new(Full::default());
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         resp.headers_mut()
-            .insert("upgrade", "echo".parse().unwrap());
+            .insert("upgrade", "websocket".parse().unwrap());
         resp.headers_mut()
             .insert("connection", "upgrade".parse().unwrap());
         return Ok(resp);

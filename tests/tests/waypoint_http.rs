@@ -354,12 +354,31 @@ async fn routes_filters_splits_and_retries_through_the_waypoint() {
         );
     }
 
-    // An upgrade (WebSocket's mechanism) gets its own connection and both ways are spliced.
+    // Any other upgrade (h2c above all) is not passed on: after a 101 nothing would be routed
+    // or authorized again. The request goes on as plain HTTP.
+    let mut h2c = get("/h2c-attempt");
+    h2c.headers_mut()
+        .insert("connection", "upgrade, http2-settings".parse().unwrap());
+    h2c.headers_mut().insert("upgrade", "h2c".parse().unwrap());
+    h2c.headers_mut().insert(
+        "http2-settings",
+        "AAMAAABkAARAAAAAAAIAAAAA".parse().unwrap(),
+    );
+    let a = send(&mut c, h2c).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert!(a.json["headers"].get("upgrade").is_none(), "{}", a.text);
+    assert!(
+        a.json["headers"].get("http2-settings").is_none(),
+        "{}",
+        a.text
+    );
+
+    // A WebSocket upgrade gets its own connection and both ways are spliced.
     {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut tcp = connect_via(&s.n1.addrs, ip(ID, 1, 1), vip()).await.unwrap();
         tcp.write_all(
-            b"GET /upgrade HTTP/1.1\r\nhost: web\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+            b"GET /upgrade HTTP/1.1\r\nhost: web\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
         )
         .await
         .unwrap();
@@ -375,7 +394,7 @@ async fn routes_filters_splits_and_retries_through_the_waypoint() {
         }
         let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
         assert!(head.starts_with("http/1.1 101"), "{head}");
-        assert!(head.contains("upgrade: echo"), "{head}");
+        assert!(head.contains("upgrade: websocket"), "{head}");
         tcp.write_all(b"raw bytes after the upgrade").await.unwrap();
         let mut echoed = [0u8; 27];
         tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut echoed))
@@ -528,6 +547,11 @@ async fn l7_policy_at_the_waypoint_and_the_original_client_at_the_destination() 
     assert_eq!(v1.count("/admin") + v1.count("/%61"), 0, "{:?}", v1.seen());
     // An escape that does not decode is refused outright.
     assert_eq!(raw_status(&n1.addrs, id, &req("GET /%zz")).await, 400);
+    // A dot segment with `;` parameters, which Tomcat-like servers resolve, is refused too.
+    assert_eq!(
+        raw_status(&n1.addrs, id, &req("GET /public/..;/admin")).await,
+        400
+    );
 
     // The denial says so.
     let mut c = {

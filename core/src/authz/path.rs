@@ -18,6 +18,10 @@ pub enum PathError {
     InvalidEscape { at: usize },
     #[error("control character (0x{byte:02X}) at byte {at}, raw or percent-encoded")]
     ControlCharacter { at: usize, byte: u8 },
+    #[error(
+        "a dot segment with parameters (`..;x`, `.;x`): servers that strip `;` parameters would resolve it"
+    )]
+    DotSegmentParameter,
 }
 
 /// Normalises the path part of a request target (the caller has split off the query at the
@@ -36,7 +40,7 @@ pub enum PathError {
 /// A trailing `/` is kept (`/a/` and `/a` may be different resources), and a path ending in a
 /// dot segment gets one (`/a/b/..` is `/a/`), as RFC 3986 resolves it.
 ///
-/// Refused: a path not starting with `/`, a `%` not followed by two hex digits, and control
+/// Refused: a dot segment carrying `;` parameters, a path not starting with `/`, a `%` not followed by two hex digits, and control
 /// characters (0x00-0x1F, 0x7F), raw or escaped: backends that decode `%00` or `%0A` would see
 /// a different path (or header) than the policy did.
 pub fn normalize_path(raw: &str) -> Result<String, PathError> {
@@ -46,6 +50,15 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
         Some(_) => return Err(PathError::NotAbsolute),
     }
     let decoded = decode(raw)?;
+    // Tomcat and Spring drop `;` parameters and then resolve dots: `/public/..;/admin` is
+    // `/admin` to them and `/public/..;/admin` to anyone else.
+    let dotted = |seg: &str| matches!(seg.split(';').next(), Some("." | ".."));
+    if decoded
+        .split('/')
+        .any(|seg| seg.contains(';') && dotted(seg))
+    {
+        return Err(PathError::DotSegmentParameter);
+    }
     Ok(remove_dot_segments(&decoded))
 }
 
@@ -160,6 +173,15 @@ mod tests {
         assert_eq!(norm("/../../admin"), "/admin");
         // Dots inside a segment are not dot segments.
         assert_eq!(norm("/a/..b/.c/..."), "/a/..b/.c/...");
+        // Parameters on a dot segment are refused; elsewhere they are the application's.
+        for p in ["/public/..;/admin", "/a/.;x/b", "/%2e%2e;/admin"] {
+            assert_eq!(
+                normalize_path(p),
+                Err(PathError::DotSegmentParameter),
+                "{p}"
+            );
+        }
+        assert_eq!(norm("/a;v=1/b"), "/a;v=1/b");
     }
 
     #[test]

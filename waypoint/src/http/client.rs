@@ -34,6 +34,9 @@ struct Key {
     identity: SpiffeId,
     proto: Proto,
     client: SpiffeId,
+    /// The CONNECT under the connection names the client's address too, which the destination
+    /// uses for policy (`ipBlocks`): replicas sharing an identity must not share it.
+    client_ip: std::net::IpAddr,
 }
 
 /// HTTP/1.1 connections kept per key, busy or idle; beyond this a connection serves its one
@@ -80,6 +83,7 @@ impl Clients {
             identity: t.chosen.workload.identity.clone(),
             proto,
             client: t.identity.clone(),
+            client_ip: t.client.ip(),
         };
         match proto {
             Proto::Http2 => {
@@ -113,14 +117,21 @@ impl Clients {
                     Some(s) => (s, req),
                     None => (dial_h1(wp, t.clone()).await?, req),
                 };
-                loop {
+                // A connection the endpoint closed before taking the request hands it back
+                // unsent: it goes again once, on a new connection. A new one that does the
+                // same is an endpoint that will not serve (a connect failure, for retries).
+                for fresh in [false, true] {
                     let sent = s.try_send_request(req);
                     self.keep_h1(&key, s);
                     match sent.await {
                         Ok(r) => return Ok(r),
-                        // A kept connection the endpoint closed meanwhile: the request was not
-                        // sent, so it goes again on a new connection.
                         Err(mut e) => match e.take_message() {
+                            Some(_) if fresh => {
+                                return Err(SendError::Connect(format!(
+                                    "the endpoint closed a new connection unused: {}",
+                                    e.error()
+                                )));
+                            }
                             Some(back) => {
                                 tracing::debug!(
                                     "kept HTTP/1.1 connection was closed: {}",
@@ -133,6 +144,7 @@ impl Clients {
                         },
                     }
                 }
+                Err(SendError::Connect("no connection took the request".into()))
             }
         }
     }

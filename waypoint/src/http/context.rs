@@ -37,6 +37,17 @@ async fn handle(inner: HttpService, mut req: Request<Body>) -> Response<Body> {
             "CONNECT is not proxied by the waypoint",
         );
     }
+    // Two Host lines (RFC 9112 3.2 says 400), or an h2 `host` that contradicts `:authority`:
+    // policy would read one and the backend maybe the other.
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    let contradicts = req.uri().authority().is_some_and(|a| {
+        req.headers()
+            .get(header::HOST)
+            .is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()))
+    });
+    if hosts > 1 || contradicts {
+        return refuse(&req, StatusCode::BAD_REQUEST, "conflicting Host headers");
+    }
     match normalized_uri(req.uri()) {
         Ok(Some(uri)) => *req.uri_mut() = uri,
         Ok(None) => {}
@@ -82,8 +93,14 @@ fn normalized_uri(uri: &Uri) -> Result<Option<Uri>, String> {
     Uri::from_parts(parts).map(Some).map_err(|e| e.to_string())
 }
 
+/// An upgrade the waypoint carries: WebSocket only. Anything else after a 101 would be a
+/// tunnel that routing and policy never see again (`h2c` above all: one authorized request,
+/// then any request over HTTP/2), so other upgrade tokens are dropped with the hop-by-hop
+/// headers and the request goes on as plain HTTP.
 pub fn is_upgrade(h: &HeaderMap) -> bool {
-    h.contains_key(header::UPGRADE)
+    h.get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
         && h.get_all(header::CONNECTION).iter().any(|v| {
             v.to_str().is_ok_and(|v| {
                 v.split(',')
@@ -107,7 +124,16 @@ fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
     for n in named {
         h.remove(n);
     }
-    for n in ["keep-alive", "proxy-connection", "transfer-encoding"] {
+    for n in [
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "transfer-encoding",
+        // HBONE metadata belongs to the tunnel, never to a request inside it.
+        weft_core::hbone::headers::ORIGINAL_PRINCIPAL,
+        "http2-settings",
+    ] {
         h.remove(n);
     }
     if !upgrade {
@@ -151,9 +177,8 @@ fn forwarded_for(h: &mut HeaderMap, ip: std::net::IpAddr) {
     if let Ok(v) = HeaderValue::from_str(&fwd) {
         h.insert(header::FORWARDED, v);
     }
-    if !h.contains_key(&XFP) {
-        h.insert(XFP, HeaderValue::from_static("http"));
-    }
+    // What the client says about its own scheme is not believed: inside the mesh it is http.
+    h.insert(XFP, HeaderValue::from_static("http"));
 }
 
 /// The client's `x-request-id` when it is a sane one, else a new one (UUID v4 form).

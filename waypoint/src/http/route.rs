@@ -31,6 +31,9 @@ pub struct Selected {
 /// client's request must not wait on a copy).
 const MIRROR_BODY_LIMIT: u64 = 64 * 1024;
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
+/// Mirrors in flight at once, across the waypoint; beyond it requests are not mirrored (a
+/// slow mirror must not pile up tasks and tunnels).
+static MIRRORS_IN_FLIGHT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(256);
 
 pub fn layer(backend: HttpService) -> impl Layer<HttpService, Service = HttpService> + Clone {
     layer_fn(move |inner, req| handle(backend.clone(), inner, req))
@@ -93,7 +96,14 @@ async fn handle(
         return redirect(&req, r, prefix.as_deref(), port);
     }
     if !rule.mirrors.is_empty() {
-        req = mirror(&backend, req, &rule, &down, &snap).await;
+        let Some(mirrored) = mirror(&backend, req, &rule, &down, &snap).await else {
+            return answer(
+                grpc,
+                StatusCode::BAD_REQUEST,
+                "the request body ended early",
+            );
+        };
+        req = mirrored;
     }
     let Some(chosen) = rule.pick_backend() else {
         super::exchange::flag(&req, Flag::NoHealthyUpstream);
@@ -228,14 +238,14 @@ async fn mirror(
     rule: &Rule,
     down: &Arc<Downstream>,
     snap: &Snapshot,
-) -> Request<Body> {
+) -> Option<Request<Body>> {
     let wanted: Vec<_> = rule
         .mirrors
         .iter()
         .filter(|m| m.percent >= 100 || fastrand::u32(0..100) < m.percent)
         .collect();
     if wanted.is_empty() {
-        return req;
+        return Some(req);
     }
     let (parts, b) = req.into_parts();
     let copyable = b.is_end_stream()
@@ -249,16 +259,17 @@ async fn mirror(
                 (Some(bytes.clone()), body::full(bytes))
             }
             Err(e) => {
+                // The request is not sent on with a body shorter than it declares.
                 tracing::debug!("request body failed before mirroring: {e}");
-                (None, body::empty())
+                return None;
             }
         }
     } else {
         tracing::debug!(route = %rule.route, "request body too large or unsized to mirror; not mirrored");
-        return Request::from_parts(parts, b);
+        return Some(Request::from_parts(parts, b));
     };
     let Some(bytes) = bytes else {
-        return Request::from_parts(parts, b);
+        return Some(Request::from_parts(parts, b));
     };
     for m in wanted {
         let mut copy = Request::new(body::full(bytes.clone()));
@@ -274,18 +285,30 @@ async fn mirror(
         });
         let backend = backend.clone();
         let target = m.target.clone();
+        let Ok(permit) = MIRRORS_IN_FLIGHT.try_acquire() else {
+            tracing::debug!(mirror = %target, "too many mirrored requests in flight; not mirrored");
+            continue;
+        };
         tokio::spawn(async move {
-            match tokio::time::timeout(MIRROR_TIMEOUT, next(backend, copy)).await {
-                Ok(resp) => {
-                    let status = resp.status();
-                    let _ = resp.into_body().collect().await;
-                    tracing::debug!(mirror = %target, %status, "mirrored request answered");
+            let _permit = permit;
+            // The whole exchange, body included, within the limit; the body is read and
+            // dropped frame by frame, never kept.
+            let exchange = async {
+                let resp = next(backend, copy).await;
+                let status = resp.status();
+                let mut body = resp.into_body();
+                while let Some(Ok(_)) = body.frame().await {}
+                status
+            };
+            match tokio::time::timeout(MIRROR_TIMEOUT, exchange).await {
+                Ok(status) => {
+                    tracing::debug!(mirror = %target, %status, "mirrored request answered")
                 }
                 Err(_) => tracing::debug!(mirror = %target, "mirrored request timed out"),
             }
         });
     }
-    Request::from_parts(parts, b)
+    Some(Request::from_parts(parts, b))
 }
 
 #[cfg(test)]

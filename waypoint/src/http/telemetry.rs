@@ -72,10 +72,17 @@ async fn handle(wp: Arc<Waypoint>, inner: HttpService, mut req: Request<Body>) -
     Response::from_parts(parts, http_body_util::BodyExt::boxed(body))
 }
 
+/// The gRPC status code (0-16); anything else a backend sends is `unknown`, so a backend
+/// cannot mint metric series.
 fn grpc_status(h: &HeaderMap) -> Option<String> {
-    h.get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+    let v = h.get("grpc-status")?;
+    Some(
+        v.to_str()
+            .ok()
+            .and_then(|s| s.parse::<u8>().ok())
+            .filter(|c| *c <= 16)
+            .map_or_else(|| "unknown".to_owned(), |c| c.to_string()),
+    )
 }
 
 pin_project_lite::pin_project! {
