@@ -437,6 +437,38 @@ impl Topology {
         Ok(w)
     }
 
+    /// `bin` (a weft-waypoint) named `waypoint` in `default`, as a process of `pod` with
+    /// `<dir>/mesh.yaml`, once ready; its log is `<dir>/waypoint.log`. The mesh file must say
+    /// `mode: none` for the pod: a waypoint is never captured.
+    pub fn start_waypoint(
+        &self,
+        dir: &Path,
+        pod: &str,
+        bin: &Path,
+        extra: &str,
+    ) -> anyhow::Result<Killed> {
+        let log = dir.join("waypoint.log");
+        let cmd = format!(
+            "{} --mesh {} --name waypoint --namespace default {extra}",
+            bin.display(),
+            dir.join("mesh.yaml").display()
+        );
+        let w = Killed(
+            self.pod_command(pod, &cmd)
+                .stderr(std::fs::File::create(&log)?)
+                .spawn()?,
+        );
+        let ready = wait_for(|| {
+            self.exec(pod, "curl -sf http://127.0.0.1:15021/healthz/ready")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        if !ready {
+            bail!("the waypoint did not become ready:\n{}", read(&log));
+        }
+        Ok(w)
+    }
+
     /// A GET of `path` on the node's own address (admin, metrics), from inside its namespace.
     pub fn node_get(&self, node: &str, url: &str) -> String {
         self.exec(node, &format!("curl -s {url}"))

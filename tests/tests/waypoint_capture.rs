@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use weft_tests::netns::{Killed, Topology, read, wait_for, write_mesh};
+use weft_tests::netns::{Topology, read, write_mesh};
 use weft_tests::{require_root, waypoint_bin};
 
 #[test]
@@ -62,25 +62,9 @@ routes:
     let _weftd1 = t.start_weftd(dir.path(), "node1", "").unwrap();
     let _weftd2 = t.start_weftd(dir.path(), "node2", "").unwrap();
     let wp_log = dir.path().join("waypoint.log");
-    let waypoint = Killed(
-        t.pod_command(
-            "waypoint",
-            &format!(
-                "{} --mesh {} --name waypoint --namespace default",
-                waypoint_bin().display(),
-                dir.path().join("mesh.yaml").display()
-            ),
-        )
-        .stderr(std::fs::File::create(&wp_log).unwrap())
-        .spawn()
-        .unwrap(),
-    );
-    let ready = wait_for(|| {
-        t.exec("waypoint", "curl -sf http://127.0.0.1:15021/healthz/ready")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    assert!(ready, "waypoint not ready:\n{}", read(&wp_log));
+    let waypoint = t
+        .start_waypoint(dir.path(), "waypoint", &waypoint_bin(), "")
+        .unwrap();
     let logs = || {
         format!(
             "node1:\n{}\nwaypoint:\n{}\nnode2:\n{}",

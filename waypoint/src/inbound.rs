@@ -127,6 +127,7 @@ async fn stream(
     let mode = protocol::mode(port.app_protocol.as_deref());
     let down = Arc::new(Downstream {
         source: source.clone(),
+        source_principal: labels.source_principal.clone(),
         client,
         source_workload,
         service_namespace: service.namespace.clone(),
@@ -198,9 +199,8 @@ impl Relay {
             wp.metrics.failed(&self.labels, reason);
             Err((status, why))
         };
-        let source = d.source.to_string();
         let conn = weft_core::authz::ConnectionInfo {
-            source_principal: Some(&source),
+            source_principal: Some(&d.source_principal),
             source_namespace: Some(d.source.namespace()),
             source_ip: d.client.ip(),
             destination_ip: d.vip.ip(),

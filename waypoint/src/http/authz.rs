@@ -26,9 +26,9 @@ async fn handle(wp: Arc<Waypoint>, inner: HttpService, req: Request<Body>) -> Re
             "request without its tunnel",
         );
     };
-    let source = down.source.to_string();
+    let source = &down.source_principal;
     let conn = ConnectionInfo {
-        source_principal: Some(&source),
+        source_principal: Some(source),
         source_namespace: Some(down.source.namespace()),
         source_ip: down.client.ip(),
         destination_ip: down.vip.ip(),

@@ -84,13 +84,18 @@ fn normalized_uri(uri: &Uri) -> Result<Option<Uri>, String> {
     if normalized == path {
         return Ok(None);
     }
+    with_path(uri, &normalized).map(Some)
+}
+
+/// `uri` with its path replaced, the query kept.
+pub fn with_path(uri: &Uri, path: &str) -> Result<Uri, String> {
     let pq = match uri.query() {
-        Some(q) => format!("{normalized}?{q}"),
-        None => normalized,
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
     };
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(PathAndQuery::try_from(pq).map_err(|e| e.to_string())?);
-    Uri::from_parts(parts).map(Some).map_err(|e| e.to_string())
+    Uri::from_parts(parts).map_err(|e| e.to_string())
 }
 
 /// An upgrade the waypoint carries: WebSocket only. Anything else after a 101 would be a

@@ -54,6 +54,8 @@ pub type HttpService = BoxCloneSyncService<Request<Body>, Response<Body>, Infall
 pub struct Downstream {
     /// The client's identity, from the node's HBONE certificate (the client workload's own).
     pub source: SpiffeId,
+    /// `source` as text, made once per tunnel stream (policy and metrics read it per request).
+    pub source_principal: String,
     /// The original client's address.
     pub client: SocketAddr,
     /// The client workload (`name`, `namespace`), when the address is one.

@@ -30,15 +30,15 @@ pub fn layer() -> impl Layer<HttpService, Service = HttpService> + Clone {
 }
 
 async fn handle(inner: HttpService, req: Request<Body>) -> Response<Body> {
-    let Some(rule) = req
+    let rule = req
         .extensions()
         .get::<Selected>()
-        .and_then(|s| s.rule.clone())
-        .filter(|r| r.retry.as_ref().is_some_and(|p| p.attempts > 0))
+        .and_then(|s| s.rule.clone());
+    let Some(policy) = rule
+        .as_deref()
+        .and_then(|r| r.retry.as_ref())
+        .filter(|p| p.attempts > 0)
     else {
-        return next(inner, req).await;
-    };
-    let Some(policy) = rule.retry.as_ref() else {
         return next(inner, req).await;
     };
     policy.budget.deposit();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HOST, LOCATION};
-use http::uri::{Authority, PathAndQuery};
+use http::uri::Authority;
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use http_body_util::BodyExt;
@@ -168,13 +168,7 @@ fn rewrite(req: &mut Request<Body>, r: &UrlRewrite, prefix: Option<&str>) -> Res
     }
     if let Some(m) = &r.path {
         let path = new_path(req.uri().path(), m, prefix);
-        let pq = match req.uri().query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path,
-        };
-        let mut parts = req.uri().clone().into_parts();
-        parts.path_and_query = Some(PathAndQuery::try_from(pq).map_err(|e| e.to_string())?);
-        *req.uri_mut() = Uri::from_parts(parts).map_err(|e| e.to_string())?;
+        *req.uri_mut() = super::context::with_path(req.uri(), &path)?;
     }
     Ok(())
 }
@@ -256,7 +250,7 @@ async fn mirror(
         match b.collect().await {
             Ok(c) => {
                 let bytes: Bytes = c.to_bytes();
-                (Some(bytes.clone()), body::full(bytes))
+                (bytes.clone(), body::full(bytes))
             }
             Err(e) => {
                 // The request is not sent on with a body shorter than it declares.
@@ -266,9 +260,6 @@ async fn mirror(
         }
     } else {
         tracing::debug!(route = %rule.route, "request body too large or unsized to mirror; not mirrored");
-        return Some(Request::from_parts(parts, b));
-    };
-    let Some(bytes) = bytes else {
         return Some(Request::from_parts(parts, b));
     };
     for m in wanted {

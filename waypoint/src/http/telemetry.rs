@@ -163,7 +163,7 @@ fn finish(s: Started, complete: bool) {
     let mut c = ConnectionLabels::new(Reporter::Waypoint);
     c.connection_security_policy = SecurityPolicy::MutualTls;
     if let Some(d) = &s.down {
-        c.source_principal = d.source.to_string();
+        c.source_principal = d.source_principal.clone();
         c.source_workload_namespace = d.source.namespace().to_owned();
         if let Some((name, _)) = &d.source_workload {
             c.source_workload = name.clone();

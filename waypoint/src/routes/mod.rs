@@ -81,7 +81,8 @@ type Precedence = (
     bool,
     Reverse<usize>,
     Reverse<usize>,
-    Option<String>,
+    // (undated, creation time): routes without a creation time (mesh files) after dated ones.
+    (bool, Option<String>),
     String,
     usize,
     usize,
@@ -144,7 +145,7 @@ impl RouteTable {
                                 m.is_none_or(|m| m.method.is_none()),
                                 Reverse(m.map_or(0, |m| m.headers.len())),
                                 Reverse(m.map_or(0, |m| m.query_params.len())),
-                                route.created.clone(),
+                                (route.created.is_none(), route.created.clone()),
                                 key.clone(),
                                 ri,
                                 mi,
@@ -176,15 +177,7 @@ impl RouteTable {
             if keyed.is_empty() {
                 continue;
             }
-            // Routes without a creation time (mesh files) sort after dated ones: `None` is
-            // the largest here, not the smallest.
-            keyed.sort_by(|(a, _), (b, _)| {
-                let created = |k: &Precedence| (k.5.is_none(), k.5.clone());
-                (a.0, a.1, a.2, a.3, a.4)
-                    .cmp(&(b.0, b.1, b.2, b.3, b.4))
-                    .then_with(|| created(a).cmp(&created(b)))
-                    .then_with(|| (&a.6, a.7, a.8).cmp(&(&b.6, b.7, b.8)))
-            });
+            keyed.sort_by(|(a, _), (b, _)| a.cmp(b));
             services.entry(s.namespace.clone()).or_default().insert(
                 s.name.clone(),
                 ServiceRoutes {

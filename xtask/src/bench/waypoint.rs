@@ -97,28 +97,9 @@ fn measure(dir: &Path, target: &Path) -> anyhow::Result<Vec<(String, Value)>> {
     }
     let _w1 = t.start_weftd(dir, "node1", "")?;
     let _w2 = t.start_weftd(dir, "node2", "")?;
+    let _waypoint =
+        t.start_waypoint(dir, "waypoint", &target.join("weft-waypoint"), "--log warn")?;
     let wp_log = dir.join("waypoint.log");
-    let _waypoint = Killed(
-        t.pod_command(
-            "waypoint",
-            &format!(
-                "{} --mesh {} --name waypoint --namespace default --log warn",
-                target.join("weft-waypoint").display(),
-                dir.join("mesh.yaml").display()
-            ),
-        )
-        .stderr(std::fs::File::create(&wp_log)?)
-        .spawn()
-        .context("starting the waypoint")?,
-    );
-    let ready = wait_for(|| {
-        t.exec("waypoint", "curl -sf http://127.0.0.1:15021/healthz/ready")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if !ready {
-        bail!("the waypoint did not become ready:\n{}", read(&wp_log));
-    }
     let mut runs = Vec::new();
     for run in 0..RUNS {
         for (path, vip) in [("direct", 1), ("waypoint", 2)] {

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use weft_tests::netns::{Killed, Topology, read, wait_for};
 
 /// The bound service.
@@ -71,27 +71,7 @@ pub fn flaky_server(t: &Topology, dir: &Path, pod: &str, ip: &str) -> anyhow::Re
 
 /// weft-waypoint in its pod (never captured: the mesh file says `mode: none`), once ready.
 pub fn start(t: &Topology, dir: &Path) -> anyhow::Result<Killed> {
-    let log = dir.join("waypoint.log");
-    let cmd = format!(
-        "{} --mesh {} --name waypoint --namespace default",
-        weft_tests::waypoint_bin().display(),
-        dir.join("mesh.yaml").display()
-    );
-    let w = Killed(
-        t.pod_command("waypoint", &cmd)
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .context("starting weft-waypoint")?,
-    );
-    let ready = wait_for(|| {
-        t.exec("waypoint", "curl -sf http://127.0.0.1:15021/healthz/ready")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if !ready {
-        bail!("the waypoint did not become ready:\n{}", read(&log));
-    }
-    Ok(w)
+    t.start_waypoint(dir, "waypoint", &weft_tests::waypoint_bin(), "")
 }
 
 pub fn act(t: &Topology, dir: &Path) -> anyhow::Result<()> {
