@@ -128,6 +128,11 @@ pub async fn start(
             .unwrap_or_else(|| "weft-ca".to_owned()),
         cert_lifetime: options.lifetimes.default,
     };
+    let access = tokio::spawn(crate::gateways::access::run(
+        client.clone(),
+        reconcile_errors.clone(),
+        stop.clone(),
+    ));
     let gateways = tokio::spawn(crate::gateways::run(
         client,
         waypoints,
@@ -145,6 +150,7 @@ pub async fn start(
             },
             _ = policies => "the policy status writer",
             _ = gateways => "the waypoint reconciler",
+            _ = access => "the waypoint access keeper",
             _ = monitoring_task => "the monitoring server",
         };
         if stop.is_cancelled() {

@@ -40,6 +40,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+pub mod access;
 mod objects;
 pub use objects::{deployment, service, service_account};
 
@@ -393,7 +394,7 @@ async fn keep(
     let name = gateway.name_any();
     let client = &context.client;
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    ensure(&accounts, &service_account(&name, namespace, owner), &name).await?;
+    let account = ensure(&accounts, &service_account(&name, namespace, owner), &name).await?;
     let mesh = context.mesh_file().await?;
     let want = deployment(&name, namespace, owner, replicas, &context.waypoints, &mesh);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
@@ -415,13 +416,19 @@ async fn keep(
         .status
         .and_then(|s| s.available_replicas)
         .unwrap_or(0);
-    let programmed = if available > 0 {
+    let mut programmed = if available > 0 {
         let message = format!("{available} of {replicas} waypoint replicas available");
         (true, "Programmed", message)
     } else {
         let message = format!("waiting for an available replica of Deployment {namespace}/{name}");
         (false, "Pending", message)
     };
+    if let Found::Foreign = account {
+        programmed.2.push_str(&format!(
+            "; ServiceAccount {namespace}/{name} existed before this Gateway and is not given the waypoint's read access to the mesh (ClusterRole {role}): bind it to that role yourself, or delete it and let the Gateway make its own",
+            role = access::BINDING
+        ));
+    }
     let address = service
         .spec
         .and_then(|s| s.cluster_ip)

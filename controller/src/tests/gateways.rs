@@ -341,3 +341,107 @@ async fn objects_that_were_there_are_used_or_left_alone_never_taken() {
     );
     assert_eq!(api.patches("deployments"), 0);
 }
+
+fn bound(api: &FakeApi) -> Option<Vec<String>> {
+    let b = api.get("ClusterRoleBinding", "/weft-waypoint")?;
+    Some(
+        b["subjects"]
+            .as_array()
+            .map(|s| {
+                s.iter()
+                    .map(|s| {
+                        format!(
+                            "{}/{}/{}",
+                            s["kind"].as_str().unwrap_or(""),
+                            s["namespace"].as_str().unwrap_or(""),
+                            s["name"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    )
+}
+
+fn binding() -> Value {
+    json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+           "metadata": {"name": "weft-waypoint"},
+           "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "weft-waypoint"}})
+}
+
+/// The accounts made for waypoint Gateways, and only those, can read the mesh; an account
+/// that was there before its Gateway is not handed that view, and its Gateway says so.
+#[tokio::test]
+async fn waypoint_accounts_are_bound_to_the_mesh_read_view_while_their_gateway_exists() {
+    let api = cluster();
+    api.apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                     "metadata": {"namespace": "shop", "name": "default"}}));
+    api.apply(gateway("default", "weft-waypoint", None, Value::Null));
+    api.apply(gateway("waypoint", "weft-waypoint", None, Value::Null));
+    api.apply(gateway("ingress", "other-class", None, Value::Null));
+    let mut elsewhere = gateway("waypoint", "weft-waypoint", None, Value::Null);
+    elsewhere["metadata"]["namespace"] = json!("store");
+    elsewhere["metadata"]["uid"] = json!("uid-store-waypoint");
+    api.apply(elsewhere);
+
+    // Without the chart's binding: counted and said, and filled in once it is there.
+    let c = controller(api.clone(), secret_source()).await;
+    let failed = || async {
+        c.metrics()
+            .await
+            .lines()
+            .any(|l| l.starts_with("weft_waypoint_reconcile_errors_total ") && !l.ends_with(" 0"))
+    };
+    let start = std::time::Instant::now();
+    while !failed().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the missing binding is counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    api.apply(binding());
+    let want = vec![
+        "ServiceAccount/shop/waypoint".to_owned(),
+        "ServiceAccount/store/waypoint".to_owned(),
+    ];
+    assert!(
+        until(Duration::from_secs(10), || bound(&c.api)
+            == Some(want.clone()))
+        .await,
+        "{:?}",
+        bound(&api)
+    );
+    let b = api.get("ClusterRoleBinding", "/weft-waypoint").unwrap();
+    assert_eq!(b["subjects"][0]["apiGroup"], "");
+    assert_eq!(b["roleRef"]["name"], "weft-waypoint");
+
+    let (_, _, message) = condition(&api, "default", "Programmed").unwrap();
+    assert!(
+        message.contains("ServiceAccount shop/default existed before this Gateway")
+            && message.contains("ClusterRole weft-waypoint"),
+        "{message}"
+    );
+    let (_, _, message) = condition(&api, "waypoint", "Programmed").unwrap();
+    assert!(!message.contains("read access"), "{message}");
+
+    // A restart writes nothing, and does not strip anyone on the way.
+    let written = api.patches("clusterrolebindings");
+    drop(c);
+    let c = controller(api.clone(), secret_source()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(api.patches("clusterrolebindings"), written);
+    assert_eq!(bound(&api), Some(want));
+
+    // A Gateway gone (its account goes with it) or of another class: no access.
+    api.delete("Gateway", "shop/waypoint");
+    let mut moved = gateway("waypoint", "other-class", None, Value::Null);
+    moved["metadata"]["namespace"] = json!("store");
+    moved["metadata"]["uid"] = json!("uid-store-waypoint");
+    api.apply(moved);
+    assert!(
+        until(Duration::from_secs(10), || bound(&c.api) == Some(vec![])).await,
+        "{:?}",
+        bound(&api)
+    );
+}
