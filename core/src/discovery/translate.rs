@@ -528,7 +528,12 @@ fn routes(cx: &mut Ctx<'_>) {
     // (object, the route or the (path, message) problems that kept it from being built)
     type Built = (String, Result<Route, Vec<(String, String)>>);
     let mut built: Vec<Built> = Vec::new();
+    let unreadable = |u: &(String, String)| vec![u.clone()];
     for (key, Stored { object, origin }) in &objects.http_routes {
+        if let Some(u) = &object.spec.unreadable {
+            built.push((describe("HTTPRoute", key, origin), Err(unreadable(u))));
+            continue;
+        }
         let mut r = meta(&object.metadata, RouteKind::Http);
         r.parent_refs = object.spec.parent_refs.clone();
         r.hostnames = object.spec.hostnames.clone();
@@ -536,6 +541,10 @@ fn routes(cx: &mut Ctx<'_>) {
         built.push((describe("HTTPRoute", key, origin), Ok(r)));
     }
     for (key, Stored { object, origin }) in &objects.grpc_routes {
+        if let Some(u) = &object.spec.unreadable {
+            built.push((describe("GRPCRoute", key, origin), Err(unreadable(u))));
+            continue;
+        }
         let mut r = meta(&object.metadata, RouteKind::Grpc);
         r.parent_refs = object.spec.parent_refs.clone();
         r.hostnames = object.spec.hostnames.clone();

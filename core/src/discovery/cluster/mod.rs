@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 pub use health::{HealthLayer, KindStatus, SharedStatus, SourceStatus};
 
 use super::crd::AuthorizationPolicy;
-use super::gateway::{GRPCRoute, HTTPRoute};
+use super::gateway::{GRPCRoute, HTTPRoute, Listed};
 use super::{Kind, Object, ObjectKey, ObjectSet};
 
 /// The kinds every source watches (weftd's set).
@@ -225,19 +225,25 @@ pub fn start<T: Send + 'static>(
     );
     if kinds.contains(&Kind::HttpRoute) {
         w.spawn(
-            Api::<HTTPRoute>::all(client.clone()),
+            Api::<Listed<HTTPRoute>>::all(client.clone()),
             Kind::HttpRoute,
-            |mut o| {
+            |o| {
+                let mut o = o.decode();
                 slim::meta(&mut o.metadata);
                 Object::HttpRoute(Box::new(o))
             },
         );
     }
     if kinds.contains(&Kind::GrpcRoute) {
-        w.spawn(Api::<GRPCRoute>::all(client), Kind::GrpcRoute, |mut o| {
-            slim::meta(&mut o.metadata);
-            Object::GrpcRoute(Box::new(o))
-        });
+        w.spawn(
+            Api::<Listed<GRPCRoute>>::all(client),
+            Kind::GrpcRoute,
+            |o| {
+                let mut o = o.decode();
+                slim::meta(&mut o.metadata);
+                Object::GrpcRoute(Box::new(o))
+            },
+        );
     }
     drop(w);
     let wanted = kinds.len();

@@ -323,9 +323,38 @@ async fn routes_are_watched_by_waypoints_only() {
         "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
                  "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}}),
     );
+    // Fields of Gateway API that weft does not implement, on one route of each kind: those
+    // are left out with the field named, the others still apply (decoded as one list, they
+    // would have failed the whole watch).
+    api.apply(
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "sticky", "namespace": "shop"},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "api"}],
+                 "rules": [{"sessionPersistence": {"sessionName": "s"},
+                            "backendRefs": [{"name": "api", "port": 80}]}]}}),
+    );
+    api.apply(
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+        "metadata": {"name": "echo", "namespace": "shop"},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "echo"}],
+                 "rules": [{"sessionPersistence": {"sessionName": "s"}}]}}),
+    );
     let mut waypoint = run_with(&api, &super::WAYPOINT_KINDS);
     let t = waypoint.until("the route", |t| !t.routes.is_empty()).await;
-    assert_eq!(t.routes[0].key(), "shop/web");
+    let keys: Vec<String> = t.routes.iter().map(|r| r.key()).collect();
+    assert_eq!(keys, ["shop/web"]);
+    for (object, path) in [
+        ("HTTPRoute shop/sticky", "spec.rules[0].sessionPersistence"),
+        ("GRPCRoute shop/echo", "spec.rules[0].sessionPersistence"),
+    ] {
+        let p = t
+            .problems
+            .iter()
+            .find(|p| p.object.starts_with(object))
+            .unwrap_or_else(|| panic!("no problem for {object}: {:?}", t.problems));
+        assert_eq!(p.path, path);
+        assert!(p.message.contains("unknown field"), "{}", p.message);
+    }
     drop(waypoint);
 
     // A node: the routes' API answering 404 does not matter, it is never asked.
