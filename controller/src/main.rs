@@ -4,10 +4,12 @@
 //! and runs a waypoint (Deployment, Service, ServiceAccount) for each `weft-waypoint` Gateway.
 
 mod authority;
+mod follow;
 mod gateways;
 mod issue;
 mod metrics;
 mod policies;
+mod routes;
 mod run;
 mod serve;
 

@@ -59,13 +59,13 @@ impl IssueMetrics {
     }
 }
 
-/// `weft_waypoint_reconcile_errors_total`: reconciles of a waypoint Gateway, or of the
-/// waypoints' access binding, that failed (each is logged with its cause and retried).
+/// `weft_waypoint_reconcile_errors_total`: reconciles of a waypoint Gateway, of the
+/// waypoints' access binding or of route status that failed (each is logged and retried).
 pub fn register_reconcile_errors(registry: &mut Registry) -> Counter {
     let errors = Counter::default();
     registry.register(
         "weft_waypoint_reconcile_errors",
-        "Reconciles of waypoint Gateways or of their access binding that failed and will be retried",
+        "Reconciles of waypoint Gateways, their access binding or route status that failed and will be retried",
         errors.clone(),
     );
     errors

@@ -128,6 +128,11 @@ pub async fn start(
             .unwrap_or_else(|| "weft-ca".to_owned()),
         cert_lifetime: options.lifetimes.default,
     };
+    let routes = tokio::spawn(crate::routes::run(
+        client.clone(),
+        reconcile_errors.clone(),
+        stop.clone(),
+    ));
     let access = tokio::spawn(crate::gateways::access::run(
         client.clone(),
         reconcile_errors.clone(),
@@ -151,6 +156,7 @@ pub async fn start(
             _ = policies => "the policy status writer",
             _ = gateways => "the waypoint reconciler",
             _ = access => "the waypoint access keeper",
+            _ = routes => "the route status writer",
             _ = monitoring_task => "the monitoring server",
         };
         if stop.is_cancelled() {

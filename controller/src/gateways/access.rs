@@ -18,9 +18,8 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures::{StreamExt, stream};
+use futures::{FutureExt, StreamExt, stream};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Subject};
 use kube::api::{Api, Patch, PatchParams};
@@ -30,18 +29,14 @@ use kube::{Client, Resource, ResourceExt};
 use prometheus_client::metrics::counter::Counter;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
+
+use crate::follow::follow;
 
 use super::{APP, CLASS, Gateway, MANAGED_BY_LABEL, MANAGER, NAME_LABEL, controlled_by};
 
 /// The ClusterRole and ClusterRoleBinding the chart makes, both of this name.
 pub const BINDING: &str = "weft-waypoint";
-/// A burst of changes (a Gateway and the objects made for it) ends in one write.
-const SETTLE: Duration = Duration::from_millis(300);
-/// The binding is not watched: a resync puts back subjects someone edited out.
-const RESYNC: Duration = Duration::from_secs(300);
-const RETRY: Duration = Duration::from_secs(5);
-
 /// The accounts to bind, as (namespace, name), sorted: those made by this controller for a
 /// waypoint Gateway that still exists and is not being deleted.
 pub fn wanted(
@@ -83,7 +78,10 @@ pub async fn run(client: Client, errors: Counter, stop: CancellationToken) {
         ),
     )
     .default_backoff()
-    .map(|e| e.map(|_| ()).map_err(|e| format!("watching Gateways: {e}")));
+    .map(|e| {
+        e.map(|_| ())
+            .map_err(|e| format!("watching Gateways (are Gateway API's CRDs installed?): {e}"))
+    });
     let account_events = reflector::reflector(
         accounts_writer,
         watcher(
@@ -96,51 +94,26 @@ pub async fn run(client: Client, errors: Counter, stop: CancellationToken) {
         e.map(|_| ())
             .map_err(|e| format!("watching waypoint ServiceAccounts: {e}"))
     });
-    let mut events = stream::select(gateway_events, account_events).boxed();
-    let ready = async {
-        let _ = tokio::join!(gateways.wait_until_ready(), accounts.wait_until_ready());
-    };
-    let mut ready = std::pin::pin!(ready);
-    let mut listed = false;
-    // When to write next: after the first lists, then after each change has settled.
-    let mut due: Option<tokio::time::Instant> = None;
-    let api: Api<ClusterRoleBinding> = Api::all(client);
-    loop {
-        let wake = async {
-            match due {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = &mut ready, if !listed => {
-                listed = true;
-                due = Some(tokio::time::Instant::now());
-            }
-            event = events.next() => match event {
-                None => return,
-                Some(Ok(())) => {
-                    if listed && due.is_none_or(|at| at > tokio::time::Instant::now() + SETTLE) {
-                        due = Some(tokio::time::Instant::now() + SETTLE);
-                    }
-                }
-                // The watchers retry with backoff; say why meanwhile.
-                Some(Err(e)) => warn!("{e} (are Gateway API's CRDs installed?)"),
-            },
-            _ = wake => {
-                let want = wanted(&gateways.state(), &accounts.state());
-                due = Some(tokio::time::Instant::now() + match write(&api, &want).await {
-                    Ok(()) => RESYNC,
-                    Err(e) => {
-                        errors.inc();
-                        warn!(retry_in = ?RETRY, "keeping waypoint access (ClusterRoleBinding {BINDING}): {e}");
-                        RETRY
-                    }
-                });
-            }
+    let ready = {
+        let (gateways, accounts) = (gateways.clone(), accounts.clone());
+        async move {
+            let _ = tokio::join!(gateways.wait_until_ready(), accounts.wait_until_ready());
         }
-    }
+    };
+    let api: Api<ClusterRoleBinding> = Api::all(client);
+    follow(
+        stream::select(gateway_events, account_events).boxed(),
+        ready.boxed(),
+        stop,
+        errors,
+        &format!("keeping waypoint access (ClusterRoleBinding {BINDING})"),
+        || {
+            let want = wanted(&gateways.state(), &accounts.state());
+            let api = api.clone();
+            async move { write(&api, &want).await.map_err(|e| e.to_string()) }
+        },
+    )
+    .await;
 }
 
 #[derive(Debug, thiserror::Error)]

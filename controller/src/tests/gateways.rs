@@ -43,17 +43,6 @@ fn pair(status: &str, reason: &str) -> Option<(String, String)> {
     Some((status.to_owned(), reason.to_owned()))
 }
 
-async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = std::time::Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    f()
-}
-
 fn owner(name: &str) -> Value {
     json!([{"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "name": name,
             "uid": format!("uid-{name}"), "controller": true, "blockOwnerDeletion": true}])

@@ -6,6 +6,7 @@ mod authority;
 mod gateways;
 mod issue;
 mod policies;
+mod routes;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -314,4 +315,16 @@ async fn handshake(client: &WorkloadCertificate, server: &WorkloadCertificate) {
     let seen = weft_core::identity::connection_peer_identity(s.get_ref().1).unwrap();
     assert_eq!(&seen, client.identity());
     drop(c);
+}
+
+/// Whether `f` holds within `limit` (polled).
+async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f()
 }

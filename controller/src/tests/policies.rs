@@ -18,17 +18,6 @@ fn accepted(api: &FakeApi, name: &str) -> Option<(String, String, String)> {
     Some((s("status"), s("reason"), s("message")))
 }
 
-async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = std::time::Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    f()
-}
-
 #[tokio::test]
 async fn each_policy_says_in_its_status_what_the_mesh_makes_of_it() {
     let api = cluster();

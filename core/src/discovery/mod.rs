@@ -18,8 +18,10 @@ pub use translate::{Problem, Translation, translate};
 pub const MODE_LABEL: &str = "weft.dev/mode";
 pub const MODE_AMBIENT: &str = "ambient";
 pub const MODE_NONE: &str = "none";
-/// Namespace or Service label naming the waypoint (a Gateway) that serves its traffic.
+/// Namespace or Service label naming the waypoint (a Gateway) that serves its traffic; on a
+/// Service, `none` opts it out of its namespace's (Istio's `istio.io/use-waypoint: none`).
 pub const USE_WAYPOINT_LABEL: &str = "weft.dev/use-waypoint";
+pub const WAYPOINT_NONE: &str = "none";
 /// Standalone mode only: the network namespace that stands in for a pod. On a real node the
 /// pod's namespace is found from its cgroup instead.
 pub const NETNS_ANNOTATION: &str = "weft.dev/netns";

@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::objects::{ObjectKey, ObjectSet, Stored, namespace_of};
 use super::{
     MODE_AMBIENT, MODE_LABEL, MODE_NONE, NETNS_ANNOTATION, SERVICE_NAME_LABEL, USE_WAYPOINT_LABEL,
+    WAYPOINT_NONE,
 };
 use crate::config::meshfile::{ServiceFile, WorkloadFile};
 use crate::model::policy::{Action, AuthorizationPolicy, Rule};
@@ -181,6 +182,7 @@ fn workloads<'a>(cx: &mut Ctx<'a>) -> HashMap<ObjectKey, PodInfo<'a>> {
             .get(USE_WAYPOINT_LABEL)
             .map(String::as_str)
             .or_else(|| cx.namespace_label(ns, USE_WAYPOINT_LABEL))
+            .filter(|w| *w != WAYPOINT_NONE)
             .map(str::to_string);
         let netns = meta
             .annotations
@@ -332,6 +334,7 @@ fn services(cx: &mut Ctx<'_>, pods: &HashMap<ObjectKey, PodInfo<'_>>) {
             .and_then(|l| l.get(USE_WAYPOINT_LABEL))
             .map(String::as_str)
             .or_else(|| cx.namespace_label(&key.0, USE_WAYPOINT_LABEL))
+            .filter(|w| *w != WAYPOINT_NONE)
             .map(str::to_string);
         cx.out.services.push(ServiceFile {
             name: key.1.clone(),

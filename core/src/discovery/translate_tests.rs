@@ -295,6 +295,9 @@ fn waypoint_label_on_namespace_or_service() {
     );
     let t = run(&(ns("web", "weft.dev/use-waypoint: wp") + &svc));
     assert_eq!(t.services[0].waypoint.as_deref(), Some("mine"));
+    // `none` opts a Service out of its namespace's waypoint.
+    let t = run(&(ns("web", "weft.dev/use-waypoint: wp") + &svc.replace("mine", "none")));
+    assert_eq!(t.services[0].waypoint, None);
 }
 
 const POLICY: &str = "---\napiVersion: security.weft.dev/v1alpha1\nkind: AuthorizationPolicy\n\
