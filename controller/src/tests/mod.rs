@@ -16,7 +16,7 @@ use prost_types::value::Kind;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
-use weft_core::discovery::cluster::fake::FakeApi;
+use weft_core::discovery::cluster::fake::{FakeApi, Grants};
 use weft_core::identity::protocol::istio_certificate_service_client::IstioCertificateServiceClient;
 use weft_core::identity::protocol::{IMPERSONATED_IDENTITY, IstioCertificateRequest};
 use weft_core::identity::{
@@ -191,7 +191,26 @@ struct Controller {
 impl Drop for Controller {
     fn drop(&mut self) {
         self.stop.cancel();
+        if !std::thread::panicking() {
+            assert_permitted(&self.api);
+        }
     }
+}
+
+/// Every request the controller made of the fake is one the chart's RBAC grants it: what
+/// works here is then not refused by a real API server.
+fn assert_permitted(api: &FakeApi) {
+    let manifests = include_str!("../../../deploy/manifests/weft.yaml");
+    let grants = Grants::bound(manifests, "weft", "weft-controller");
+    assert!(
+        !grants.is_empty(),
+        "no RBAC for weft-controller in the manifests"
+    );
+    let refused = grants.refused(&api.asked());
+    assert!(
+        refused.is_empty(),
+        "the chart's RBAC does not grant weft-controller: {refused:#?}"
+    );
 }
 
 async fn controller(api: FakeApi, ca: CaSource) -> Controller {

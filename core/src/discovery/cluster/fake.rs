@@ -16,6 +16,9 @@ use http_body_util::combinators::BoxBody;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+mod rbac;
+pub use rbac::{Access, Grants};
+
 type Body = BoxBody<Bytes, std::io::Error>;
 
 /// Answers a request the fake does not serve itself: `(method, path, body)`.
@@ -43,6 +46,8 @@ struct State {
     /// resource -> patches applied.
     patches: BTreeMap<String, u64>,
     handler: Option<Handler>,
+    /// Every request served, in RBAC's terms.
+    asked: Vec<Access>,
 }
 
 /// The fake; clones share one server.
@@ -213,6 +218,11 @@ impl FakeApi {
         self.lock().handler = Some(handler);
     }
 
+    /// Every request served so far, in RBAC's terms (for [`Grants::refused`]).
+    pub fn asked(&self) -> Vec<Access> {
+        self.lock().asked.clone()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -243,25 +253,51 @@ impl FakeApi {
                 "fake API server is down",
             ));
         }
+        // `/api/v1/namespaces/shop/pods[/name]` is one namespace; `/api/v1/pods` all of them;
+        // `/api/v1/namespaces[/name]` the namespaces themselves.
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let (group, rest) = match segments.first() {
+            Some(&"api") => ("", segments.get(2..).unwrap_or(&[])),
+            _ => (
+                segments.get(1).copied().unwrap_or(""),
+                segments.get(3..).unwrap_or(&[]),
+            ),
+        };
+        let (namespace, resource, name, subresource) = match rest {
+            ["namespaces", ns, resource, tail @ ..] => (
+                Some(ns.to_string()),
+                resource.to_string(),
+                tail.first(),
+                tail.get(1),
+            ),
+            [resource, tail @ ..] => (None, resource.to_string(), tail.first(), tail.get(1)),
+            [] => (None, String::new(), None, None),
+        };
+        let watch = query.get("watch").map(String::as_str) == Some("true");
+        s.asked.push(Access {
+            verb: match (&parts.method, name) {
+                (&Method::GET, Some(_)) => "get",
+                (&Method::GET, None) if watch => "watch",
+                (&Method::GET, None) => "list",
+                (&Method::POST, _) => "create",
+                (&Method::PUT, _) => "update",
+                (&Method::PATCH, _) => "patch",
+                (&Method::DELETE, _) => "delete",
+                _ => "other",
+            },
+            group: group.to_owned(),
+            resource: match subresource {
+                Some(sub) => format!("{resource}/{sub}"),
+                None => resource.clone(),
+            },
+            namespace: namespace.clone(),
+            name: name.map(|n| n.to_string()),
+        });
         if let Some(h) = &s.handler
             && let Some((status, value)) = h(&parts.method, &path, &body)
         {
             return Ok(full(status, value));
         }
-        // `/api/v1/namespaces/shop/pods[/name]` is one namespace; `/api/v1/pods` all of them;
-        // `/api/v1/namespaces[/name]` the namespaces themselves.
-        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        let rest = match segments.first() {
-            Some(&"api") => segments.get(2..).unwrap_or(&[]),
-            _ => segments.get(3..).unwrap_or(&[]),
-        };
-        let (namespace, resource, name) = match rest {
-            ["namespaces", ns, resource, tail @ ..] => {
-                (Some(ns.to_string()), resource.to_string(), tail.first())
-            }
-            [resource, tail @ ..] => (None, resource.to_string(), tail.first()),
-            [] => (None, String::new(), None),
-        };
         let key = format!(
             "{}/{}",
             namespace.as_deref().unwrap_or(""),

@@ -6,10 +6,22 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::fake::FakeApi;
+use super::fake::{FakeApi, Grants};
 use super::*;
 use crate::discovery::{Translation, translate};
 use crate::model::CaptureMode;
+
+const MANIFESTS: &str = include_str!("../../../../deploy/manifests/weft.yaml");
+
+/// What was asked of `api` is what `grants` (the chart's RBAC for `who`) allow.
+fn assert_permitted(api: &FakeApi, grants: &Grants, who: &str) {
+    assert!(!grants.is_empty(), "no RBAC for {who} in the manifests");
+    let refused = grants.refused(&api.asked());
+    assert!(
+        refused.is_empty(),
+        "the chart's RBAC does not grant {who}: {refused:#?}"
+    );
+}
 
 fn namespace(name: &str, mode: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace",
@@ -201,6 +213,7 @@ async fn initial_list_then_events_without_relisting() {
     let s = &s;
     assert!(s.stale().is_empty(), "{:?}", s.stale());
     assert_eq!(s.kind(Kind::Pod).map(|k| k.objects), Some(1));
+    assert_permitted(&api, &Grants::bound(MANIFESTS, "weft", "weftd"), "weftd");
 }
 
 #[tokio::test]
@@ -356,6 +369,9 @@ async fn routes_are_watched_by_waypoints_only() {
         assert!(p.message.contains("unknown field"), "{}", p.message);
     }
     drop(waypoint);
+    // What the controller binds each waypoint to: nothing asked for is refused.
+    let grants = Grants::cluster_role(MANIFESTS, "weft-waypoint");
+    assert_permitted(&api, &grants, "a waypoint");
 
     // A node: the routes' API answering 404 does not matter, it is never asked.
     api.set_handler(Box::new(|_, path, _| {
