@@ -70,6 +70,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         &loaded.state,
         &opts.name,
         &namespace,
+        &RouteTable::default(),
     )));
     let settings = hbone::Settings::default();
     let pool = Pool::new(
@@ -108,7 +109,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     );
                     return;
                 }
-                let table = RouteTable::build(&mesh.state, &name, &namespace);
+                let table = RouteTable::build(&mesh.state, &name, &namespace, &routes_tx.borrow());
                 wp.state.replace(mesh.state);
                 routes_tx.send_replace(Arc::new(table));
                 tracing::info!("mesh state updated");

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::Serialize;
+use tower::retry::budget::TpsBudget;
 use weft_core::model::MeshState;
 use weft_core::model::route::PathMatchType;
 
@@ -68,10 +69,15 @@ impl ServiceRoutes {
     }
 }
 
+/// Whose retry budget: (Service `namespace/name`, the parentRef's port, route, rule index).
+type BudgetKey = (String, Option<u16>, String, usize);
+
 #[derive(Default)]
 pub struct RouteTable {
     /// namespace -> service name -> routes, looked up by `&str` per request.
     services: HashMap<String, HashMap<String, ServiceRoutes>>,
+    /// The retry budgets of the rules with a retry policy, for the next build to keep.
+    budgets: HashMap<BudgetKey, Arc<TpsBudget>>,
 }
 
 /// Sort key of one entry; smaller is tried first.
@@ -89,9 +95,12 @@ type Precedence = (
 );
 
 impl RouteTable {
-    /// The routes of every Service bound to waypoint `name` in `namespace`.
-    pub fn build(state: &MeshState, name: &str, namespace: &str) -> Self {
+    /// The routes of every Service bound to waypoint `name` in `namespace`. A rule that was
+    /// in `previous` keeps its retry budget: the mesh changes with every endpoint that comes
+    /// and goes, and a budget that started afresh each time would cap nothing.
+    pub fn build(state: &MeshState, name: &str, namespace: &str, previous: &RouteTable) -> Self {
         let mut services: HashMap<String, HashMap<String, ServiceRoutes>> = HashMap::new();
+        let mut budgets: HashMap<BudgetKey, Arc<TpsBudget>> = HashMap::new();
         for s in state
             .services
             .iter()
@@ -109,6 +118,17 @@ impl RouteTable {
                 for port in ports {
                     let default_port = port.or(s.ports.first().map(|p| p.port)).unwrap_or(80);
                     for (ri, r) in route.rules.iter().enumerate() {
+                        let budget_key =
+                            (format!("{}/{}", s.namespace, s.name), port, key.clone(), ri);
+                        let budget = || {
+                            let b = previous
+                                .budgets
+                                .get(&budget_key)
+                                .cloned()
+                                .unwrap_or_else(rule::new_budget);
+                            budgets.insert(budget_key.clone(), b.clone());
+                            b
+                        };
                         let rule = Rule::compile(
                             key.clone(),
                             route.kind,
@@ -116,6 +136,7 @@ impl RouteTable {
                             ri,
                             r,
                             default_port,
+                            budget,
                         );
                         let matches: Vec<_> = if r.matches.is_empty() {
                             vec![None]
@@ -185,7 +206,7 @@ impl RouteTable {
                 },
             );
         }
-        RouteTable { services }
+        RouteTable { services, budgets }
     }
 
     pub fn service(&self, namespace: &str, name: &str) -> Option<&ServiceRoutes> {
@@ -228,4 +249,70 @@ pub struct EntryDump {
     port: Option<u16>,
     matches: String,
     rule: rule::RuleDump,
+}
+
+#[cfg(test)]
+mod tests {
+    use tower::retry::budget::Budget;
+
+    use super::*;
+
+    fn state(routes: &str) -> MeshState {
+        let text = format!(
+            "services:
+  - name: web
+    namespace: shop
+    vips: [10.96.0.10]
+    ports: [{{port: 80}}]
+    waypoint: wp
+{routes}"
+        );
+        weft_core::config::load_str(&text, "mesh.yaml", std::path::Path::new("/"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .state
+    }
+
+    const RETRIED: &str = "routes:
+  - name: web
+    namespace: shop
+    parentRefs: [{kind: Service, name: web}]
+    rules:
+      - backendRefs: [{name: web, port: 80}]
+        retry: {codes: [503], attempts: 2}
+";
+
+    fn budget(t: &RouteTable) -> Option<Arc<TpsBudget>> {
+        t.budgets
+            .get(&("shop/web".to_owned(), None, "shop/web".to_owned(), 0))
+            .cloned()
+    }
+
+    /// The mesh changes with every endpoint; a budget spent under a failing backend must stay
+    /// spent across those rebuilds, or it caps nothing.
+    #[test]
+    fn a_rebuilt_table_keeps_the_retry_budgets_of_its_rules() {
+        let first = RouteTable::build(&state(RETRIED), "wp", "shop", &RouteTable::default());
+        let spent = budget(&first).expect("the retried rule has a budget");
+        let mut withdrawn = 0;
+        while spent.withdraw() {
+            withdrawn += 1;
+            assert!(withdrawn < 10_000, "the budget never runs out");
+        }
+        let second = RouteTable::build(&state(RETRIED), "wp", "shop", &first);
+        let kept = budget(&second).expect("still there");
+        assert!(Arc::ptr_eq(&spent, &kept));
+        assert!(!kept.withdraw(), "still spent after the rebuild");
+        let entry = &second.service("shop", "web").unwrap().entries[0];
+        assert!(Arc::ptr_eq(
+            &entry.rule.retry.as_ref().unwrap().budget,
+            &kept
+        ));
+
+        // A route gone takes its budget with it; one without retries has none.
+        let third = RouteTable::build(&state(""), "wp", "shop", &second);
+        assert!(third.budgets.is_empty());
+        let plain = RETRIED.replace("        retry: {codes: [503], attempts: 2}\n", "");
+        let fourth = RouteTable::build(&state(&plain), "wp", "shop", &second);
+        assert!(budget(&fourth).is_none());
+    }
 }

@@ -93,8 +93,9 @@ pub struct RetryPolicy {
     pub attempts: u32,
     pub backoff: Duration,
     /// Shared by every request of the rule: retries may add at most a fifth to the load the
-    /// rule's requests make (plus a floor), so a failing backend is not hammered.
-    pub budget: TpsBudget,
+    /// rule's requests make (plus a floor), so a failing backend is not hammered. Carried
+    /// over when the table is rebuilt (see `RouteTable::build`).
+    pub budget: Arc<TpsBudget>,
 }
 
 /// Retries may add this share of the requests over the last ten seconds...
@@ -103,6 +104,15 @@ const RETRY_BUDGET_RATIO: f32 = 0.2;
 const RETRY_BUDGET_MIN_PER_SECOND: u32 = 5;
 /// Envoy's default retry backoff base.
 const DEFAULT_BACKOFF: Duration = Duration::from_millis(25);
+
+/// A fresh retry budget: over the last ten seconds, a fifth of the requests plus five a second.
+pub fn new_budget() -> Arc<TpsBudget> {
+    Arc::new(TpsBudget::new(
+        Duration::from_secs(10),
+        RETRY_BUDGET_MIN_PER_SECOND,
+        RETRY_BUDGET_RATIO,
+    ))
+}
 
 #[derive(Debug)]
 pub struct Rule {
@@ -157,6 +167,7 @@ impl Rule {
         index: usize,
         r: &RouteRule,
         service_port: u16,
+        budget: impl FnOnce() -> Arc<TpsBudget>,
     ) -> Arc<Self> {
         let backend = |b: &BackendRef| WeightedBackend {
             target: target(namespace, &b.name, b.port, service_port),
@@ -174,11 +185,7 @@ impl Rule {
                 .as_deref()
                 .and_then(parse_duration)
                 .unwrap_or(DEFAULT_BACKOFF),
-            budget: TpsBudget::new(
-                Duration::from_secs(10),
-                RETRY_BUDGET_MIN_PER_SECOND,
-                RETRY_BUDGET_RATIO,
-            ),
+            budget: budget(),
         });
         let t = r.timeouts.as_ref();
         Arc::new(Rule {
