@@ -88,16 +88,35 @@ impl Clients {
         match proto {
             Proto::Http2 => {
                 let pooled = lock(&self.h2).get(&key).filter(|s| !s.is_closed()).cloned();
-                let mut s = match pooled {
-                    Some(s) => s,
-                    None => {
-                        let s = dial_h2(wp, t.clone()).await?;
-                        lock(&self.h2).insert(key, s.clone());
-                        s
-                    }
+                let (mut s, mut fresh) = match pooled {
+                    Some(s) => (s, false),
+                    None => (self.dial_h2(wp, &t, &key).await?, true),
                 };
-                s.ready().await?;
-                Ok(s.send_request(req).await?)
+                let mut req = req;
+                // A shared connection going away (the endpoint's GOAWAY on shutdown) hands
+                // back a request it had not started: it goes once more, on a new connection.
+                loop {
+                    let refused = match s.ready().await {
+                        Ok(()) => match s.try_send_request(req).await {
+                            Ok(r) => return Ok(r),
+                            Err(mut e) => match e.take_message() {
+                                Some(back) => (back, e.into_error()),
+                                None => return Err(SendError::Http(e.into_error())),
+                            },
+                        },
+                        Err(e) => (req, e),
+                    };
+                    let (back, error) = refused;
+                    if fresh {
+                        return Err(SendError::Connect(format!(
+                            "a new HTTP/2 connection would not take the request: {error}"
+                        )));
+                    }
+                    tracing::debug!("kept HTTP/2 connection went away: {error}");
+                    req = back;
+                    s = self.dial_h2(wp, &t, &key).await?;
+                    fresh = true;
+                }
             }
             Proto::Http1 if dedicated => {
                 // An upgrade takes its connection for good.
@@ -147,6 +166,17 @@ impl Clients {
                 Err(SendError::Connect("no connection took the request".into()))
             }
         }
+    }
+
+    async fn dial_h2(
+        &self,
+        wp: &Waypoint,
+        t: &Arc<Target>,
+        key: &Key,
+    ) -> Result<http2::SendRequest<Body>, SendError> {
+        let s = dial_h2(wp, t.clone()).await?;
+        lock(&self.h2).insert(key.clone(), s.clone());
+        Ok(s)
     }
 
     fn keep_h1(&self, key: &Key, s: http1::SendRequest<Body>) {
