@@ -22,6 +22,7 @@ pub struct FakeCluster {
     pub api: FakeApi,
     pub addr: SocketAddr,
     pub kubeconfig: PathBuf,
+    dir: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -65,25 +66,35 @@ impl FakeCluster {
                 }
             });
         });
-        let kubeconfig = dir.join("kubeconfig");
+        let mut cluster = Self {
+            api,
+            addr,
+            kubeconfig: PathBuf::new(),
+            dir: dir.to_owned(),
+            stop: Some(stop),
+        };
+        cluster.kubeconfig = cluster.kubeconfig_for("test-token")?;
+        Ok(cluster)
+    }
+
+    /// A kubeconfig for this fake whose requests carry bearer `token`, so that a test can tell
+    /// the components' requests apart ([`FakeApi::asked_by`]).
+    pub fn kubeconfig_for(&self, token: &str) -> anyhow::Result<PathBuf> {
+        let path = self.dir.join(format!("kubeconfig-{token}"));
         std::fs::write(
-            &kubeconfig,
+            &path,
             format!(
                 "apiVersion: v1
 kind: Config
-clusters: [{{name: fake, cluster: {{server: \"http://{addr}\"}}}}]
-users: [{{name: test, user: {{token: test-token}}}}]
+clusters: [{{name: fake, cluster: {{server: \"http://{}\"}}}}]
+users: [{{name: test, user: {{token: {token}}}}}]
 contexts: [{{name: fake, context: {{cluster: fake, user: test}}}}]
 current-context: fake
-"
+",
+                self.addr
             ),
         )?;
-        Ok(Self {
-            api,
-            addr,
-            kubeconfig,
-            stop: Some(stop),
-        })
+        Ok(path)
     }
 }
 
@@ -136,7 +147,7 @@ impl Controller {
             .args(["--listen", &grpc.to_string()])
             .args(["--monitoring", &monitoring.to_string()])
             .args(["--namespace", "weft", "--log", "info"])
-            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env("KUBECONFIG", cluster.kubeconfig_for("controller")?)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)

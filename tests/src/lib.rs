@@ -338,6 +338,15 @@ impl Drop for WaypointProcess {
 impl Mesh {
     /// Starts the waypoint (mesh from the mesh file) and waits until it is ready.
     pub fn start_waypoint(&self) -> anyhow::Result<WaypointProcess> {
+        self.start_waypoint_with(&[], &[])
+    }
+
+    /// As [`Mesh::start_waypoint`], with more arguments and environment (Kubernetes mode).
+    pub fn start_waypoint_with(
+        &self,
+        extra: &[String],
+        env: &[(&str, &Path)],
+    ) -> anyhow::Result<WaypointProcess> {
         let (hbone, monitoring, admin) = waypoint_addrs(self.id);
         let log = self.dir.path().join("waypoint.log");
         let child = Command::new(waypoint_bin())
@@ -349,6 +358,8 @@ impl Mesh {
             .args(["--admin", &admin.to_string()])
             .args(["--reload-interval", "100ms"])
             .args(["--log", "info,weft::access=info"])
+            .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)

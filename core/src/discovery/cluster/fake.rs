@@ -223,6 +223,13 @@ impl FakeApi {
         self.lock().asked.clone()
     }
 
+    /// The requests that came with bearer token `token`.
+    pub fn asked_by(&self, token: &str) -> Vec<Access> {
+        let mut asked = self.asked();
+        asked.retain(|a| a.token.as_deref() == Some(token));
+        asked
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -292,6 +299,12 @@ impl FakeApi {
             },
             namespace: namespace.clone(),
             name: name.map(|n| n.to_string()),
+            token: parts
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::to_owned),
         });
         if let Some(h) = &s.handler
             && let Some((status, value)) = h(&parts.method, &path, &body)

@@ -15,6 +15,8 @@ pub struct Access {
     pub resource: String,
     pub namespace: Option<String>,
     pub name: Option<String>,
+    /// The bearer token it came with: who asked, when components share one fake.
+    pub token: Option<String>,
 }
 
 impl fmt::Display for Access {
