@@ -292,6 +292,19 @@ fn build(mesh: MeshFile, base: &Path) -> Result<LoadedMesh, Vec<FieldError>> {
         }
     }
 
+    let mut traffic_names = HashSet::new();
+    for (i, p) in mesh.traffic_policies.iter().enumerate() {
+        for e in p.validate() {
+            errs.push(format!("trafficPolicies[{i}].{}", e.path), e.message);
+        }
+        if !traffic_names.insert((p.namespace.as_str(), p.name.as_str())) {
+            errs.push(
+                format!("trafficPolicies[{i}].name"),
+                format!("TrafficPolicy {} is listed twice", p.key()),
+            );
+        }
+    }
+
     if !errs.0.is_empty() {
         return Err(errs.0);
     }
@@ -317,7 +330,8 @@ fn build(mesh: MeshFile, base: &Path) -> Result<LoadedMesh, Vec<FieldError>> {
             services,
             policies,
         )
-        .with_routes(mesh.routes),
+        .with_routes(mesh.routes)
+        .with_traffic(mesh.traffic_policies),
         nodes: mesh.nodes,
         node_defaults: mesh.node_defaults,
         ca,

@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::model::policy::AuthorizationPolicy;
 use crate::model::route::Route;
+use crate::model::traffic::TrafficPolicy;
 use crate::model::{CaptureMode, InboundMode, ServicePort, TunnelProtocol};
 
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -42,6 +43,10 @@ pub struct MeshFile {
     /// HTTP and gRPC routes for waypoints (Gateway API rules; see `model::route`).
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// Load balancing, circuit breaking, outlier detection, faults and rate limits for
+    /// waypoints (see `model::traffic`).
+    #[serde(default)]
+    pub traffic_policies: Vec<TrafficPolicy>,
 }
 
 /// Where the standalone CA lives. Relative paths are relative to the mesh file's directory.

@@ -30,6 +30,7 @@ impl Settings {
             ("services", !mesh.services.is_empty()),
             ("policies", !mesh.policies.is_empty()),
             ("routes", !mesh.routes.is_empty()),
+            ("trafficPolicies", !mesh.traffic_policies.is_empty()),
         ]
         .into_iter()
         .filter(|(_, listed)| *listed)
@@ -64,6 +65,7 @@ impl Settings {
         mesh.services = t.services;
         mesh.policies = t.policies;
         mesh.routes = t.routes;
+        mesh.traffic_policies = t.traffic_policies;
         finish(mesh, &self.file, &self.base).map_err(|e| match e {
             // Name the objects, not positions in lists the user never wrote.
             ConfigError::Invalid { errors, .. } => refused(
@@ -77,6 +79,7 @@ impl Settings {
                                 ("services", &t.service_origins),
                                 ("policies", &t.policy_origins),
                                 ("routes", &t.route_origins),
+                                ("trafficPolicies", &t.traffic_policy_origins),
                             ],
                         ),
                         message: e.message,

@@ -211,3 +211,26 @@ nodeDefaults:
     );
     assert_refused("nodes: [{listen: {}}]\n", "nodes[0].name");
 }
+
+#[test]
+fn traffic_policies_attach_to_services_and_mistakes_name_their_field() {
+    let good = format!(
+        "{BASE}trafficPolicies:\n  - name: echo\n    namespace: default\n    spec:\n      targetRefs: [{{kind: Service, name: echo}}]\n      connectionPool: {{maxRequests: 3}}\n"
+    );
+    let m = load_str(&good, "mesh.yaml", Path::new(".")).unwrap();
+    let attached: Vec<&str> = m
+        .state
+        .traffic_for("default", "echo")
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(attached, vec!["echo"]);
+    assert_eq!(m.state.traffic_for("default", "sleep").count(), 0);
+    assert_refused(
+        &good.replace("maxRequests: 3", "maxRequests: 0"),
+        "trafficPolicies[0].spec.connectionPool.maxRequests",
+    );
+    assert_refused(
+        &good.replace("maxRequests: 3", "maxRequest: 3"),
+        "trafficPolicies[0].spec.connectionPool.maxRequest",
+    );
+}

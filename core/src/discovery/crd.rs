@@ -9,6 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::model::policy::{self, Action, PolicyTargetRef, Rule, WorkloadSelector};
+pub use crate::model::traffic::TrafficPolicyResource;
 
 /// `security.weft.dev/v1alpha1` AuthorizationPolicy: the spec of Istio's
 /// `security.istio.io/v1` AuthorizationPolicy, field for field, so a user's policies port by
@@ -68,7 +69,7 @@ impl AuthorizationPolicy {
 
 /// Every CRD weft defines, with the file name `deploy/crds/` keeps it under.
 pub fn all() -> Vec<(String, CustomResourceDefinition)> {
-    [AuthorizationPolicy::crd()]
+    [AuthorizationPolicy::crd(), TrafficPolicyResource::crd()]
         .into_iter()
         .map(|crd| {
             (

@@ -177,6 +177,13 @@ fn document(value: serde_yaml_ng::Value) -> Document {
         ("gateway.networking.k8s.io/v1", "GRPCRoute") => {
             typed(value, |o| Object::GrpcRoute(Box::new(o)))
         }
+        ("networking.weft.dev/v1alpha1", "TrafficPolicy") => {
+            typed(value, |o| Object::TrafficPolicy(Box::new(o)))
+        }
+        (v, "TrafficPolicy") if v.starts_with("networking.weft.dev/") => Document::Invalid {
+            path: "apiVersion".into(),
+            message: format!("{v:?} is not served; weft reads networking.weft.dev/v1alpha1"),
+        },
         (v, "AuthorizationPolicy") if v.starts_with("security.weft.dev/") => Document::Invalid {
             path: "apiVersion".into(),
             message: format!("{v:?} is not served; weft reads security.weft.dev/v1alpha1"),

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::crd::AuthorizationPolicy;
+use super::crd::{AuthorizationPolicy, TrafficPolicyResource};
 use super::gateway::{GRPCRoute, HTTPRoute};
 
 /// `(namespace, name)`.
@@ -31,6 +31,7 @@ pub enum Object {
     AuthorizationPolicy(Box<AuthorizationPolicy>),
     HttpRoute(Box<HTTPRoute>),
     GrpcRoute(Box<GRPCRoute>),
+    TrafficPolicy(Box<TrafficPolicyResource>),
 }
 
 /// The kinds weft reads.
@@ -44,6 +45,7 @@ pub enum Kind {
     AuthorizationPolicy,
     HttpRoute,
     GrpcRoute,
+    TrafficPolicy,
 }
 
 impl Kind {
@@ -57,6 +59,7 @@ impl Kind {
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::HttpRoute => "HTTPRoute",
             Kind::GrpcRoute => "GRPCRoute",
+            Kind::TrafficPolicy => "TrafficPolicy",
         }
     }
 }
@@ -84,6 +87,7 @@ impl Object {
             Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Object::HttpRoute(_) => Kind::HttpRoute,
             Object::GrpcRoute(_) => Kind::GrpcRoute,
+            Object::TrafficPolicy(_) => Kind::TrafficPolicy,
         }
     }
 
@@ -107,6 +111,7 @@ impl Object {
             Object::AuthorizationPolicy(o) => &o.metadata,
             Object::HttpRoute(o) => &o.metadata,
             Object::GrpcRoute(o) => &o.metadata,
+            Object::TrafficPolicy(o) => &o.metadata,
         }
     }
 
@@ -136,6 +141,7 @@ pub struct ObjectSet {
     pub policies: BTreeMap<ObjectKey, Stored<AuthorizationPolicy>>,
     pub http_routes: BTreeMap<ObjectKey, Stored<HTTPRoute>>,
     pub grpc_routes: BTreeMap<ObjectKey, Stored<GRPCRoute>>,
+    pub traffic_policies: BTreeMap<ObjectKey, Stored<TrafficPolicyResource>>,
 }
 
 impl ObjectSet {
@@ -166,6 +172,10 @@ impl ObjectSet {
             Object::GrpcRoute(o) => {
                 drop(self.grpc_routes.insert(key, Stored { object: *o, origin }))
             }
+            Object::TrafficPolicy(o) => drop(
+                self.traffic_policies
+                    .insert(key, Stored { object: *o, origin }),
+            ),
         }
     }
 
@@ -180,6 +190,7 @@ impl ObjectSet {
             Kind::AuthorizationPolicy => self.policies.remove(key).is_some(),
             Kind::HttpRoute => self.http_routes.remove(key).is_some(),
             Kind::GrpcRoute => self.grpc_routes.remove(key).is_some(),
+            Kind::TrafficPolicy => self.traffic_policies.remove(key).is_some(),
         }
     }
 
@@ -194,6 +205,7 @@ impl ObjectSet {
             Kind::AuthorizationPolicy => self.policies.clear(),
             Kind::HttpRoute => self.http_routes.clear(),
             Kind::GrpcRoute => self.grpc_routes.clear(),
+            Kind::TrafficPolicy => self.traffic_policies.clear(),
         }
     }
 
@@ -207,6 +219,7 @@ impl ObjectSet {
             Kind::AuthorizationPolicy => self.policies.len(),
             Kind::HttpRoute => self.http_routes.len(),
             Kind::GrpcRoute => self.grpc_routes.len(),
+            Kind::TrafficPolicy => self.traffic_policies.len(),
         }
     }
 
@@ -237,6 +250,7 @@ impl ObjectSet {
             Object::AuthorizationPolicy(o) => put(&mut self.policies, key, *o, origin),
             Object::HttpRoute(o) => put(&mut self.http_routes, key, *o, origin),
             Object::GrpcRoute(o) => put(&mut self.grpc_routes, key, *o, origin),
+            Object::TrafficPolicy(o) => put(&mut self.traffic_policies, key, *o, origin),
         }
     }
 }

@@ -395,3 +395,46 @@ fn routes_translate_and_a_broken_one_is_left_out_with_a_problem() {
     assert_eq!(p.path, "spec.rules[0].matches[0].path.value");
     assert!(p.message.contains("not applied"), "{}", p.message);
 }
+
+#[test]
+fn traffic_policies_translate_and_a_mistaken_one_is_left_out_with_its_field() {
+    let policy = |name: &str, spec: &str| {
+        format!(
+            "---\napiVersion: networking.weft.dev/v1alpha1\nkind: TrafficPolicy\n\
+             metadata: {{name: {name}, namespace: web}}\n\
+             spec:\n  targetRefs: [{{group: \"\", kind: Service, name: web}}]\n{spec}"
+        )
+    };
+    let t = run(&(policy(
+        "limits",
+        "  connectionPool: {maxRequests: 10}\n  rateLimits: [{maxTokens: 5, fillInterval: 1s}]\n",
+    ) + &policy(
+        "broken",
+        "  faults: [{abort: {httpStatus: 503, percentage: 150}}]\n",
+    )));
+    let names: Vec<&str> = t.traffic_policies.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, vec!["limits"]);
+    let problems: Vec<String> = t.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        problems,
+        vec![
+            "TrafficPolicy web/broken (test.yaml document 2): spec.faults[0].abort.percentage: \
+             150 is not a percentage from 0 to 100"
+        ]
+    );
+    // A field the schema does not have is refused where the manifest is read.
+    let mut set = ManifestSet::default();
+    let mut errors = Vec::new();
+    read_text(
+        &policy("typo", "  loadBalancing: {}\n"),
+        "t.yaml",
+        &mut set,
+        &mut errors,
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.to_string().contains("loadBalancing")),
+        "{errors:?}"
+    );
+}

@@ -5,6 +5,7 @@ pub mod policy;
 pub mod route;
 pub mod service;
 pub mod state;
+pub mod traffic;
 pub mod workload;
 
 pub use service::{Service, ServicePort};

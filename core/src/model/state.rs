@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use super::route::Route;
 use super::service::{Service, ServicePort};
+use super::traffic::TrafficPolicy;
 use super::workload::Workload;
 use crate::authz::PolicyIndex;
 
@@ -27,6 +28,10 @@ pub struct MeshState {
     pub policies: PolicyIndex,
     /// HTTP and gRPC routes, for the waypoints (see [`MeshState::routes_for`]).
     pub routes: Vec<Route>,
+    /// Traffic policies, for the waypoints (see [`MeshState::traffic_for`]).
+    pub traffic: Vec<TrafficPolicy>,
+    /// namespace -> service name -> indexes into `traffic` attached to it.
+    traffic_by_service: HashMap<String, HashMap<String, Vec<usize>>>,
     /// namespace -> service name -> indexes into `routes` attached to it.
     routes_by_service: HashMap<String, HashMap<String, Vec<usize>>>,
     by_ip: HashMap<IpAddr, usize>,
@@ -122,6 +127,8 @@ impl MeshState {
             services,
             policies,
             routes: Vec::new(),
+            traffic: Vec::new(),
+            traffic_by_service: HashMap::new(),
             routes_by_service: HashMap::new(),
             by_ip,
             by_vip,
@@ -134,23 +141,35 @@ impl MeshState {
 
     /// The state with `routes` attached to the services their parentRefs name.
     pub fn with_routes(mut self, routes: Vec<Route>) -> Self {
-        let mut by: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::new();
-        for (i, r) in routes.iter().enumerate() {
-            for (ns, name, _) in r.service_parents() {
-                let list = by
-                    .entry(ns.to_owned())
-                    .or_default()
-                    .entry(name.to_owned())
-                    .or_default();
-                // Two parentRefs to two ports of one service attach the route once.
-                if list.last() != Some(&i) {
-                    list.push(i);
-                }
-            }
-        }
+        self.routes_by_service = index_by_service(&routes, |r| {
+            r.service_parents()
+                .map(|(ns, name, _)| (ns, name))
+                .collect()
+        });
         self.routes = routes;
-        self.routes_by_service = by;
         self
+    }
+
+    /// The state with traffic policies attached to the Services their targetRefs name.
+    pub fn with_traffic(mut self, policies: Vec<TrafficPolicy>) -> Self {
+        self.traffic_by_service = index_by_service(&policies, |p| p.services().collect());
+        self.traffic = policies;
+        self
+    }
+
+    /// The traffic policies attached to Service `namespace/name`, in configuration order
+    /// (the waypoint merges them field by field; see its `traffic` module).
+    pub fn traffic_for<'a>(
+        &'a self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Iterator<Item = &'a TrafficPolicy> + 'a {
+        self.traffic_by_service
+            .get(namespace)
+            .and_then(|m| m.get(name))
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.traffic[i])
     }
 
     /// The routes attached to Service `namespace/name`, in configuration order (precedence
@@ -288,6 +307,7 @@ impl MeshState {
             services: &self.services,
             policies: self.policies.policies(),
             routes: &self.routes,
+            traffic_policies: &self.traffic,
         }
     }
 }
@@ -302,6 +322,8 @@ pub struct StateDump<'a> {
     pub services: &'a [Service],
     pub policies: &'a [crate::model::policy::AuthorizationPolicy],
     pub routes: &'a [Route],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub traffic_policies: &'a [TrafficPolicy],
 }
 
 /// The one place the current state lives. Readers take a cheap `Arc` snapshot per connection;
@@ -330,4 +352,26 @@ impl StateStore {
     pub fn subscribe(&self) -> watch::Receiver<Arc<MeshState>> {
         self.tx.subscribe()
     }
+}
+
+/// Positions of `items` by the Services each names, namespace then name. An item naming one
+/// Service twice (two parentRefs to two ports) is listed once.
+fn index_by_service<'a, T>(
+    items: &'a [T],
+    services: impl Fn(&'a T) -> Vec<(&'a str, &'a str)>,
+) -> HashMap<String, HashMap<String, Vec<usize>>> {
+    let mut by: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        for (ns, name) in services(item) {
+            let list = by
+                .entry(ns.to_owned())
+                .or_default()
+                .entry(name.to_owned())
+                .or_default();
+            if list.last() != Some(&i) {
+                list.push(i);
+            }
+        }
+    }
+    by
 }

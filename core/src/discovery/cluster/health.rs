@@ -118,6 +118,7 @@ pub fn kind_of_path(path: &str) -> Option<Kind> {
         "authorizationpolicies" => Kind::AuthorizationPolicy,
         "httproutes" => Kind::HttpRoute,
         "grpcroutes" => Kind::GrpcRoute,
+        "trafficpolicies" => Kind::TrafficPolicy,
         _ => return None,
     })
 }

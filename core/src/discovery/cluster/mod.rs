@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use health::{HealthLayer, KindStatus, SharedStatus, SourceStatus};
 
-use super::crd::AuthorizationPolicy;
+use super::crd::{AuthorizationPolicy, TrafficPolicyResource};
 use super::gateway::{GRPCRoute, HTTPRoute, Listed};
 use super::{Kind, Object, ObjectKey, ObjectSet};
 
@@ -55,7 +55,7 @@ pub const KINDS: [Kind; 5] = [
 
 /// A waypoint's set: also the Gateway API routes, which only waypoints apply (the nodes never
 /// watch them, so a cluster without the Gateway API CRDs runs weftd unchanged).
-pub const WAYPOINT_KINDS: [Kind; 7] = [
+pub const WAYPOINT_KINDS: [Kind; 8] = [
     Kind::Namespace,
     Kind::Pod,
     Kind::Service,
@@ -63,6 +63,7 @@ pub const WAYPOINT_KINDS: [Kind; 7] = [
     Kind::AuthorizationPolicy,
     Kind::HttpRoute,
     Kind::GrpcRoute,
+    Kind::TrafficPolicy,
 ];
 
 /// How long the source waits for a burst of changes to end before making a version, and the
@@ -234,6 +235,16 @@ pub fn start<T: Send + 'static>(
             },
         );
     }
+    if kinds.contains(&Kind::TrafficPolicy) {
+        w.spawn(
+            Api::<TrafficPolicyResource>::all(client.clone()),
+            Kind::TrafficPolicy,
+            |mut o| {
+                slim::meta(&mut o.metadata);
+                Object::TrafficPolicy(Box::new(o))
+            },
+        );
+    }
     if kinds.contains(&Kind::GrpcRoute) {
         w.spawn(
             Api::<Listed<GRPCRoute>>::all(client),
@@ -343,7 +354,7 @@ fn describe(kind: Kind, e: &watcher::Error) -> String {
         _ => None,
     };
     let hint = match (status, kind) {
-        (Some(404), Kind::AuthorizationPolicy) => {
+        (Some(404), Kind::AuthorizationPolicy | Kind::TrafficPolicy) => {
             " (is the CRD installed? see deploy/crds/ or the Helm chart)"
         }
         (Some(404), Kind::HttpRoute | Kind::GrpcRoute) => {

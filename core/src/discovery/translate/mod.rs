@@ -23,6 +23,9 @@ use super::{
 use crate::config::meshfile::{ServiceFile, WorkloadFile};
 use crate::model::policy::{Action, AuthorizationPolicy, Rule};
 use crate::model::route::{Route, RouteKind, grpc};
+use crate::model::traffic::TrafficPolicy;
+
+mod traffic;
 use crate::model::{CaptureMode, InboundMode, ServicePort, TunnelProtocol};
 
 /// Something wrong with one object.
@@ -53,6 +56,8 @@ pub struct Translation {
     pub policy_origins: Vec<String>,
     pub routes: Vec<Route>,
     pub route_origins: Vec<String>,
+    pub traffic_policies: Vec<TrafficPolicy>,
+    pub traffic_policy_origins: Vec<String>,
     pub problems: Vec<Problem>,
 }
 
@@ -90,6 +95,7 @@ pub fn translate(objects: &ObjectSet) -> Translation {
     services(&mut cx, &pods);
     policies(&mut cx);
     routes(&mut cx);
+    traffic::traffic_policies(&mut cx);
     cx.out
 }
 
