@@ -229,20 +229,49 @@ impl Topology {
         )
     }
 
-    /// tcpdump of TCP on `node`'s uplink into `<dir>/link.pcap`, running once this returns.
+    /// tcpdump of TCP on `node`'s uplink into `<dir>/link.pcap`, capturing once this returns.
+    ///
+    /// Waits for tcpdump's own "listening on" line rather than a fixed sleep: on a loaded
+    /// 2-core runner tcpdump can take longer than any sleep to open the interface, and the
+    /// first request then crosses the link unseen. Immediate mode hands each packet over as it
+    /// arrives instead of in blocks filled for up to a second.
     pub fn capture_uplink(&self, dir: &Path, node: &str) -> anyhow::Result<LinkCapture> {
         let path = dir.join("link.pcap");
-        let dump = Killed(
-            self.exec(
+        let mut child = self
+            .exec(
                 node,
-                &format!("exec tcpdump -i uplink -s 0 -U -w {} tcp", path.display()),
+                &format!(
+                    "exec tcpdump -i uplink --immediate-mode -s 0 -U -w {} tcp",
+                    path.display()
+                ),
             )
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
-            .context("tcpdump must be installed")?,
-        );
-        std::thread::sleep(Duration::from_millis(500));
-        Ok(LinkCapture { _dump: dump, path })
+            .context("tcpdump must be installed")?;
+        let stderr = child.stderr.take().context("tcpdump's stderr")?;
+        let dump = Killed(child);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut lines = std::io::BufReader::new(stderr).lines();
+            let mut said = Vec::new();
+            for line in lines.by_ref().map_while(Result::ok) {
+                let listening = line.contains("listening on");
+                said.push(line);
+                if listening {
+                    let _ = tx.send(Ok(()));
+                    // Keep draining so tcpdump never blocks on a full pipe.
+                    for _ in lines.by_ref() {}
+                    return;
+                }
+            }
+            let _ = tx.send(Err(said.join("\n")));
+        });
+        match rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(Ok(())) => Ok(LinkCapture { dump, path }),
+            Ok(Err(said)) => bail!("tcpdump on {node} exited before capturing: {said}"),
+            Err(_) => bail!("tcpdump on {node} was not capturing after 15 s"),
+        }
     }
 }
 
@@ -335,14 +364,24 @@ fn remove_leftovers(prefix: &str, names: &[&str]) -> bool {
 
 /// A running [`Topology::capture_uplink`].
 pub struct LinkCapture {
-    _dump: Killed,
+    dump: Killed,
     path: PathBuf,
 }
 
 impl LinkCapture {
     /// Waits `settle` for the last packets, stops tcpdump and returns what it recorded.
-    pub fn finish(self, settle: Duration) -> Vec<u8> {
+    ///
+    /// SIGTERM, not SIGKILL: tcpdump then writes out what it holds before it exits.
+    pub fn finish(mut self, settle: Duration) -> Vec<u8> {
         std::thread::sleep(settle);
+        if let Ok(pid) = libc::pid_t::try_from(self.dump.0.id()) {
+            // SAFETY: kill(2) on our own child's pid; it has not been reaped yet.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let exited = wait_for(|| matches!(self.dump.0.try_wait(), Ok(Some(_))));
+            if !exited {
+                eprintln!("tcpdump did not stop on SIGTERM; killing it");
+            }
+        }
         let path = self.path.clone();
         drop(self);
         std::fs::read(path).unwrap_or_default()
