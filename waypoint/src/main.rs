@@ -11,6 +11,7 @@ mod monitoring;
 mod protocol;
 mod routes;
 mod run;
+mod traffic;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -41,6 +42,8 @@ pub struct Waypoint {
     pub requests: Arc<RequestMetrics>,
     /// The routes of the services bound here, compiled for each mesh version.
     pub routes: tokio::sync::watch::Receiver<Arc<routes::RouteTable>>,
+    /// Traffic policy of every Service, compiled for each mesh version.
+    pub traffic: tokio::sync::watch::Receiver<Arc<traffic::TrafficTable>>,
     /// HTTP connections to endpoints.
     pub clients: http::Clients,
     /// The L7 layers, built once the waypoint exists (they hold it).

@@ -1,6 +1,7 @@
 //! `/metrics` and `/healthz/ready` (ready once the waypoint holds a valid certificate, so a
 //! node never sends it connections it cannot accept), and on the loopback admin port
-//! `/config_dump`: the mesh as the waypoint sees it and its routes as it compiled them.
+//! `/config_dump`: the mesh as the waypoint sees it, and its routes and traffic policies as
+//! it compiled them.
 
 use std::sync::Arc;
 
@@ -61,10 +62,12 @@ fn admin(wp: &Waypoint, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/config_dump" => {
             let state = wp.state.current();
             let routes = wp.routes.borrow().clone();
+            let traffic = wp.traffic.borrow().clone();
             let (h1, h2) = wp.clients.counts();
             let dump = serde_json::json!({
                 "waypoint": {"name": wp.name, "identity": wp.identity.to_string()},
                 "routes": routes.dump(),
+                "traffic": traffic.dump(),
                 "upstreamConnections": {"http1": h1, "http2": h2},
                 "mesh": state.dump(),
             });

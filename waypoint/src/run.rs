@@ -20,7 +20,11 @@ use weft_core::model::StateStore;
 use weft_core::telemetry::{ConnectionMetrics, RequestMetrics};
 
 use crate::routes::RouteTable;
+use crate::traffic::TrafficTable;
 use crate::{Waypoint, http, inbound, monitoring};
+
+/// How often kept upstream connections are checked against their idle timeout.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct Options {
     pub mesh: PathBuf,
@@ -72,6 +76,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         &namespace,
         &RouteTable::default(),
     )));
+    let (traffic_tx, traffic) = tokio::sync::watch::channel(Arc::new(TrafficTable::build(
+        &loaded.state,
+        &TrafficTable::default(),
+    )));
     let settings = hbone::Settings::default();
     let pool = Pool::new(
         settings.clone(),
@@ -88,6 +96,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         metrics,
         requests,
         routes,
+        traffic,
         clients: http::Clients::default(),
         http: std::sync::OnceLock::new(),
         tracker: TaskTracker::new(),
@@ -95,6 +104,20 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     });
 
     let _ = wp.http.set(http::stack(wp.clone()));
+
+    {
+        let wp = wp.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => wp.clients.sweep(),
+                }
+            }
+        });
+    }
 
     {
         let wp = wp.clone();
@@ -110,8 +133,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     return;
                 }
                 let table = RouteTable::build(&mesh.state, &name, &namespace, &routes_tx.borrow());
+                let traffic = TrafficTable::build(&mesh.state, &traffic_tx.borrow());
                 wp.state.replace(mesh.state);
                 routes_tx.send_replace(Arc::new(table));
+                traffic_tx.send_replace(Arc::new(traffic));
                 tracing::info!("mesh state updated");
             };
             let refused =

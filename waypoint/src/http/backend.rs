@@ -1,9 +1,11 @@
-//! The innermost service: an endpoint of the chosen backend Service, round robin, and the
-//! request sent to it over a pooled HTTP connection inside HBONE (or plain TCP for an
-//! endpoint outside the mesh). The protocol towards it is the backend port's `appProtocol`,
-//! else the client's.
+//! The innermost service: an endpoint of the chosen backend Service by the Service's
+//! balancer (`traffic::balance`), and the request sent to it over a pooled HTTP connection
+//! inside HBONE (or plain TCP for an endpoint outside the mesh). The protocol towards it is
+//! the backend port's `appProtocol`, else the client's. How the attempt went is recorded for
+//! the endpoint's cost and outlier detection.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::header::HOST;
 use http::uri::{Authority, Scheme};
@@ -11,13 +13,14 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use tower::util::BoxCloneSyncService;
 
 use super::body::{self, Body, answer, is_grpc};
-use super::client::{Proto, Target};
+use super::client::{Proto, SendError, Target};
 use super::context::is_upgrade;
 use super::exchange::{Exchange, Flag, Upstream};
+use super::filters::Selected;
 use super::retry::ConnectFailed;
-use super::route::Selected;
 use super::{Downstream, HttpService, tunnel_of};
 use crate::Waypoint;
+use crate::traffic::balance::Outcome;
 use crate::upstream;
 
 pub fn service(wp: Arc<Waypoint>) -> HttpService {
@@ -63,7 +66,27 @@ async fn handle(wp: Arc<Waypoint>, mut req: Request<Body>) -> Response<Body> {
     let Some(port) = service.port(target.port) else {
         return unavailable(format!("backend {target}: the service has no such port"));
     };
-    let Some(ep) = state.next_endpoint(service) else {
+    let traffic = snap
+        .traffic
+        .service(&target.namespace, &target.name)
+        .cloned();
+    let picked = match &traffic {
+        Some(t) => {
+            let all: Vec<_> = state.endpoints_of(service).collect();
+            let key = t
+                .hash_header
+                .as_ref()
+                .and_then(|h| req.headers().get(h))
+                .map(|v| v.as_bytes());
+            t.endpoints
+                .pick(t.balancer, key, &all)
+                .map(|(w, s)| (w, Some((s, all.len()))))
+        }
+        // A Service newer than the compiled traffic table (the two are swapped one after
+        // the other): round robin until the table catches up.
+        None => state.next_endpoint(service).map(|w| (w, None)),
+    };
+    let Some((ep, stats)) = picked else {
         return unavailable(format!("backend {target}: no healthy endpoint"));
     };
     let chosen = upstream::choose(ep, port.target(), down.vip, state.hbone_port);
@@ -93,9 +116,40 @@ async fn handle(wp: Arc<Waypoint>, mut req: Request<Body>) -> Response<Body> {
         client: down.client,
         identity: down.source.clone(),
     });
-    let resp = match wp.clients.send(&wp, target, proto, req, upgrade).await {
-        Ok(r) => r,
-        Err(super::client::SendError::Connect(e)) => {
+    let pool = traffic.as_ref().map(|t| (&t.pool, &t.circuit));
+    let in_flight = stats.as_ref().map(|(s, _)| s.start());
+    let started = Instant::now();
+    let sent = wp
+        .clients
+        .send(&wp, target, proto, req, upgrade, pool)
+        .await;
+    drop(in_flight);
+    if let (Some(t), Some((s, endpoints))) = (&traffic, &stats) {
+        let outcome = match &sent {
+            Ok(r) => Some(Outcome::Status(r.response.status().as_u16())),
+            Err(SendError::Connect(_)) => Some(Outcome::ConnectFailure),
+            Err(SendError::Http(_)) => Some(Outcome::Reset),
+            // The waypoint's own limit; says nothing of the endpoint.
+            Err(SendError::Overflow(_)) => None,
+        };
+        if let Some(o) = outcome {
+            t.endpoints
+                .record(s, started.elapsed(), o, t.outlier.as_ref(), *endpoints);
+        }
+    }
+    let (resp, slot) = match sent {
+        Ok(r) => (r.response, r.slot),
+        Err(SendError::Overflow(over)) => {
+            if let Some(x) = &exchange {
+                x.flag(Flag::UpstreamOverflow);
+            }
+            return answer(
+                grpc,
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("upstream overflow: {over}"),
+            );
+        }
+        Err(SendError::Connect(e)) => {
             if let Some(x) = &exchange {
                 x.flag(Flag::UpstreamConnectFailure);
             }
@@ -136,7 +190,11 @@ async fn handle(wp: Arc<Waypoint>, mut req: Request<Body>) -> Response<Body> {
             }
         });
     }
-    resp.map(body::incoming)
+    let resp = resp.map(body::incoming);
+    match slot {
+        Some(held) => resp.map(|b| body::guarded(b, held)),
+        None => resp,
+    }
 }
 
 /// The request as the endpoint must see it: origin-form with a `Host` for HTTP/1.1,

@@ -47,7 +47,7 @@ fn grpc_for(status: StatusCode) -> GrpcStatus {
         403 => GrpcStatus::PermissionDenied,
         404 => GrpcStatus::Unimplemented,
         504 => GrpcStatus::DeadlineExceeded,
-        502..=503 => GrpcStatus::Unavailable,
+        429 | 502..=503 => GrpcStatus::Unavailable,
         _ => GrpcStatus::Internal,
     }
 }
@@ -57,18 +57,7 @@ fn grpc_for(status: StatusCode) -> GrpcStatus {
 /// clients understand.
 pub fn answer(grpc: bool, status: StatusCode, message: &str) -> Response<Body> {
     if grpc {
-        let code = grpc_for(status) as u8;
-        let mut r = Response::new(empty());
-        let h = r.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        h.insert("grpc-status", HeaderValue::from(u16::from(code)));
-        if let Ok(v) = HeaderValue::from_str(&percent_encode(message)) {
-            h.insert("grpc-message", v);
-        }
-        return r;
+        return grpc_answer(grpc_for(status) as u32, message);
     }
     let mut r = Response::new(full(format!("{message}\n")));
     *r.status_mut() = status;
@@ -77,6 +66,60 @@ pub fn answer(grpc: bool, status: StatusCode, message: &str) -> Response<Body> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
+}
+
+/// A trailers-only gRPC answer with status `code`.
+pub fn grpc_answer(code: u32, message: &str) -> Response<Body> {
+    let mut r = Response::new(empty());
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(code));
+    if let Ok(v) = HeaderValue::from_str(&percent_encode(message)) {
+        h.insert("grpc-message", v);
+    }
+    r
+}
+
+/// `b`, holding `guard` until the body has ended or is dropped: what a request holds (a
+/// circuit breaker's slot, a connection) lasts as long as its response streams.
+pub fn guarded<G: Send + Sync + Unpin + 'static>(b: Body, guard: G) -> Body {
+    Guarded {
+        inner: b,
+        guard: Some(guard),
+    }
+    .boxed()
+}
+
+struct Guarded<G> {
+    inner: Body,
+    guard: Option<G>,
+}
+
+impl<G: Unpin> http_body::Body for Guarded<G> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None | Some(Err(_)))) {
+            self.guard = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// `grpc-message` is percent-encoded (the gRPC HTTP/2 spec).

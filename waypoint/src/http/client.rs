@@ -5,10 +5,15 @@
 //! A key is (endpoint address, its node, its identity, protocol, the original client's
 //! identity): a connection opened on behalf of one client never carries another's requests,
 //! because the destination node authorizes each tunnel by the client it names.
+//!
+//! The backend Service's `connectionPool` applies here: `maxConnections` (HTTP/1.1: busy
+//! connections, with `maxPendingRequests` waiting for one; HTTP/2: connections opened),
+//! `maxRequestsPerConnection` and `idleTimeout` (also enforced by [`Clients::sweep`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -19,6 +24,8 @@ use weft_core::identity::SpiffeId;
 
 use super::body::Body;
 use crate::Waypoint;
+use crate::traffic::PoolSettings;
+use crate::traffic::circuit::{Circuit, Held, Overflow};
 use crate::upstream::{self, Chosen, Upstream};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,11 +50,41 @@ struct Key {
 /// request and closes.
 const MAX_H1_PER_KEY: usize = 64;
 
+/// A kept connection and what its pool settings need.
+struct Kept<S> {
+    send: S,
+    used: u32,
+    last_used: Instant,
+    idle_timeout: Duration,
+}
+
+impl<S> Kept<S> {
+    fn expired(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_used) > self.idle_timeout
+    }
+}
+
+impl Kept<http1::SendRequest<Body>> {
+    /// Closed, or idle past its timeout (a busy one is never cut).
+    fn stale(&self, now: Instant) -> bool {
+        self.send.is_closed() || (self.send.is_ready() && self.expired(now))
+    }
+}
+
 #[derive(Default)]
 pub struct Clients {
-    h1: Mutex<HashMap<Key, Vec<http1::SendRequest<Body>>>>,
-    h2: Mutex<HashMap<Key, http2::SendRequest<Body>>>,
+    h1: Mutex<HashMap<Key, Vec<Kept<http1::SendRequest<Body>>>>>,
+    h2: Mutex<HashMap<Key, Kept<http2::SendRequest<Body>>>>,
 }
+
+/// A response, and the busy-connection slot it holds until its body ends.
+pub struct Sent {
+    pub response: Response<Incoming>,
+    pub slot: Option<Held>,
+}
+
+/// The backend Service's pool settings and circuit, when it has them.
+pub type PoolOf<'a> = Option<(&'a PoolSettings, &'a Arc<Circuit>)>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -56,6 +93,9 @@ pub enum SendError {
     Connect(String),
     #[error("the upstream failed: {0}")]
     Http(#[from] hyper::Error),
+    /// A `connectionPool` limit (nothing was sent).
+    #[error("{0}")]
+    Overflow(Overflow),
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -76,7 +116,11 @@ impl Clients {
         proto: Proto,
         req: Request<Body>,
         dedicated: bool,
-    ) -> Result<Response<Incoming>, SendError> {
+        pool: PoolOf<'_>,
+    ) -> Result<Sent, SendError> {
+        let default = PoolSettings::default();
+        let settings = pool.map_or(&default, |(s, _)| s);
+        let circuit = pool.map(|(_, c)| c);
         let key = Key {
             address: t.chosen.address,
             hbone: t.chosen.hbone,
@@ -85,87 +129,161 @@ impl Clients {
             client: t.identity.clone(),
             client_ip: t.client.ip(),
         };
-        match proto {
-            Proto::Http2 => {
-                let pooled = lock(&self.h2).get(&key).filter(|s| !s.is_closed()).cloned();
-                let (mut s, mut fresh) = match pooled {
-                    Some(s) => (s, false),
-                    None => (self.dial_h2(wp, &t, &key).await?, true),
-                };
-                let mut req = req;
-                // A shared connection going away (the endpoint's GOAWAY on shutdown) hands
-                // back a request it had not started: it goes once more, on a new connection.
-                loop {
-                    let refused = match s.ready().await {
-                        Ok(()) => match s.try_send_request(req).await {
-                            Ok(r) => return Ok(r),
-                            Err(mut e) => match e.take_message() {
-                                Some(back) => (back, e.into_error()),
-                                None => return Err(SendError::Http(e.into_error())),
-                            },
-                        },
-                        Err(e) => (req, e),
-                    };
-                    let (back, error) = refused;
-                    if fresh {
-                        return Err(SendError::Connect(format!(
-                            "a new HTTP/2 connection would not take the request: {error}"
-                        )));
-                    }
-                    tracing::debug!("kept HTTP/2 connection went away: {error}");
-                    req = back;
-                    s = self.dial_h2(wp, &t, &key).await?;
-                    fresh = true;
-                }
-            }
+        let response = match proto {
+            Proto::Http2 => self.send_h2(wp, &t, key, req, settings, circuit).await?,
             Proto::Http1 if dedicated => {
                 // An upgrade takes its connection for good.
-                let mut s = dial_h1(wp, t.clone()).await?;
-                Ok(s.send_request(req).await?)
+                may_open(settings, circuit)?;
+                let mut s = dial_h1(wp, t.clone(), circuit).await?;
+                s.send_request(req).await?
             }
             Proto::Http1 => {
-                let idle = {
-                    let mut m = lock(&self.h1);
-                    let list = m.entry(key.clone()).or_default();
-                    list.retain(|s| !s.is_closed());
-                    list.iter()
-                        .position(|s| s.is_ready())
-                        .map(|i| list.swap_remove(i))
+                let slot = match (settings.max_connections, circuit) {
+                    (Some(max), Some(c)) => Some(
+                        c.connection(max, settings.max_pending_requests)
+                            .await
+                            .map_err(SendError::Overflow)?,
+                    ),
+                    _ => None,
                 };
-                let (mut s, mut req) = match idle {
-                    Some(s) => (s, req),
-                    None => (dial_h1(wp, t.clone()).await?, req),
-                };
-                // A connection the endpoint closed before taking the request hands it back
-                // unsent: it goes again once, on a new connection. A new one that does the
-                // same is an endpoint that will not serve (a connect failure, for retries).
-                for fresh in [false, true] {
-                    let sent = s.try_send_request(req);
-                    self.keep_h1(&key, s);
-                    match sent.await {
-                        Ok(r) => return Ok(r),
-                        Err(mut e) => match e.take_message() {
-                            Some(_) if fresh => {
-                                return Err(SendError::Connect(format!(
-                                    "the endpoint closed a new connection unused: {}",
-                                    e.error()
-                                )));
-                            }
-                            Some(back) => {
-                                tracing::debug!(
-                                    "kept HTTP/1.1 connection was closed: {}",
-                                    e.error()
-                                );
-                                req = back;
-                                s = dial_h1(wp, t.clone()).await?;
-                            }
-                            None => return Err(SendError::Http(e.into_error())),
-                        },
+                let response = self.send_h1(wp, &t, key, req, settings, circuit).await?;
+                return Ok(Sent { response, slot });
+            }
+        };
+        Ok(Sent {
+            response,
+            slot: None,
+        })
+    }
+
+    async fn send_h2(
+        &self,
+        wp: &Waypoint,
+        t: &Arc<Target>,
+        key: Key,
+        req: Request<Body>,
+        settings: &PoolSettings,
+        circuit: Option<&Arc<Circuit>>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let pooled = {
+            let now = Instant::now();
+            let mut m = lock(&self.h2);
+            match m.get_mut(&key) {
+                Some(k) if !k.send.is_closed() && !k.expired(now) => {
+                    k.used += 1;
+                    k.last_used = now;
+                    let s = k.send.clone();
+                    // Its last request: later ones open a new connection.
+                    if settings
+                        .max_requests_per_connection
+                        .is_some_and(|max| k.used >= max)
+                    {
+                        m.remove(&key);
                     }
+                    Some(s)
                 }
-                Err(SendError::Connect("no connection took the request".into()))
+                Some(_) => {
+                    m.remove(&key);
+                    None
+                }
+                None => None,
+            }
+        };
+        let (mut s, mut fresh) = match pooled {
+            Some(s) => (s, false),
+            None => (self.dial_h2(wp, t, &key, settings, circuit).await?, true),
+        };
+        let mut req = req;
+        // A shared connection going away (the endpoint's GOAWAY on shutdown) hands back a
+        // request it had not started: it goes once more, on a new connection.
+        loop {
+            let refused = match s.ready().await {
+                Ok(()) => match s.try_send_request(req).await {
+                    Ok(r) => return Ok(r),
+                    Err(mut e) => match e.take_message() {
+                        Some(back) => (back, e.into_error()),
+                        None => return Err(SendError::Http(e.into_error())),
+                    },
+                },
+                Err(e) => (req, e),
+            };
+            let (back, error) = refused;
+            if fresh {
+                return Err(SendError::Connect(format!(
+                    "a new HTTP/2 connection would not take the request: {error}"
+                )));
+            }
+            tracing::debug!("kept HTTP/2 connection went away: {error}");
+            req = back;
+            s = self.dial_h2(wp, t, &key, settings, circuit).await?;
+            fresh = true;
+        }
+    }
+
+    async fn send_h1(
+        &self,
+        wp: &Waypoint,
+        t: &Arc<Target>,
+        key: Key,
+        req: Request<Body>,
+        settings: &PoolSettings,
+        circuit: Option<&Arc<Circuit>>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let idle = {
+            let now = Instant::now();
+            let mut m = lock(&self.h1);
+            let list = m.entry(key.clone()).or_default();
+            list.retain(|k| !k.stale(now));
+            list.iter()
+                .position(|k| k.send.is_ready())
+                .map(|i| list.swap_remove(i))
+        };
+        let (mut s, mut req) = match idle {
+            Some(k) => (k, req),
+            None => (self.new_h1(wp, t, settings, circuit).await?, req),
+        };
+        // A connection the endpoint closed before taking the request hands it back unsent:
+        // it goes again once, on a new connection. A new one that does the same is an
+        // endpoint that will not serve (a connect failure, for retries).
+        for fresh in [false, true] {
+            let sent = s.send.try_send_request(req);
+            s.used += 1;
+            s.last_used = Instant::now();
+            self.keep_h1(&key, s, settings, circuit);
+            match sent.await {
+                Ok(r) => return Ok(r),
+                Err(mut e) => match e.take_message() {
+                    Some(_) if fresh => {
+                        return Err(SendError::Connect(format!(
+                            "the endpoint closed a new connection unused: {}",
+                            e.error()
+                        )));
+                    }
+                    Some(back) => {
+                        tracing::debug!("kept HTTP/1.1 connection was closed: {}", e.error());
+                        req = back;
+                        s = self.new_h1(wp, t, settings, circuit).await?;
+                    }
+                    None => return Err(SendError::Http(e.into_error())),
+                },
             }
         }
+        Err(SendError::Connect("no connection took the request".into()))
+    }
+
+    async fn new_h1(
+        &self,
+        wp: &Waypoint,
+        t: &Arc<Target>,
+        settings: &PoolSettings,
+        circuit: Option<&Arc<Circuit>>,
+    ) -> Result<Kept<http1::SendRequest<Body>>, SendError> {
+        Ok(Kept {
+            send: dial_h1(wp, t.clone(), circuit).await?,
+            used: 0,
+            last_used: Instant::now(),
+            idle_timeout: settings.idle_timeout,
+        })
     }
 
     async fn dial_h2(
@@ -173,13 +291,46 @@ impl Clients {
         wp: &Waypoint,
         t: &Arc<Target>,
         key: &Key,
+        settings: &PoolSettings,
+        circuit: Option<&Arc<Circuit>>,
     ) -> Result<http2::SendRequest<Body>, SendError> {
-        let s = dial_h2(wp, t.clone()).await?;
-        lock(&self.h2).insert(key.clone(), s.clone());
+        may_open(settings, circuit)?;
+        let s = dial_h2(wp, t.clone(), circuit).await?;
+        let first_is_last = settings.max_requests_per_connection == Some(1);
+        if !first_is_last {
+            lock(&self.h2).insert(
+                key.clone(),
+                Kept {
+                    send: s.clone(),
+                    used: 1,
+                    last_used: Instant::now(),
+                    idle_timeout: settings.idle_timeout,
+                },
+            );
+        }
         Ok(s)
     }
 
-    fn keep_h1(&self, key: &Key, s: http1::SendRequest<Body>) {
+    /// Keeps a connection for later requests, unless it has served its share or the Service
+    /// has more open than `maxConnections` (it then closes once its response has ended).
+    fn keep_h1(
+        &self,
+        key: &Key,
+        s: Kept<http1::SendRequest<Body>>,
+        settings: &PoolSettings,
+        circuit: Option<&Arc<Circuit>>,
+    ) {
+        if settings
+            .max_requests_per_connection
+            .is_some_and(|max| s.used >= max)
+        {
+            return;
+        }
+        if let (Some(max), Some(c)) = (settings.max_connections, circuit)
+            && c.open_connections() > max
+        {
+            return;
+        }
         let mut m = lock(&self.h1);
         let list = m.entry(key.clone()).or_default();
         if list.len() < MAX_H1_PER_KEY {
@@ -187,11 +338,36 @@ impl Clients {
         }
     }
 
+    /// Closes kept connections idle for longer than their `idleTimeout` (run periodically,
+    /// so that an idle pool does not hold tunnels open for good).
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        {
+            let mut m = lock(&self.h1);
+            for list in m.values_mut() {
+                list.retain(|k| !k.stale(now));
+            }
+            m.retain(|_, list| !list.is_empty());
+        }
+        lock(&self.h2).retain(|_, k| !k.send.is_closed() && !k.expired(now));
+    }
+
     /// Connections kept, for `/config_dump` and tests.
     pub fn counts(&self) -> (usize, usize) {
         let h1 = lock(&self.h1).values().map(Vec::len).sum();
         let h2 = lock(&self.h2).len();
         (h1, h2)
+    }
+}
+
+/// Whether `maxConnections` lets one more connection open (HTTP/2 and upgrades; busy
+/// HTTP/1.1 connections are counted by their slots).
+fn may_open(settings: &PoolSettings, circuit: Option<&Arc<Circuit>>) -> Result<(), SendError> {
+    match (settings.max_connections, circuit) {
+        (Some(max), Some(c)) if c.open_connections() >= max => {
+            Err(SendError::Overflow(Overflow::Connections(max)))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -207,13 +383,19 @@ async fn open(wp: &Waypoint, t: Arc<Target>) -> Result<Box<dyn Io>, SendError> {
     }
 }
 
-async fn dial_h1(wp: &Waypoint, t: Arc<Target>) -> Result<http1::SendRequest<Body>, SendError> {
+async fn dial_h1(
+    wp: &Waypoint,
+    t: Arc<Target>,
+    circuit: Option<&Arc<Circuit>>,
+) -> Result<http1::SendRequest<Body>, SendError> {
     let io = open(wp, t).await?;
+    let open = circuit.map(|c| c.opened());
     let (send, conn) = http1::Builder::new()
         .handshake(TokioIo::new(io))
         .await
         .map_err(|e| SendError::Connect(e.to_string()))?;
     tokio::spawn(async move {
+        let _open = open;
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!("upstream HTTP/1.1 connection ended: {e}");
         }
@@ -221,14 +403,20 @@ async fn dial_h1(wp: &Waypoint, t: Arc<Target>) -> Result<http1::SendRequest<Bod
     Ok(send)
 }
 
-async fn dial_h2(wp: &Waypoint, t: Arc<Target>) -> Result<http2::SendRequest<Body>, SendError> {
+async fn dial_h2(
+    wp: &Waypoint,
+    t: Arc<Target>,
+    circuit: Option<&Arc<Circuit>>,
+) -> Result<http2::SendRequest<Body>, SendError> {
     let io = open(wp, t).await?;
+    let open = circuit.map(|c| c.opened());
     let (send, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .handshake(TokioIo::new(io))
         .await
         .map_err(|e| SendError::Connect(e.to_string()))?;
     tokio::spawn(async move {
+        let _open = open;
         if let Err(e) = conn.await {
             tracing::debug!("upstream HTTP/2 connection ended: {e}");
         }

@@ -25,6 +25,14 @@ pub enum Flag {
     DownstreamReset,
     /// The request was malformed (a path that does not normalise, ...).
     DownstreamProtocolError,
+    /// A circuit breaker's limit was reached (`connectionPool`).
+    UpstreamOverflow,
+    /// Refused by a local rate limit.
+    RateLimited,
+    /// Delayed by fault injection.
+    DelayInjected,
+    /// Aborted by fault injection.
+    FaultInjected,
 }
 
 impl Flag {
@@ -39,6 +47,10 @@ impl Flag {
             Flag::Denied => "RBAC",
             Flag::DownstreamReset => "DC",
             Flag::DownstreamProtocolError => "DPE",
+            Flag::UpstreamOverflow => "UO",
+            Flag::RateLimited => "RL",
+            Flag::DelayInjected => "DI",
+            Flag::FaultInjected => "FI",
         }
     }
 }

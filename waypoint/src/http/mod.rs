@@ -2,23 +2,33 @@
 //! waypoint, each request through one `tower` layer per behaviour:
 //!
 //! ```text
-//! telemetry -> context -> authz -> route -> request timeout -> retry -> attempt timeout -> backend
+//! telemetry -> context -> authz -> route -> limit -> fault -> filters
+//!     -> request timeout -> retry -> attempt timeout -> circuit -> backend
 //! ```
 //!
 //! - `telemetry`: request metrics and the access log, when the response has ended.
 //! - `context`: path normalisation, hop-by-hop headers, `x-forwarded-for`, request id, trace.
 //! - `authz`: L7 AuthorizationPolicy attached to the Service or the waypoint.
-//! - `route`: the Gateway API rule, its filters, a weighted backend, mirrors.
+//! - `route`: the Gateway API rule the request takes.
+//! - `limit`: the Service's local rate limits (traffic policy).
+//! - `fault`: the Service's injected delays and aborts (traffic policy).
+//! - `filters`: the rule's filters, a weighted backend, mirrors.
 //! - `timeout`: `timeouts.request` around the whole, `timeouts.backendRequest` per attempt.
 //! - `retry`: the rule's retry policy, within a budget, only with a replayable body.
-//! - `backend`: an endpoint of the backend Service, over a pooled HTTP connection in HBONE.
+//! - `circuit`: the backend Service's `maxRequests`.
+//! - `backend`: an endpoint of the backend Service by its balancer, over a pooled HTTP
+//!   connection in HBONE; each answer feeds the endpoint's cost and outlier detection.
 
 mod authz;
 mod backend;
 pub mod body;
+mod circuit;
 mod client;
 mod context;
 pub mod exchange;
+mod fault;
+mod filters;
+mod limit;
 mod retry;
 mod route;
 mod telemetry;
@@ -42,6 +52,7 @@ use weft_core::model::MeshState;
 
 use crate::Waypoint;
 use crate::routes::RouteTable;
+use crate::traffic::TrafficTable;
 use body::Body;
 
 pub use client::Clients;
@@ -73,6 +84,7 @@ pub struct Downstream {
 pub struct Snapshot {
     pub state: Arc<MeshState>,
     pub routes: Arc<RouteTable>,
+    pub traffic: Arc<TrafficTable>,
 }
 
 /// The tunnel and mesh version a request belongs to, which `serve` attaches to every request
@@ -121,10 +133,14 @@ pub fn stack(wp: Arc<Waypoint>) -> HttpService {
         .layer(telemetry::layer(wp.clone()))
         .layer(context::layer())
         .layer(authz::layer(wp.clone()))
-        .layer(route::layer(backend.clone()))
+        .layer(route::layer())
+        .layer(limit::layer())
+        .layer(fault::layer())
+        .layer(filters::layer(backend.clone()))
         .layer(timeout::request_layer())
         .layer(retry::layer())
         .layer(timeout::attempt_layer())
+        .layer(circuit::layer())
         .service(backend)
 }
 
@@ -157,6 +173,7 @@ pub async fn serve(
             req.extensions_mut().insert(Snapshot {
                 state: wp.state.current(),
                 routes: wp.routes.borrow().clone(),
+                traffic: wp.traffic.borrow().clone(),
             });
             let stack = stack.clone();
             async move { Ok::<_, Infallible>(next(stack, req).await) }

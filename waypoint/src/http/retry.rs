@@ -14,7 +14,7 @@ use tower::retry::budget::Budget;
 
 use super::body::{self, Body};
 use super::exchange::{Exchange, Flag};
-use super::route::Selected;
+use super::filters::Selected;
 use super::{HttpService, layer_fn, next};
 
 /// The most of a request body held for retries.
@@ -93,6 +93,7 @@ async fn handle(inner: HttpService, req: Request<Body>) -> Response<Body> {
                             | Flag::UpstreamReset
                             | Flag::UpstreamTimeout
                             | Flag::NoHealthyUpstream
+                            | Flag::UpstreamOverflow
                     )
                 })
             });

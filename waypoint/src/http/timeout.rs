@@ -9,7 +9,7 @@ use tower::Layer;
 
 use super::body::{Body, answer, is_grpc};
 use super::exchange::Flag;
-use super::route::Selected;
+use super::filters::Selected;
 use super::{HttpService, layer_fn, next};
 
 pub fn request_layer() -> impl Layer<HttpService, Service = HttpService> + Clone {
