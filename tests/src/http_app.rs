@@ -7,11 +7,14 @@
 //! - `/upgrade` with `upgrade: websocket`: 101, then echoes the upgraded bytes (a WebSocket stand-in).
 //! - anything else: 200.
 //!
+//! [`HttpApp::set_failing`] and [`HttpApp::set_delay`] make every answer a 503, or slow.
+//!
 //! The body is `{"server", "method", "path", "version", "headers", "body_bytes"}`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,11 +39,16 @@ pub struct Seen {
 struct State {
     failed_once: HashSet<String>,
     seen: Vec<Seen>,
+    failing: bool,
+    delay: Duration,
 }
 
 pub struct HttpApp {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
+    /// Connections accepted, and open now.
+    accepted: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -56,6 +64,24 @@ impl HttpApp {
         self.state.lock().unwrap().seen.clone()
     }
 
+    /// (connections accepted so far, connections open now).
+    pub fn connections(&self) -> (usize, usize) {
+        (
+            self.accepted.load(Ordering::SeqCst),
+            self.open.load(Ordering::SeqCst),
+        )
+    }
+
+    /// From now on every request is answered 503 (or again normally).
+    pub fn set_failing(&self, failing: bool) {
+        self.state.lock().unwrap().failing = failing;
+    }
+
+    /// From now on every answer waits this long first.
+    pub fn set_delay(&self, d: Duration) {
+        self.state.lock().unwrap().delay = d;
+    }
+
     pub fn count(&self, path_prefix: &str) -> usize {
         self.seen()
             .iter()
@@ -68,18 +94,31 @@ pub async fn http_app(addr: SocketAddr, name: &'static str) -> anyhow::Result<Ht
     let l = TcpListener::bind(addr).await?;
     let state = Arc::new(Mutex::new(State::default()));
     let st = state.clone();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(AtomicUsize::new(0));
+    let (acc, op) = (accepted.clone(), open.clone());
     let task = tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
             let st = st.clone();
+            acc.fetch_add(1, Ordering::SeqCst);
+            op.fetch_add(1, Ordering::SeqCst);
+            let op = op.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| answer(name, st.clone(), req));
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(TokioIo::new(s), svc)
                     .await;
+                op.fetch_sub(1, Ordering::SeqCst);
             });
         }
     });
-    Ok(HttpApp { addr, state, task })
+    Ok(HttpApp {
+        addr,
+        state,
+        accepted,
+        open,
+        task,
+    })
 }
 
 async fn answer(
@@ -131,14 +170,16 @@ async fn answer(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let status = {
+    let (status, delay) = {
         let mut s = state.lock().unwrap();
         s.seen.push(Seen {
             method: method.clone(),
             path: path.clone(),
             headers: headers.clone(),
         });
-        if let Some(key) = path.strip_prefix("/fail/once/") {
+        let status = if s.failing {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else if let Some(key) = path.strip_prefix("/fail/once/") {
             if s.failed_once.insert(key.to_owned()) {
                 StatusCode::SERVICE_UNAVAILABLE
             } else {
@@ -148,8 +189,12 @@ async fn answer(
             StatusCode::SERVICE_UNAVAILABLE
         } else {
             StatusCode::OK
-        }
+        };
+        (status, s.delay)
     };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     if let Some(ms) = path
         .strip_prefix("/sleep/")
         .and_then(|m| m.parse::<u64>().ok())

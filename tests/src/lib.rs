@@ -148,6 +148,8 @@ pub struct Mesh {
     pub policies: Vec<Value>,
     /// HTTP and gRPC routes (`model::route::Route`, flattened like policies).
     pub routes: Vec<Value>,
+    /// Traffic policies (`model::traffic::TrafficPolicy`: name, namespace, spec).
+    pub traffic_policies: Vec<Value>,
     /// Each node's `hbone` timers (`{}`: the defaults).
     pub hbone: Value,
 }
@@ -169,6 +171,7 @@ impl Mesh {
             services: Vec::new(),
             policies: Vec::new(),
             routes: Vec::new(),
+            traffic_policies: Vec::new(),
             hbone: json!({}),
         })
     }
@@ -197,6 +200,7 @@ impl Mesh {
             "services": self.services,
             "policies": self.policies,
             "routes": self.routes,
+            "trafficPolicies": self.traffic_policies,
         })
     }
 

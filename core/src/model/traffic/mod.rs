@@ -76,7 +76,8 @@ pub struct TrafficPolicySpec {
     pub connection_pool: Option<ConnectionPool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
-    /// Tried in order; the first whose match holds and whose percentage draws acts.
+    /// Tried in order; the first whose match holds applies (its delay and abort each draw
+    /// their own percentage).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<Fault>,
     /// Every limit that applies to a request must have a token for it.
