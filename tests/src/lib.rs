@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod grpc_app;
 pub mod http_app;
 pub mod netns;
+pub mod otlp;
 pub mod traffic;
 
 use std::io::{Read, Write};

@@ -11,6 +11,7 @@ mod monitoring;
 mod protocol;
 mod routes;
 mod run;
+mod spans;
 mod traffic;
 mod upstream;
 
@@ -46,6 +47,8 @@ pub struct Waypoint {
     pub traffic: tokio::sync::watch::Receiver<Arc<traffic::TrafficTable>>,
     /// HTTP connections to endpoints.
     pub clients: http::Clients,
+    /// Trace propagation, sampling and span export.
+    pub spans: spans::Tracer,
     /// The L7 layers, built once the waypoint exists (they hold it).
     pub http: std::sync::OnceLock<http::HttpService>,
     pub tracker: TaskTracker,
@@ -92,11 +95,26 @@ struct Cli {
     /// How often to look for mesh-file edits.
     #[arg(long, default_value = "250ms", value_parser = humantime_duration)]
     reload_interval: Duration,
+    /// Export request spans over OTLP/gRPC to this collector (`http://host:4317`); off when
+    /// unset.
+    #[arg(long, env = "WEFT_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Of requests that start a trace, the percentage sampled (a request continuing a trace
+    /// keeps its decision).
+    #[arg(long, env = "WEFT_TRACE_SAMPLING", default_value = "1", value_parser = percentage)]
+    trace_sampling: f64,
     /// Kubernetes mode: how to reach weft-controller.
     #[command(flatten)]
     controller: weft_core::identity::ControllerOptions,
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
+}
+
+fn percentage(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?} is not a percentage from 0 to 100")),
+    }
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -144,6 +162,8 @@ fn main() -> ExitCode {
         admin: cli.admin,
         drain_period: cli.drain_period,
         reload_interval: cli.reload_interval,
+        otlp_endpoint: cli.otlp_endpoint,
+        trace_sampling: cli.trace_sampling,
     };
     match runtime.block_on(run::run(options)) {
         Ok(()) => ExitCode::SUCCESS,

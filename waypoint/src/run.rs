@@ -21,7 +21,7 @@ use weft_core::telemetry::{ConnectionMetrics, RequestMetrics};
 
 use crate::routes::RouteTable;
 use crate::traffic::TrafficTable;
-use crate::{Waypoint, http, inbound, monitoring};
+use crate::{Waypoint, http, inbound, monitoring, spans};
 
 /// How often kept upstream connections are checked against their idle timeout.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -39,6 +39,8 @@ pub struct Options {
     pub admin: SocketAddr,
     pub drain_period: Duration,
     pub reload_interval: Duration,
+    pub otlp_endpoint: Option<String>,
+    pub trace_sampling: f64,
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
@@ -86,6 +88,19 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         Arc::new(certs.clone()) as Arc<dyn ClientTlsProvider>,
         no_mark(),
     );
+    let exporter = match &opts.otlp_endpoint {
+        Some(e) => {
+            let resource = vec![
+                ("service.name", "weft-waypoint".to_owned()),
+                ("service.instance.id", opts.name.clone()),
+                ("k8s.namespace.name", opts.namespace.clone()),
+            ];
+            let x = spans::Exporter::start(e, resource, shutdown.clone())?;
+            tracing::info!(endpoint = %e, sampling = opts.trace_sampling, "exporting request spans over OTLP");
+            Some(x)
+        }
+        None => None,
+    };
     let wp = Arc::new(Waypoint {
         name: opts.name.clone(),
         identity: identity.clone(),
@@ -98,6 +113,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         routes,
         traffic,
         clients: http::Clients::default(),
+        spans: spans::Tracer {
+            sampling: opts.trace_sampling,
+            exporter,
+        },
         http: std::sync::OnceLock::new(),
         tracker: TaskTracker::new(),
         force_close: CancellationToken::new(),

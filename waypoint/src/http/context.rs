@@ -1,7 +1,7 @@
 //! What the waypoint does to every request before anything reads it: one normalised path
 //! (routing and authorization must see the path the backend will), no hop-by-hop headers,
-//! the client added to `x-forwarded-for` and `forwarded`, a request id, and a W3C trace
-//! context with the waypoint's own span.
+//! the client added to `x-forwarded-for` and `forwarded`, a request id, and the trace
+//! context continued with the waypoint's own span (`spans`).
 
 use std::sync::Arc;
 
@@ -14,17 +14,17 @@ use weft_core::authz::normalize_path;
 use super::body::{Body, answer, is_grpc};
 use super::exchange::{Exchange, Flag};
 use super::{Downstream, HttpService, layer_fn, next};
+use crate::Waypoint;
 
-pub fn layer() -> impl Layer<HttpService, Service = HttpService> + Clone {
-    layer_fn(handle)
+pub fn layer(wp: Arc<Waypoint>) -> impl Layer<HttpService, Service = HttpService> + Clone {
+    layer_fn(move |inner, req| handle(wp.clone(), inner, req))
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-async fn handle(inner: HttpService, mut req: Request<Body>) -> Response<Body> {
+async fn handle(wp: Arc<Waypoint>, inner: HttpService, mut req: Request<Body>) -> Response<Body> {
     let grpc = is_grpc(req.headers());
     let refuse = |req: &Request<Body>, status, msg: &str| {
         super::exchange::flag(req, Flag::DownstreamProtocolError);
@@ -67,9 +67,12 @@ async fn handle(inner: HttpService, mut req: Request<Body>) -> Response<Body> {
         forwarded_for(req.headers_mut(), down.client.ip());
     }
     let id = request_id(req.headers_mut());
-    trace(req.headers_mut());
+    let span = wp.spans.continue_trace(req.headers_mut());
     if let Some(x) = req.extensions().get::<Exchange>() {
-        x.with(|l| l.request_id = id);
+        x.with(|l| {
+            l.request_id = id;
+            l.span = Some(span);
+        });
     }
     let mut resp = next(inner, req).await;
     let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -209,57 +212,6 @@ fn request_id(h: &mut HeaderMap) -> String {
     id
 }
 
-/// Continues the client's trace with a span of our own, or starts one (sampled) when the
-/// client sent none or a malformed one.
-fn trace(h: &mut HeaderMap) {
-    let span = loop {
-        let s = fastrand::u64(..);
-        if s != 0 {
-            break s;
-        }
-    };
-    let parsed = h
-        .get(&TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_traceparent);
-    let value = match parsed {
-        Some((trace, flags)) => format!("00-{trace}-{span:016x}-{flags}"),
-        None => {
-            let t = loop {
-                let t = fastrand::u128(..);
-                if t != 0 {
-                    break t;
-                }
-            };
-            format!("00-{t:032x}-{span:016x}-01")
-        }
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        h.insert(TRACEPARENT, v);
-    }
-}
-
-/// `(trace id, flags)` of a valid version-00 `traceparent`.
-fn parse_traceparent(v: &str) -> Option<(&str, &str)> {
-    let mut parts = v.split('-');
-    let (version, trace, parent, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, n: usize| {
-        s.len() == n
-            && s.bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    };
-    let zero = |s: &str| s.bytes().all(|b| b == b'0');
-    (version == "00"
-        && parts.next().is_none()
-        && hex(trace, 32)
-        && hex(parent, 16)
-        && hex(flags, 2)
-        && !zero(trace)
-        && !zero(parent))
-    .then_some((trace, flags))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,25 +235,6 @@ mod tests {
             Some(&b"trailers"[..])
         );
         assert!(h.contains_key("x-kept"));
-    }
-
-    #[test]
-    fn traces_are_continued_or_started() {
-        let mut h = HeaderMap::new();
-        let theirs = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        h.insert(TRACEPARENT, theirs.parse().expect("v"));
-        trace(&mut h);
-        let ours = h[&TRACEPARENT].to_str().expect("ascii").to_owned();
-        assert!(
-            ours.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
-            "{ours}"
-        );
-        assert_ne!(ours, theirs, "the waypoint's own span");
-        let mut fresh = HeaderMap::new();
-        fresh.insert(TRACEPARENT, "garbage".parse().expect("v"));
-        trace(&mut fresh);
-        let t = fresh[&TRACEPARENT].to_str().expect("ascii");
-        assert!(parse_traceparent(t).is_some(), "{t}");
     }
 
     #[test]

@@ -73,6 +73,8 @@ pub struct Log {
     pub flags: Vec<Flag>,
     pub attempts: u32,
     pub policy: Option<String>,
+    /// The waypoint's span of the request.
+    pub span: Option<crate::spans::SpanContext>,
 }
 
 /// Shared by the layers of one request (a request extension).

@@ -131,7 +131,7 @@ pub fn stack(wp: Arc<Waypoint>) -> HttpService {
     let backend = backend::service(wp.clone());
     ServiceBuilder::new()
         .layer(telemetry::layer(wp.clone()))
-        .layer(context::layer())
+        .layer(context::layer(wp.clone()))
         .layer(authz::layer(wp.clone()))
         .layer(route::layer())
         .layer(limit::layer())

@@ -28,6 +28,8 @@ struct Started {
     exchange: Exchange,
     down: Option<Arc<Downstream>>,
     start: Instant,
+    /// `start` on the wall clock, for the span.
+    wall: std::time::SystemTime,
     method: String,
     path: String,
     protocol: &'static str,
@@ -51,6 +53,7 @@ async fn handle(wp: Arc<Waypoint>, inner: HttpService, mut req: Request<Body>) -
         exchange,
         down: req.extensions().get::<Arc<Downstream>>().cloned(),
         start: Instant::now(),
+        wall: std::time::SystemTime::now(),
         method: req.method().to_string(),
         path: req.uri().path().to_owned(),
         protocol,
@@ -201,6 +204,42 @@ fn finish(s: Started, complete: bool) {
     let ms = elapsed.as_secs_f64() * 1000.0;
     s.wp.requests.record(&labels, ms);
     let up = log.upstream.unwrap_or_default();
+    if let (Some(ctx), Some(x)) = (log.span.filter(|c| c.sampled), &s.wp.spans.exporter) {
+        use crate::spans::export::Attr;
+        let name = match &log.route {
+            Some(r) => format!("{} {r}", s.method),
+            None => format!("{} {}", s.method, labels.connection.destination_service),
+        };
+        let mut attrs = vec![
+            ("http.request.method", Attr::Str(s.method.clone())),
+            ("url.path", Attr::Str(s.path.clone())),
+            ("http.response.status_code", Attr::Int(i64::from(s.status))),
+            ("network.protocol.name", Attr::Str(s.protocol.to_owned())),
+            (
+                "server.address",
+                Attr::Str(labels.connection.destination_service.clone()),
+            ),
+            (
+                "weft.source.principal",
+                Attr::Str(labels.connection.source_principal.clone()),
+            ),
+            ("weft.response_flags", Attr::Str(flags.clone())),
+            ("weft.request_id", Attr::Str(log.request_id.clone())),
+            ("weft.attempts", Attr::Int(i64::from(log.attempts))),
+        ];
+        if let Some(d) = &s.down {
+            attrs.push(("client.address", Attr::Str(d.client.ip().to_string())));
+        }
+        if !up.address.is_empty() {
+            attrs.push(("weft.upstream.address", Attr::Str(up.address.clone())));
+            attrs.push(("weft.upstream.backend", Attr::Str(up.backend.clone())));
+        }
+        if s.protocol == "grpc" {
+            attrs.push(("rpc.grpc.status_code", Attr::Str(grpc.clone())));
+        }
+        let error = s.status >= 500 || !complete;
+        x.record(&ctx, name, s.wall, s.wall + elapsed, error, attrs);
+    }
     tracing::info!(
         target: "weft::access",
         direction = "waypoint",
