@@ -173,6 +173,9 @@ impl Endpoints {
         if eligible.is_empty() {
             eligible = all.iter().map(|w| (*w, None)).collect();
         }
+        if eligible.is_empty() {
+            return None;
+        }
         let n = eligible.len();
         let i = match (kind, hash_key) {
             _ if n <= 1 => 0,
@@ -231,6 +234,17 @@ fn rendezvous<T>(key: &[u8], eligible: &[(&Arc<Workload>, T)]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_endpoint_is_none_not_a_panic() {
+        for kind in [
+            LoadBalancerType::PeakEwma,
+            LoadBalancerType::RoundRobin,
+            LoadBalancerType::ConsistentHash,
+        ] {
+            assert!(Endpoints::default().pick(kind, Some(b"k"), &[]).is_none());
+        }
+    }
 
     #[test]
     fn a_slow_answer_counts_at_once_and_is_forgotten_slowly() {
