@@ -211,3 +211,44 @@ async fn answer(
         .insert("content-type", "application/json".parse().unwrap());
     Ok(resp)
 }
+
+/// An answer as a test reads it: status, headers, and the body as text and as JSON (`Null`
+/// when it is not).
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub json: serde_json::Value,
+    pub text: String,
+}
+
+impl Answer {
+    /// Which app answered (the body's `server`; empty for an answer the app did not make).
+    pub fn server(&self) -> &str {
+        self.json["server"].as_str().unwrap_or("")
+    }
+}
+
+pub async fn read(resp: Response<Incoming>) -> Answer {
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        json: serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        text,
+    }
+}
+
+/// Sends `req` on a kept HTTP/1.1 client connection and reads the whole answer (10 s at most).
+pub async fn send(
+    c: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> Answer {
+    c.ready().await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), c.send_request(req))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    read(r).await
+}

@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{Request, StatusCode};
+use http_body_util::Full;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
-use weft_tests::http_app::{HttpApp, http_app};
+use weft_tests::http_app::{HttpApp, http_app, read, send};
 use weft_tests::{Mesh, NodeAddrs, WaypointProcess, Weftd, connect_via, ip, metric_sum};
 
 const ID: u8 = 57;
@@ -150,39 +150,11 @@ async fn h2(node: &NodeAddrs) -> http2::SendRequest<Full<Bytes>> {
     send
 }
 
-struct Answer {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    json: Value,
-    text: String,
-}
-
-async fn read(resp: Response<hyper::body::Incoming>) -> Answer {
-    let (parts, body) = resp.into_parts();
-    let bytes = body.collect().await.unwrap().to_bytes();
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        json: serde_json::from_str(&text).unwrap_or(Value::Null),
-        text,
-    }
-}
-
 fn get(path: &str) -> Request<Full<Bytes>> {
     Request::get(path)
         .header("host", "web.default.svc.cluster.local")
         .body(Full::default())
         .unwrap()
-}
-
-async fn send(c: &mut H1, req: Request<Full<Bytes>>) -> Answer {
-    c.ready().await.unwrap();
-    let r = tokio::time::timeout(Duration::from_secs(10), c.send_request(req))
-        .await
-        .expect("an answer in time")
-        .unwrap();
-    read(r).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use weft_tests::http_app::{HttpApp, http_app};
+use weft_tests::http_app::{Answer, HttpApp, http_app, send};
 use weft_tests::{Mesh, NodeAddrs, connect_via, eventually, ip, metric_sum};
 
 const POLICY_ID: u8 = 66;
@@ -59,37 +59,12 @@ async fn h1(node: &NodeAddrs, src: std::net::IpAddr, vip: SocketAddr) -> H1 {
     send
 }
 
-struct Answer {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    server: String,
-    text: String,
-}
-
 fn get(path: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
     let mut b = Request::get(path).header("host", "svc.default.svc.cluster.local");
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
     b.body(Full::default()).unwrap()
-}
-
-async fn send(c: &mut H1, req: Request<Full<Bytes>>) -> Answer {
-    c.ready().await.unwrap();
-    let r = tokio::time::timeout(Duration::from_secs(10), c.send_request(req))
-        .await
-        .expect("an answer in time")
-        .unwrap();
-    let (parts, body) = r.into_parts();
-    let bytes = body.collect().await.unwrap().to_bytes();
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        server: json["server"].as_str().unwrap_or("").to_owned(),
-        text,
-    }
 }
 
 fn header<'a>(a: &'a Answer, name: &str) -> &'a str {
@@ -204,7 +179,7 @@ async fn rate_limits_faults_and_circuit_breakers_through_the_waypoint() {
                 assert!(a.text.contains("fault filter abort"), "{}", a.text);
                 aborted += 1;
             }
-            StatusCode::OK => assert_eq!(a.server, "web"),
+            StatusCode::OK => assert_eq!(a.server(), "web"),
             s => panic!("request {i}: {s} {}\n{}", a.text, wp.logs()),
         }
     }
@@ -432,7 +407,7 @@ async fn endpoints_are_balanced_by_latency_hashed_ejected_and_readmitted() {
                     for _ in 0..75 {
                         let a = send(&mut c, get("/", &[])).await;
                         assert_eq!(a.status, StatusCode::OK, "{}", a.text);
-                        slow += usize::from(a.server == "slow");
+                        slow += usize::from(a.server() == "slow");
                     }
                     slow
                 }));
@@ -461,10 +436,13 @@ async fn endpoints_are_balanced_by_latency_hashed_ejected_and_readmitted() {
     let mut servers = std::collections::BTreeSet::new();
     for user in 0..20 {
         let key = format!("user-{user}");
-        let first = send(&mut c, get("/", &[("x-user", &key)])).await.server;
+        let first = send(&mut c, get("/", &[("x-user", &key)]))
+            .await
+            .server()
+            .to_owned();
         for _ in 0..4 {
             assert_eq!(
-                send(&mut c, get("/", &[("x-user", &key)])).await.server,
+                send(&mut c, get("/", &[("x-user", &key)])).await.server(),
                 first,
                 "{key}"
             );
@@ -487,7 +465,7 @@ async fn endpoints_are_balanced_by_latency_hashed_ejected_and_readmitted() {
     let seen = flaky_a.seen().len();
     for _ in 0..20 {
         let a = send(&mut c, get("/", &[])).await;
-        assert_eq!((a.status, a.server.as_str()), (StatusCode::OK, "flaky-b"));
+        assert_eq!((a.status, a.server()), (StatusCode::OK, "flaky-b"));
     }
     assert_eq!(
         flaky_a.seen().len(),

@@ -95,7 +95,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 ("service.instance.id", opts.name.clone()),
                 ("k8s.namespace.name", opts.namespace.clone()),
             ];
-            let x = spans::Exporter::start(e, resource, shutdown.clone())?;
+            let x = spans::Exporter::start(e, resource)?;
             tracing::info!(endpoint = %e, sampling = opts.trace_sampling, "exporting request spans over OTLP");
             Some(x)
         }

@@ -52,12 +52,14 @@ async fn handle(wp: Arc<Waypoint>, mut req: Request<Body>) -> Response<Body> {
         );
     };
     let exchange = req.extensions().get::<Exchange>().cloned();
-    let unavailable = |why: String| {
+    // The waypoint's own 503s, each with the flag that says why.
+    let failed = |flag: Flag, why: String| {
         if let Some(x) = &exchange {
-            x.flag(Flag::NoHealthyUpstream);
+            x.flag(flag);
         }
         answer(grpc, StatusCode::SERVICE_UNAVAILABLE, &why)
     };
+    let unavailable = |why: String| failed(Flag::NoHealthyUpstream, why);
     let target = &sel.target;
     let state = &snap.state;
     let Some(service) = state.service(&target.namespace, &target.name) else {
@@ -72,15 +74,17 @@ async fn handle(wp: Arc<Waypoint>, mut req: Request<Body>) -> Response<Body> {
         .cloned();
     let picked = match &traffic {
         Some(t) => {
-            let all: Vec<_> = state.endpoints_of(service).collect();
+            let n = service.endpoints.len();
             let key = t
                 .hash_header
                 .as_ref()
                 .and_then(|h| req.headers().get(h))
                 .map(|v| v.as_bytes());
             t.endpoints
-                .pick(t.balancer, key, &all)
-                .map(|(w, s)| (w, Some((s, all.len()))))
+                .pick(t.balancer, key, n, |i| {
+                    &state.workloads[service.endpoints[i]]
+                })
+                .map(|(w, s)| (w, Some((s, n))))
         }
         // A Service newer than the compiled traffic table (the two are swapped one after
         // the other): round robin until the table catches up.
@@ -140,44 +144,28 @@ async fn handle(wp: Arc<Waypoint>, mut req: Request<Body>) -> Response<Body> {
     let (resp, slot) = match sent {
         Ok(r) => (r.response, r.slot),
         Err(SendError::Overflow(over)) => {
-            if let Some(x) = &exchange {
-                x.flag(Flag::UpstreamOverflow);
-            }
-            return answer(
-                grpc,
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("upstream overflow: {over}"),
-            );
+            return failed(Flag::UpstreamOverflow, format!("upstream overflow: {over}"));
         }
         Err(SendError::Connect(e)) => {
-            if let Some(x) = &exchange {
-                x.flag(Flag::UpstreamConnectFailure);
-            }
-            let mut r = answer(
-                grpc,
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("upstream connect error: {e}"),
+            let mut r = failed(
+                Flag::UpstreamConnectFailure,
+                format!("upstream connect error: {e}"),
             );
             r.extensions_mut().insert(ConnectFailed);
             return r;
         }
-        Err(e) => {
-            if let Some(x) = &exchange {
-                x.flag(Flag::UpstreamReset);
-            }
-            return answer(
-                grpc,
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("upstream reset: {e}"),
-            );
-        }
+        Err(e) => return failed(Flag::UpstreamReset, format!("upstream reset: {e}")),
     };
     let mut resp = resp;
+    let mut slot = slot;
     if let Some(down_up) = downstream_upgrade
         && resp.status() == StatusCode::SWITCHING_PROTOCOLS
     {
         let up = hyper::upgrade::on(&mut resp);
+        // The upgraded connection stays busy as long as the tunnel: it keeps the slot.
+        let busy = slot.take();
         tokio::spawn(async move {
+            let _busy = busy;
             match tokio::try_join!(down_up, up) {
                 Ok((d, u)) => {
                     let mut d = hyper_util::rt::TokioIo::new(d);

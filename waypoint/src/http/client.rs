@@ -7,7 +7,8 @@
 //! because the destination node authorizes each tunnel by the client it names.
 //!
 //! The backend Service's `connectionPool` applies here: `maxConnections` (HTTP/1.1: busy
-//! connections, with `maxPendingRequests` waiting for one; HTTP/2: connections opened),
+//! connections, upgrades among them, with `maxPendingRequests` waiting for one; HTTP/2:
+//! connections opened),
 //! `maxRequestsPerConnection` and `idleTimeout` (also enforced by [`Clients::sweep`]).
 
 use std::collections::HashMap;
@@ -108,6 +109,49 @@ pub struct Target {
     pub identity: SpiffeId,
 }
 
+/// One request's way to its endpoint: the target and the backend Service's pool settings
+/// and circuit, which every dial and keep decision reads.
+struct Dial<'a> {
+    wp: &'a Waypoint,
+    t: &'a Arc<Target>,
+    settings: &'a PoolSettings,
+    circuit: Option<&'a Arc<Circuit>>,
+}
+
+impl Dial<'_> {
+    /// Fails when `maxConnections` allows no new HTTP/2 connection (busy HTTP/1.1
+    /// connections, upgrades among them, are counted by their slots).
+    fn may_open(&self) -> Result<(), SendError> {
+        match (self.settings.max_connections, self.circuit) {
+            (Some(max), Some(c)) if c.open_connections() >= max => {
+                Err(SendError::Overflow(Overflow::Connections(max)))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A busy-connection slot under `maxConnections`, waiting among `maxPendingRequests`.
+    async fn slot(&self) -> Result<Option<Held>, SendError> {
+        match (self.settings.max_connections, self.circuit) {
+            (Some(max), Some(c)) => c
+                .connection(max, self.settings.max_pending_requests)
+                .await
+                .map(Some)
+                .map_err(SendError::Overflow),
+            _ => Ok(None),
+        }
+    }
+
+    async fn h1(&self) -> Result<Kept<http1::SendRequest<Body>>, SendError> {
+        Ok(Kept {
+            send: dial_h1(self.wp, self.t.clone(), self.circuit).await?,
+            used: 0,
+            last_used: Instant::now(),
+            idle_timeout: self.settings.idle_timeout,
+        })
+    }
+}
+
 impl Clients {
     pub async fn send(
         &self,
@@ -119,8 +163,12 @@ impl Clients {
         pool: PoolOf<'_>,
     ) -> Result<Sent, SendError> {
         let default = PoolSettings::default();
-        let settings = pool.map_or(&default, |(s, _)| s);
-        let circuit = pool.map(|(_, c)| c);
+        let d = Dial {
+            wp,
+            t: &t,
+            settings: pool.map_or(&default, |(s, _)| s),
+            circuit: pool.map(|(_, c)| c),
+        };
         let key = Key {
             address: t.chosen.address,
             hbone: t.chosen.hbone,
@@ -129,41 +177,28 @@ impl Clients {
             client: t.identity.clone(),
             client_ip: t.client.ip(),
         };
-        let response = match proto {
-            Proto::Http2 => self.send_h2(wp, &t, key, req, settings, circuit).await?,
-            Proto::Http1 if dedicated => {
-                // An upgrade takes its connection for good.
-                may_open(settings, circuit)?;
-                let mut s = dial_h1(wp, t.clone(), circuit).await?;
-                s.send_request(req).await?
-            }
-            Proto::Http1 => {
-                let slot = match (settings.max_connections, circuit) {
-                    (Some(max), Some(c)) => Some(
-                        c.connection(max, settings.max_pending_requests)
-                            .await
-                            .map_err(SendError::Overflow)?,
-                    ),
-                    _ => None,
-                };
-                let response = self.send_h1(wp, &t, key, req, settings, circuit).await?;
-                return Ok(Sent { response, slot });
-            }
+        if proto == Proto::Http2 {
+            let response = self.send_h2(&d, key, req).await?;
+            return Ok(Sent {
+                response,
+                slot: None,
+            });
+        }
+        let slot = d.slot().await?;
+        let response = if dedicated {
+            // An upgrade takes its connection for good.
+            d.h1().await?.send.send_request(req).await?
+        } else {
+            self.send_h1(&d, key, req).await?
         };
-        Ok(Sent {
-            response,
-            slot: None,
-        })
+        Ok(Sent { response, slot })
     }
 
     async fn send_h2(
         &self,
-        wp: &Waypoint,
-        t: &Arc<Target>,
+        d: &Dial<'_>,
         key: Key,
         req: Request<Body>,
-        settings: &PoolSettings,
-        circuit: Option<&Arc<Circuit>>,
     ) -> Result<Response<Incoming>, SendError> {
         let pooled = {
             let now = Instant::now();
@@ -174,7 +209,7 @@ impl Clients {
                     k.last_used = now;
                     let s = k.send.clone();
                     // Its last request: later ones open a new connection.
-                    if settings
+                    if d.settings
                         .max_requests_per_connection
                         .is_some_and(|max| k.used >= max)
                     {
@@ -191,7 +226,7 @@ impl Clients {
         };
         let (mut s, mut fresh) = match pooled {
             Some(s) => (s, false),
-            None => (self.dial_h2(wp, t, &key, settings, circuit).await?, true),
+            None => (self.dial_h2(d, &key).await?, true),
         };
         let mut req = req;
         // A shared connection going away (the endpoint's GOAWAY on shutdown) hands back a
@@ -215,19 +250,16 @@ impl Clients {
             }
             tracing::debug!("kept HTTP/2 connection went away: {error}");
             req = back;
-            s = self.dial_h2(wp, t, &key, settings, circuit).await?;
+            s = self.dial_h2(d, &key).await?;
             fresh = true;
         }
     }
 
     async fn send_h1(
         &self,
-        wp: &Waypoint,
-        t: &Arc<Target>,
+        d: &Dial<'_>,
         key: Key,
         req: Request<Body>,
-        settings: &PoolSettings,
-        circuit: Option<&Arc<Circuit>>,
     ) -> Result<Response<Incoming>, SendError> {
         let idle = {
             let now = Instant::now();
@@ -240,7 +272,7 @@ impl Clients {
         };
         let (mut s, mut req) = match idle {
             Some(k) => (k, req),
-            None => (self.new_h1(wp, t, settings, circuit).await?, req),
+            None => (d.h1().await?, req),
         };
         // A connection the endpoint closed before taking the request hands it back unsent:
         // it goes again once, on a new connection. A new one that does the same is an
@@ -249,7 +281,7 @@ impl Clients {
             let sent = s.send.try_send_request(req);
             s.used += 1;
             s.last_used = Instant::now();
-            self.keep_h1(&key, s, settings, circuit);
+            self.keep_h1(d, &key, s);
             match sent.await {
                 Ok(r) => return Ok(r),
                 Err(mut e) => match e.take_message() {
@@ -262,7 +294,7 @@ impl Clients {
                     Some(back) => {
                         tracing::debug!("kept HTTP/1.1 connection was closed: {}", e.error());
                         req = back;
-                        s = self.new_h1(wp, t, settings, circuit).await?;
+                        s = d.h1().await?;
                     }
                     None => return Err(SendError::Http(e.into_error())),
                 },
@@ -271,32 +303,14 @@ impl Clients {
         Err(SendError::Connect("no connection took the request".into()))
     }
 
-    async fn new_h1(
-        &self,
-        wp: &Waypoint,
-        t: &Arc<Target>,
-        settings: &PoolSettings,
-        circuit: Option<&Arc<Circuit>>,
-    ) -> Result<Kept<http1::SendRequest<Body>>, SendError> {
-        Ok(Kept {
-            send: dial_h1(wp, t.clone(), circuit).await?,
-            used: 0,
-            last_used: Instant::now(),
-            idle_timeout: settings.idle_timeout,
-        })
-    }
-
     async fn dial_h2(
         &self,
-        wp: &Waypoint,
-        t: &Arc<Target>,
+        d: &Dial<'_>,
         key: &Key,
-        settings: &PoolSettings,
-        circuit: Option<&Arc<Circuit>>,
     ) -> Result<http2::SendRequest<Body>, SendError> {
-        may_open(settings, circuit)?;
-        let s = dial_h2(wp, t.clone(), circuit).await?;
-        let first_is_last = settings.max_requests_per_connection == Some(1);
+        d.may_open()?;
+        let s = dial_h2(d.wp, d.t.clone(), d.circuit).await?;
+        let first_is_last = d.settings.max_requests_per_connection == Some(1);
         if !first_is_last {
             lock(&self.h2).insert(
                 key.clone(),
@@ -304,7 +318,7 @@ impl Clients {
                     send: s.clone(),
                     used: 1,
                     last_used: Instant::now(),
-                    idle_timeout: settings.idle_timeout,
+                    idle_timeout: d.settings.idle_timeout,
                 },
             );
         }
@@ -313,20 +327,14 @@ impl Clients {
 
     /// Keeps a connection for later requests, unless it has served its share or the Service
     /// has more open than `maxConnections` (it then closes once its response has ended).
-    fn keep_h1(
-        &self,
-        key: &Key,
-        s: Kept<http1::SendRequest<Body>>,
-        settings: &PoolSettings,
-        circuit: Option<&Arc<Circuit>>,
-    ) {
-        if settings
+    fn keep_h1(&self, d: &Dial<'_>, key: &Key, s: Kept<http1::SendRequest<Body>>) {
+        if d.settings
             .max_requests_per_connection
             .is_some_and(|max| s.used >= max)
         {
             return;
         }
-        if let (Some(max), Some(c)) = (settings.max_connections, circuit)
+        if let (Some(max), Some(c)) = (d.settings.max_connections, d.circuit)
             && c.open_connections() > max
         {
             return;
@@ -357,17 +365,6 @@ impl Clients {
         let h1 = lock(&self.h1).values().map(Vec::len).sum();
         let h2 = lock(&self.h2).len();
         (h1, h2)
-    }
-}
-
-/// Whether `maxConnections` lets one more connection open (HTTP/2 and upgrades; busy
-/// HTTP/1.1 connections are counted by their slots).
-fn may_open(settings: &PoolSettings, circuit: Option<&Arc<Circuit>>) -> Result<(), SendError> {
-    match (settings.max_connections, circuit) {
-        (Some(max), Some(c)) if c.open_connections() >= max => {
-            Err(SendError::Overflow(Overflow::Connections(max)))
-        }
-        _ => Ok(()),
     }
 }
 

@@ -1,7 +1,8 @@
 //! OTLP/gRPC export of request spans: spans queue in a bounded channel (a full queue drops
 //! the span and counts it; the request path never waits on the collector), and one task sends
-//! them in batches of up to [`BATCH`] at least every [`FLUSH`]. A collector that is down
-//! costs the batch in hand, a warning, and nothing else.
+//! them in batches of up to [`BATCH`] at least every [`FLUSH`], for as long as the process
+//! runs (requests served while draining are exported too). A collector that is down costs the
+//! batch in hand, a warning, and nothing else.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +16,6 @@ use opentelemetry_proto::tonic::trace::v1::{
     ResourceSpans, ScopeSpans, Span, Status, span, status,
 };
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use super::SpanContext;
 
@@ -55,11 +55,7 @@ fn nanos(t: SystemTime) -> u64 {
 impl Exporter {
     /// Starts the export task towards `endpoint` (`http://host:4317`); the connection is made
     /// when the first batch goes.
-    pub fn start(
-        endpoint: &str,
-        resource: Vec<(&str, String)>,
-        stop: CancellationToken,
-    ) -> anyhow::Result<Self> {
+    pub fn start(endpoint: &str, resource: Vec<(&str, String)>) -> anyhow::Result<Self> {
         let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
             .map_err(|e| anyhow::anyhow!("--otlp-endpoint {endpoint:?}: {e}"))?
             .connect_timeout(Duration::from_secs(5))
@@ -81,7 +77,6 @@ impl Exporter {
                 tokio::pin!(deadline);
                 let open = loop {
                     tokio::select! {
-                        _ = stop.cancelled() => break false,
                         _ = &mut deadline => break true,
                         s = rx.recv() => match s {
                             Some(s) => {

@@ -39,13 +39,6 @@ pub struct SpanContext {
     pub sampled: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
-    W3c,
-    B3Single,
-    B3Multi,
-}
-
 fn hex_u128(s: &str, lens: &[usize]) -> Option<u128> {
     let ok = lens.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit());
     ok.then(|| u128::from_str_radix(s, 16).ok())
@@ -97,12 +90,14 @@ fn header<'a>(h: &'a HeaderMap, n: &HeaderName) -> Option<&'a str> {
     h.get(n).and_then(|v| v.to_str().ok())
 }
 
-fn parent_of(h: &HeaderMap) -> Option<(Format, u128, u64, Option<bool>)> {
-    if let Some((t, s, d)) = header(h, &TRACEPARENT).and_then(w3c) {
-        return Some((Format::W3c, t, s, d));
+/// The request's trace: (trace, parent span, sampled if said), from the first valid of
+/// `traceparent`, `b3`, `x-b3-*`.
+fn parent_of(h: &HeaderMap) -> Option<(u128, u64, Option<bool>)> {
+    if let Some(p) = header(h, &TRACEPARENT).and_then(w3c) {
+        return Some(p);
     }
-    if let Some((t, s, d)) = header(h, &B3).and_then(b3_single) {
-        return Some((Format::B3Single, t, s, d));
+    if let Some(p) = header(h, &B3).and_then(b3_single) {
+        return Some(p);
     }
     let trace = header(h, &B3_TRACE).and_then(|v| hex_u128(v, &[16, 32]))?;
     let span = header(h, &B3_SPAN).and_then(hex_u64)?;
@@ -111,7 +106,7 @@ fn parent_of(h: &HeaderMap) -> Option<(Format, u128, u64, Option<bool>)> {
     } else {
         header(h, &B3_SAMPLED).and_then(b3_sampled)
     };
-    Some((Format::B3Multi, trace, span, sampled))
+    Some((trace, span, sampled))
 }
 
 fn nonzero_u64() -> u64 {
@@ -136,7 +131,7 @@ impl Tracer {
         let span_id = nonzero_u64();
         let parent = parent_of(h);
         let (trace_id, parent_span, sampled) = match parent {
-            Some((_, t, s, d)) => (t, Some(s), d.unwrap_or_else(|| self.draw())),
+            Some((t, s, d)) => (t, Some(s), d.unwrap_or_else(|| self.draw())),
             None => (
                 loop {
                     let t = fastrand::u128(..);
@@ -154,22 +149,29 @@ impl Tracer {
             TRACEPARENT,
             format!("00-{trace_id:032x}-{span_id:016x}-{flag}"),
         );
-        match parent.map(|p| p.0) {
-            Some(Format::B3Single) => {
-                let s = if sampled { "1" } else { "0" };
-                set(h, B3, format!("{trace_id:032x}-{span_id:016x}-{s}"));
+        // Whichever headers won, B3 ones present go on with the same span, or a B3 reader
+        // would parent its span on the client and skip the waypoint's.
+        if h.contains_key(&B3) {
+            let s = if sampled { "1" } else { "0" };
+            set(h, B3, format!("{trace_id:032x}-{span_id:016x}-{s}"));
+        }
+        if h.contains_key(&B3_TRACE) {
+            // A 64-bit id stays in the form the application wrote, when it is this trace.
+            let same = header(h, &B3_TRACE)
+                .and_then(|v| hex_u128(v, &[16, 32]))
+                .is_some_and(|t| t == trace_id);
+            if !same {
+                set(h, B3_TRACE, format!("{trace_id:032x}"));
             }
-            Some(Format::B3Multi) => {
-                let trace = header(h, &B3_TRACE).map(str::to_owned).unwrap_or_default();
-                set(h, B3_TRACE, trace);
-                set(h, B3_SPAN, format!("{span_id:016x}"));
-                if let Some(p) = parent_span {
-                    set(h, B3_PARENT, format!("{p:016x}"));
+            set(h, B3_SPAN, format!("{span_id:016x}"));
+            match parent_span {
+                Some(p) => set(h, B3_PARENT, format!("{p:016x}")),
+                None => {
+                    h.remove(&B3_PARENT);
                 }
-                set(h, B3_SAMPLED, if sampled { "1" } else { "0" }.to_owned());
-                h.remove(B3_FLAGS);
             }
-            _ => {}
+            set(h, B3_SAMPLED, if sampled { "1" } else { "0" }.to_owned());
+            h.remove(&B3_FLAGS);
         }
         SpanContext {
             trace_id,

@@ -138,62 +138,66 @@ impl Endpoints {
             .clone()
     }
 
-    /// Forgets endpoints that are gone (called when a new mesh version is compiled).
+    /// Forgets endpoints that are gone (called when a new mesh version is compiled). Requests
+    /// in flight may still hold their stats: those are marked gone, so that their answers
+    /// neither eject nor readmit an endpoint the count no longer covers.
     pub fn retain(&self, live: &std::collections::HashSet<&str>) {
         let mut m = self.stats.write().unwrap_or_else(|p| p.into_inner());
         m.retain(|uid, s| {
             let keep = live.contains(uid.as_str());
-            if !keep && s.health().ejection.is_ejected() {
+            if !keep && s.health().ejection.forget() {
                 self.ejected.fetch_sub(1, Ordering::Relaxed);
             }
             keep
         });
     }
 
-    /// The endpoint for one request, with its stats.
+    /// The endpoint for one request of the `n` endpoints `at(0..n)`, with its stats. Only
+    /// when some are ejected is a list of the others made.
     pub fn pick<'a>(
         &self,
         kind: LoadBalancerType,
         hash_key: Option<&[u8]>,
-        all: &[&'a Arc<Workload>],
+        n: usize,
+        at: impl Fn(usize) -> &'a Arc<Workload>,
     ) -> Option<(&'a Arc<Workload>, Arc<EndpointStats>)> {
-        let now = Instant::now();
-        let mut eligible: Vec<(&'a Arc<Workload>, Option<Arc<EndpointStats>>)> =
-            if self.ejected.load(Ordering::Relaxed) == 0 {
-                all.iter().map(|w| (*w, None)).collect()
-            } else {
-                all.iter()
-                    .filter_map(|w| {
-                        let s = self.stats(w);
-                        let out = outlier::is_out(&s, &self.ejected, now);
-                        (!out).then_some((*w, Some(s)))
-                    })
-                    .collect()
-            };
-        if eligible.is_empty() {
-            eligible = all.iter().map(|w| (*w, None)).collect();
-        }
-        if eligible.is_empty() {
+        if n == 0 {
             return None;
         }
-        let n = eligible.len();
-        let i = match (kind, hash_key) {
-            _ if n <= 1 => 0,
-            (LoadBalancerType::RoundRobin, _) => self.cursor.fetch_add(1, Ordering::Relaxed) % n,
-            (LoadBalancerType::ConsistentHash, Some(key)) => rendezvous(key, &eligible),
+        let now = Instant::now();
+        let eligible: Option<Vec<usize>> = (self.ejected.load(Ordering::Relaxed) > 0)
+            .then(|| {
+                (0..n)
+                    .filter(|&i| !outlier::is_out(&self.stats(at(i)), &self.ejected, now))
+                    .collect::<Vec<_>>()
+            })
+            .filter(|v| !v.is_empty());
+        let (n, nth) = match &eligible {
+            Some(v) => (v.len(), v.as_slice()),
+            None => (n, &[][..]),
+        };
+        let endpoint = |k: usize| at(if nth.is_empty() { k } else { nth[k] });
+        let (k, stats) = match (kind, hash_key) {
+            _ if n == 1 => (0, None),
+            (LoadBalancerType::RoundRobin, _) => {
+                (self.cursor.fetch_add(1, Ordering::Relaxed) % n, None)
+            }
+            (LoadBalancerType::ConsistentHash, Some(key)) => {
+                (rendezvous(key, (0..n).map(endpoint)), None)
+            }
             _ => {
                 let a = fastrand::usize(0..n);
                 let b = (a + 1 + fastrand::usize(0..n - 1)) % n;
-                let load = |i: usize| match &eligible[i].1 {
-                    Some(s) => s.load(now),
-                    None => self.stats(eligible[i].0).load(now),
-                };
-                if load(b) < load(a) { b } else { a }
+                let (sa, sb) = (self.stats(endpoint(a)), self.stats(endpoint(b)));
+                if sb.load(now) < sa.load(now) {
+                    (b, Some(sb))
+                } else {
+                    (a, Some(sa))
+                }
             }
         };
-        let (w, s) = eligible.swap_remove(i);
-        let s = s.unwrap_or_else(|| self.stats(w));
-        Some((w, s))
+        let w = endpoint(k);
+        Some((w, stats.unwrap_or_else(|| self.stats(w))))
     }
 
     /// An attempt's response time and outcome, for the endpoint's cost and health.
@@ -214,15 +218,14 @@ impl Endpoints {
     }
 }
 
-/// The endpoint whose hash with `key` is highest (highest random weight).
-fn rendezvous<T>(key: &[u8], eligible: &[(&Arc<Workload>, T)]) -> usize {
+/// The position of the endpoint whose hash with `key` is highest (highest random weight).
+fn rendezvous<'a>(key: &[u8], endpoints: impl Iterator<Item = &'a Arc<Workload>>) -> usize {
     // A fixed-key hasher: every waypoint replica must map a key to the same endpoint.
     let hasher =
         std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
-    eligible
-        .iter()
+    endpoints
         .enumerate()
-        .max_by_key(|(_, (w, _))| {
+        .max_by_key(|(_, w)| {
             let mut h = hasher.build_hasher();
             h.write(key);
             h.write(w.uid.as_bytes());
@@ -242,7 +245,12 @@ mod tests {
             LoadBalancerType::RoundRobin,
             LoadBalancerType::ConsistentHash,
         ] {
-            assert!(Endpoints::default().pick(kind, Some(b"k"), &[]).is_none());
+            let none = |_: usize| -> &Arc<Workload> { unreachable!("no endpoint to look at") };
+            assert!(
+                Endpoints::default()
+                    .pick(kind, Some(b"k"), 0, none)
+                    .is_none()
+            );
         }
     }
 

@@ -51,11 +51,20 @@ pub struct Ejection {
     count: u32,
     /// When it last came back.
     back_since: Option<Instant>,
+    /// The endpoint left the Service; its stats live on only in requests in flight.
+    gone: bool,
 }
 
 impl Ejection {
+    #[cfg(test)]
     pub fn is_ejected(&self) -> bool {
         self.until.is_some()
+    }
+
+    /// Marks the endpoint gone; whether it was ejected (and so counted).
+    pub fn forget(&mut self) -> bool {
+        self.gone = true;
+        self.until.take().is_some()
     }
 }
 
@@ -84,6 +93,9 @@ pub(super) fn observe(
     now: Instant,
 ) {
     let e = &mut h.ejection;
+    if e.gone {
+        return;
+    }
     let (is_5xx, is_gateway) = match outcome {
         Outcome::Status(s) => ((500..600).contains(&s), matches!(s, 502..=504)),
         Outcome::ConnectFailure | Outcome::Reset => (true, true),
@@ -177,7 +189,7 @@ mod tests {
         assert!(!sb.health().ejection.is_ejected());
         let all = [&a, &b];
         for _ in 0..20 {
-            let (w, _) = eps.pick(Default::default(), None, &all).unwrap();
+            let (w, _) = eps.pick(Default::default(), None, 2, |i| all[i]).unwrap();
             assert_eq!(w.uid, "b", "the ejected endpoint is passed over");
         }
         let later = Instant::now() + Duration::from_millis(1100);
@@ -198,6 +210,6 @@ mod tests {
             eps.record(&sa, Duration::ZERO, Outcome::Status(503), Some(&o), 1);
         }
         assert!(sa.health().ejection.is_ejected());
-        assert!(eps.pick(Default::default(), None, &[&a]).is_some());
+        assert!(eps.pick(Default::default(), None, 1, |_| &a).is_some());
     }
 }
