@@ -75,7 +75,7 @@ fn loadgen(b: &Bench, client: &str, args: &str) -> anyhow::Result<Percentiles> {
 }
 
 /// utime + stime of `pid`, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
+pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name, which is in parentheses and may contain spaces.
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
@@ -246,7 +246,7 @@ pub fn control_path(b: &mut Bench, r: &mut Results) -> anyhow::Result<()> {
     let reloads = |b: &Bench| {
         b.log("node1")
             .lines()
-            .filter(|l| l.contains("mesh file reloaded"))
+            .filter(|l| l.contains("mesh state updated"))
             .map(String::from)
             .collect::<Vec<_>>()
     };

@@ -8,7 +8,8 @@
 //!   so a stall counts against every request it delayed (no coordinated omission).
 //! - `http-latency ADDR RATE SECONDS CONNECTIONS`: as `latency`, with HTTP/1.1 `GET /` on
 //!   kept connections instead of raw bytes (for the waypoint, which needs HTTP to route).
-//! - `http-serve ADDR`: answers every HTTP/1.1 request on a kept connection with a 2-byte 200.
+//! - `http-serve ADDR`: answers every HTTP/1.1 or HTTP/2 (prior knowledge) request with a
+//!   2-byte 200.
 //! - `connrate ADDR SECONDS WORKERS`: closed loop of connect + 64-byte exchange + close.
 //! - `hold ADDR COUNT`: opens COUNT connections, prints once they are all up, then holds them
 //!   until stdin closes.
@@ -135,10 +136,9 @@ enum Exchange {
 }
 
 const HTTP_REQUEST: &[u8] = b"GET / HTTP/1.1\r\nhost: bench\r\n\r\n";
-const HTTP_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
-/// Reads one HTTP/1.1 message: the head, then `content-length` bytes of body. One exchange is
-/// in flight per connection, so what one read returns belongs to one message.
+/// Reads one HTTP/1.1 response: the head, then `content-length` bytes of body. One exchange
+/// is in flight per connection, so what one read returns belongs to one message.
 fn read_http(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<()> {
     buf.clear();
     let mut chunk = [0u8; 4096];
@@ -162,23 +162,32 @@ fn read_http(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<()> {
     }
 }
 
+/// hyper's server (HTTP/1.1 and HTTP/2 prior knowledge on one port, as the proxies' own
+/// backends are): every request gets a 2-byte 200. Multi-thread runtime, one task per
+/// connection, TCP_NODELAY.
 fn http_serve(addr: SocketAddr) -> anyhow::Result<()> {
-    let l = std::net::TcpListener::bind(addr)?;
-    println!("{}", json!({"listening": addr.to_string()}));
-    for s in l.incoming() {
-        let Ok(mut s) = s else { continue };
-        let _ = s.set_nodelay(true);
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            // The benchmark's requests are GETs without a body: a message is its head.
-            while read_http(&mut s, &mut buf).is_ok() {
-                if s.write_all(HTTP_RESPONSE).is_err() {
-                    return;
-                }
-            }
-        });
-    }
-    Ok(())
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_io()
+        .build()?;
+    rt.block_on(async {
+        let l = tokio::net::TcpListener::bind(addr).await?;
+        println!("{}", json!({"listening": addr.to_string()}));
+        loop {
+            let (s, _) = l.accept().await?;
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                    ))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    })
 }
 
 fn latency(

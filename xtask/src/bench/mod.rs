@@ -12,9 +12,9 @@
 //! Writes `docs/benchmarks.md` and `target/bench/l4.json` (every run's raw numbers).
 
 mod figures;
+mod l7;
 pub mod loadgen;
 mod report;
-mod waypoint;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -46,10 +46,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 .unwrap_or_default();
             l4(&only, value("--features").as_deref())
         }
-        Some("waypoint") => waypoint::run(),
+        Some("l7") => l7::run(&args[1..]),
         _ => bail!(
             "usage: cargo xtask bench l4 [--only throughput,latency,connrate,memory,reload,criterion] \
-             [--features <weftd features, e.g. aws-lc-rs>]\n       cargo xtask bench waypoint"
+             [--features <weftd features, e.g. aws-lc-rs>]\n       cargo xtask bench l7 [--only memory,throughput,latency,scale]"
         ),
     }
 }

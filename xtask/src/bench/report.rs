@@ -35,12 +35,37 @@ fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "**missed**" }
 }
 
-fn sh(cmd: &str) -> String {
+pub fn sh(cmd: &str) -> String {
     std::process::Command::new("sh")
         .args(["-c", cmd])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
+}
+
+/// Rewrites one bench's part of `docs/benchmarks.md` (between its own markers), keeping the
+/// other benches' parts: `bench l4` and `bench l7` each own one and run separately.
+pub fn write_part(part: &str, text: &str) -> anyhow::Result<()> {
+    let path = crate::workspace_root().join("docs/benchmarks.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let (begin, end) = (
+        format!("<!-- begin: cargo xtask bench {part} -->"),
+        format!("<!-- end: cargo xtask bench {part} -->"),
+    );
+    let block = format!("{begin}\n{}\n{end}\n", text.trim_end());
+    let new = match (old.find(&begin), old.find(&end)) {
+        (Some(b), Some(e)) if b < e => format!(
+            "{}{block}{}",
+            &old[..b],
+            &old[e + end.len()..].trim_start_matches('\n')
+        ),
+        // A file from before the parts had markers is the L4 table alone.
+        _ if part == "l4" && !old.contains("<!-- begin:") => block,
+        _ if old.trim().is_empty() => block,
+        _ => format!("{}\n{block}", old.trim_end()),
+    };
+    std::fs::write(&path, new)?;
+    Ok(())
 }
 
 pub fn write(
@@ -252,7 +277,7 @@ TLS, HTTP/2 framing, capture, policy, telemetry.
     println!("\n{t}\n{floor}");
     let root = crate::workspace_root();
     if complete {
-        std::fs::write(root.join("docs/benchmarks.md"), doc)?;
+        write_part("l4", &doc)?;
     }
     let raw = root.join("target/bench");
     std::fs::create_dir_all(&raw)?;
