@@ -305,3 +305,62 @@ pub fn scale(b: &mut L7, r: &mut Results) -> anyhow::Result<()> {
     }
     b.write_mesh(0)
 }
+
+/// `perf record` of each waypoint under the throughput runs' load (HTTP/1.1, then HTTP/2),
+/// its report in `target/bench/l7-profile-<waypoint>-<protocol>.txt`. Where a target is
+/// missed, this is where to look first.
+pub fn profile(b: &L7) -> anyhow::Result<()> {
+    crate::tools::ensure(&[("perf", "linux-perf")])?;
+    let out_dir = crate::workspace_root().join("target/bench");
+    std::fs::create_dir_all(&out_dir)?;
+    for route in [Route::Weft, Route::Envoy] {
+        for (proto, flags) in [
+            ("h1", format!("--h1 -c {CONCURRENCY} -m 1")),
+            (
+                "h2",
+                format!("-c {H2_CONNECTIONS} -m {}", CONCURRENCY / H2_CONNECTIONS),
+            ),
+        ] {
+            let pid = b.proxy_pid(route).context("a waypoint path")?;
+            let data = b.dir.join(format!("perf-{proto}.data"));
+            let mut perf = std::process::Command::new("perf")
+                .args(["record", "-F", "1999", "-g", "-o"])
+                .arg(&data)
+                .args(["-p", &pid.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()?;
+            let (pod, addr) = route.ends(&b.ips);
+            let out = b.run_in(pod, &format!("h2load -D {SECONDS} {flags} http://{addr}/"));
+            // SAFETY: kill(2) on the child's own pid; SIGINT makes perf write its file.
+            unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
+            perf.wait()?;
+            let (rps, _, _) = parse_h2load(&out?)?;
+            let name = if route == Route::Weft {
+                "weft"
+            } else {
+                "envoy"
+            };
+            let report = std::process::Command::new("perf")
+                .args([
+                    "report",
+                    "--no-children",
+                    "--percent-limit",
+                    "0.5",
+                    "--stdio",
+                    "-g",
+                    "none",
+                    "-i",
+                ])
+                .arg(&data)
+                .output()?;
+            let file = out_dir.join(format!("l7-profile-{name}-{proto}.txt"));
+            std::fs::write(&file, &report.stdout)?;
+            eprintln!(
+                "{name} {proto}: {rps:.0} req/s, profile in {}",
+                file.display()
+            );
+        }
+    }
+    Ok(())
+}

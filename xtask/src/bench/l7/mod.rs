@@ -169,6 +169,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             ("latency", figures::latency),
             ("scale", figures::scale),
         ];
+        // Not a figure: `--only profile` records where each waypoint spends its CPU.
+        if only.iter().any(|o| o == "profile") {
+            figures::profile(&b)?;
+            return Ok((r, Vec::new()));
+        }
         let mut failed = Vec::new();
         for (name, figure) in all {
             if want(name)
