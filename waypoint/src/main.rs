@@ -14,6 +14,7 @@ mod run;
 mod spans;
 mod traffic;
 mod upstream;
+mod workers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,6 +30,10 @@ use weft_core::hbone::{self, Pool};
 use weft_core::identity::{CertificateManager, SpiffeId};
 use weft_core::model::StateStore;
 use weft_core::telemetry::{ConnectionMetrics, RequestMetrics};
+
+/// Per-request allocations are the waypoint's largest cost; see docs/architecture.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Everything a connection handler needs, shared by all of them.
 pub struct Waypoint {
@@ -83,6 +88,10 @@ struct Cli {
     /// HBONE from the nodes.
     #[arg(long, env = "WEFT_LISTEN", default_value = "0.0.0.0:15008")]
     listen: SocketAddr,
+    /// Data-plane threads, each with its own runtime and HBONE socket (Envoy's
+    /// `--concurrency`). Default: one per core the process may use.
+    #[arg(long, env = "WEFT_WORKERS", value_parser = worker_count)]
+    workers: Option<usize>,
     /// `/metrics` and `/healthz/ready`.
     #[arg(long, env = "WEFT_MONITORING", default_value = "0.0.0.0:15021")]
     monitoring: SocketAddr,
@@ -110,6 +119,13 @@ struct Cli {
     log: String,
 }
 
+fn worker_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1024).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} is not a number of threads from 1 to 1024")),
+    }
+}
+
 fn percentage(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
@@ -132,9 +148,12 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour codes only on a terminal: in a file or `kubectl logs` they break every field.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The control plane's runtime; the data plane has its own threads (`workers`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -158,6 +177,7 @@ fn main() -> ExitCode {
         namespace: cli.namespace,
         service_account,
         listen: cli.listen,
+        workers: cli.workers.unwrap_or_else(workers::default_count),
         monitoring: cli.monitoring,
         admin: cli.admin,
         drain_period: cli.drain_period,

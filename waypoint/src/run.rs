@@ -1,5 +1,5 @@
-//! Wiring: the mesh source and certificates (as weftd gets them), the HBONE listener, mesh
-//! updates, and a drain on SIGTERM.
+//! Wiring: the mesh source and certificates (as weftd gets them), the data-plane workers,
+//! mesh updates, and a drain on SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,7 +21,7 @@ use weft_core::telemetry::{ConnectionMetrics, RequestMetrics};
 
 use crate::routes::RouteTable;
 use crate::traffic::TrafficTable;
-use crate::{Waypoint, http, inbound, monitoring, spans};
+use crate::{Waypoint, http, monitoring, spans, workers};
 
 /// How often kept upstream connections are checked against their idle timeout.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -35,6 +35,8 @@ pub struct Options {
     pub namespace: String,
     pub service_account: String,
     pub listen: SocketAddr,
+    /// Data-plane threads, each with its own HBONE socket (`workers`).
+    pub workers: usize,
     pub monitoring: SocketAddr,
     pub admin: SocketAddr,
     pub drain_period: Duration,
@@ -172,9 +174,6 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         });
     }
 
-    let listener = TcpListener::bind(opts.listen)
-        .await
-        .with_context(|| format!("binding the HBONE port {}", opts.listen))?;
     let monitor = TcpListener::bind(opts.monitoring)
         .await
         .with_context(|| format!("binding the monitoring port {}", opts.monitoring))?;
@@ -190,34 +189,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         monitor,
         shutdown.clone(),
     ));
-    tracing::info!(name = %opts.name, %identity, hbone = %opts.listen, "waypoint listening");
-    {
-        let wp = wp.clone();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            loop {
-                let (tcp, peer) = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    a = listener.accept() => match a {
-                        Ok(a) => a,
-                        Err(e) => {
-                            tracing::warn!("HBONE accept: {e}");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                };
-                let _ = tcp.set_nodelay(true);
-                let tracked = wp.tracker.clone();
-                tracked.spawn(inbound::handle_connection(
-                    wp.clone(),
-                    tcp,
-                    peer,
-                    stop.clone(),
-                ));
-            }
-        });
-    }
+    let workers = workers::start(wp.clone(), opts.listen, opts.workers, shutdown.clone())?;
+    tracing::info!(name = %opts.name, %identity, hbone = %opts.listen, workers = opts.workers, "waypoint listening");
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -238,5 +211,6 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         wp.force_close.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), wp.tracker.wait()).await;
     }
+    tokio::task::spawn_blocking(move || workers.stop()).await?;
     Ok(())
 }

@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{L7, RUNS, Route, SETTLE, order};
+use super::{L7, Route, SETTLE};
 use crate::bench::figures::{cpu_seconds, rss_kib};
 
 /// Seconds per throughput and latency run.
@@ -80,7 +80,7 @@ pub struct Results {
     pub scale: Vec<Scale>,
 }
 
-/// Resident memory of the two waypoints after 1000 requests each, sampled `RUNS` times.
+/// Resident memory of the two waypoints after 1000 requests each, sampled once per run.
 pub fn idle_memory(b: &mut L7, r: &mut Results) -> anyhow::Result<()> {
     eprintln!("== waypoint RSS idle (after 1000 requests each)");
     for route in [Route::Weft, Route::Envoy] {
@@ -93,7 +93,7 @@ pub fn idle_memory(b: &mut L7, r: &mut Results) -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_secs(1));
     for route in [Route::Weft, Route::Envoy] {
         let pid = b.proxy_pid(route).context("a waypoint path")?;
-        let samples: Vec<f64> = (0..RUNS)
+        let samples: Vec<f64> = (0..b.runs)
             .map(|_| {
                 std::thread::sleep(Duration::from_millis(200));
                 rss_kib(pid) / 1024.0
@@ -163,15 +163,16 @@ fn peak_rss<T>(pid: Option<u32>, f: impl FnOnce() -> T) -> (T, Option<f64>) {
 /// CPU per request and its peak memory, HTTP/1.1 and HTTP/2.
 pub fn throughput(b: &mut L7, r: &mut Results) -> anyhow::Result<()> {
     eprintln!(
-        "== max req/s at {CONCURRENCY} in flight (h2load, {RUNS} runs of {SECONDS} s per path and protocol)"
+        "== max req/s at {CONCURRENCY} in flight (h2load, {} runs of {SECONDS} s per path and protocol)",
+        b.runs
     );
     for proto in [Proto::H1, Proto::H2] {
         let flags = match proto {
             Proto::H1 => format!("--h1 -c {CONCURRENCY} -m 1"),
             Proto::H2 => format!("-c {H2_CONNECTIONS} -m {}", CONCURRENCY / H2_CONNECTIONS),
         };
-        for run in 0..RUNS {
-            for route in order(run) {
+        for run in 0..b.runs {
+            for route in b.order(run) {
                 let (pod, addr) = route.ends(&b.ips);
                 let pid = b.proxy_pid(route);
                 let cpu0 = pid.map(cpu_seconds);
@@ -228,11 +229,12 @@ fn num(v: &Value, k: &str) -> f64 {
 /// time: `loadgen http-latency`).
 pub fn latency(b: &mut L7, r: &mut Results) -> anyhow::Result<()> {
     eprintln!(
-        "== latency at {RATES:?} req/s over {LATENCY_CONNECTIONS} connections ({RUNS} runs of {SECONDS} s per path)"
+        "== latency at {RATES:?} req/s over {LATENCY_CONNECTIONS} connections ({} runs of {SECONDS} s per path)",
+        b.runs
     );
     for rate in RATES {
-        for run in 0..RUNS {
-            for route in order(run) {
+        for run in 0..b.runs {
+            for route in b.order(run) {
                 let v = latency_run(b, route, rate)?;
                 eprintln!("{rate} req/s run {run} {}: {v}", route.name());
                 r.latency.push(Latency {
@@ -272,7 +274,7 @@ fn field(line: &str, name: &str) -> f64 {
 /// The small and the large mesh alternate, each run reloading one over the other.
 pub fn scale(b: &mut L7, r: &mut Results) -> anyhow::Result<()> {
     eprintln!("== {SCALE} routes and {SCALE} policies: waypoint reload, p99 at 1000 req/s");
-    for run in 0..RUNS {
+    for run in 0..b.runs {
         let sizes = if run % 2 == 0 { [SCALE, 0] } else { [0, SCALE] };
         for extra in sizes {
             let seen = reloads(b).len();

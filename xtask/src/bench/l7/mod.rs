@@ -87,6 +87,17 @@ impl Route {
         }
     }
 
+    /// The path's name on the command line (`--routes`) and in `l7.json`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Route::Direct => "direct",
+            Route::L4 => "l4",
+            Route::Mesh => "mesh",
+            Route::Weft => "weft",
+            Route::Envoy => "envoy",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Route::Direct => "direct",
@@ -117,6 +128,10 @@ pub struct L7 {
     pub waypoint: Killed,
     pub envoy: Killed,
     pub envoy_version: String,
+    /// Runs per figure (`RUNS` unless `--runs` says otherwise while iterating).
+    pub runs: usize,
+    /// The paths measured (all unless `--routes` picks some while iterating).
+    pub routes: Vec<Route>,
     _weftd: Vec<Killed>,
     _servers: Vec<Killed>,
 }
@@ -127,6 +142,30 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .map(|v| v.split(',').map(String::from).collect())
         .unwrap_or_default();
     let want = |f: &str| only.is_empty() || only.iter().any(|o| o == f);
+    // While iterating on one figure: fewer runs, fewer paths. Such a run writes no table.
+    let runs = match value("--runs") {
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .with_context(|| format!("--runs {v:?}: a number of runs, 1 or more"))?,
+        None => RUNS,
+    };
+    let routes = match value("--routes") {
+        Some(v) => v
+            .split(',')
+            .map(|name| {
+                Route::ALL
+                    .into_iter()
+                    .find(|r| r.key() == name)
+                    .with_context(|| {
+                        format!("--routes: no path {name:?} (direct, l4, mesh, weft, envoy)")
+                    })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        None => Route::ALL.to_vec(),
+    };
+    let complete = only.is_empty() && runs == RUNS && routes.len() == Route::ALL.len();
     if !crate::tools::is_root() {
         bail!("the L7 benchmarks build network namespaces and load eBPF programs: run as root");
     }
@@ -158,6 +197,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let result = (|| {
         let mut b = L7::new(&dir, &target, &envoy_bin)?;
+        b.runs = runs;
+        b.routes = routes;
         let mut r = figures::Results {
             envoy: b.envoy_version.clone(),
             ..Default::default()
@@ -191,7 +232,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         eprintln!("kept {}", dir.display());
     }
     let (r, failed) = result?;
-    report::write(&r, started.elapsed(), only.is_empty() && failed.is_empty())?;
+    report::write(&r, started.elapsed(), complete && failed.is_empty())?;
     if !failed.is_empty() {
         bail!("some figures failed:\n{}", failed.join("\n"));
     }
@@ -245,6 +286,8 @@ impl L7 {
             waypoint: Killed(std::process::Command::new("true").spawn()?),
             envoy: Killed(std::process::Command::new("true").spawn()?),
             envoy_version: envoy::version(envoy_bin)?,
+            runs: RUNS,
+            routes: Route::ALL.to_vec(),
             _weftd: Vec::new(),
             _servers: servers,
         };
@@ -398,11 +441,14 @@ impl L7 {
     }
 }
 
-/// The order of the paths in run `run`: rotated, so none is always first or last.
-pub fn order(run: usize) -> Vec<Route> {
-    let mut v = Route::ALL.to_vec();
-    v.rotate_left(run % Route::ALL.len());
-    v
+impl L7 {
+    /// The order of the paths in run `run`: rotated, so none is always first or last.
+    pub fn order(&self, run: usize) -> Vec<Route> {
+        let mut v = self.routes.clone();
+        let n = v.len().max(1);
+        v.rotate_left(run % n);
+        v
+    }
 }
 
 pub const SETTLE: Duration = Duration::from_millis(300);
