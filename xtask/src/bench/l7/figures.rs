@@ -324,9 +324,16 @@ pub fn profile(b: &L7) -> anyhow::Result<()> {
             ),
         ] {
             let pid = b.proxy_pid(route).context("a waypoint path")?;
-            let data = b.dir.join(format!("perf-{proto}.data"));
+            let name = if route == Route::Weft {
+                "weft"
+            } else {
+                "envoy"
+            };
+            // Kept beside the report, for `perf report -g` on call chains.
+            let data = out_dir.join(format!("l7-profile-{name}-{proto}.data"));
             let mut perf = std::process::Command::new("perf")
-                .args(["record", "-F", "1999", "-g", "-o"])
+                // DWARF call chains: release builds keep no frame pointers.
+                .args(["record", "-F", "999", "--call-graph", "dwarf,16384", "-o"])
                 .arg(&data)
                 .args(["-p", &pid.to_string()])
                 .stdout(std::process::Stdio::null())
@@ -338,11 +345,6 @@ pub fn profile(b: &L7) -> anyhow::Result<()> {
             unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
             perf.wait()?;
             let (rps, _, _) = parse_h2load(&out?)?;
-            let name = if route == Route::Weft {
-                "weft"
-            } else {
-                "envoy"
-            };
             let report = std::process::Command::new("perf")
                 .args([
                     "report",
