@@ -130,10 +130,11 @@ async fn stream(
         source_principal: labels.source_principal.clone(),
         client,
         source_workload,
-        service_namespace: service.namespace.clone(),
-        service_name: service.name.clone(),
+        service_namespace: Arc::from(service.namespace.as_str()),
+        service_name: Arc::from(service.name.as_str()),
         service_hostname: service.hostname.clone(),
         vip: target.target,
+        series: Default::default(),
     });
     drop(state);
     let baggage = target.baggage.clone();

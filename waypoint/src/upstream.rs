@@ -3,6 +3,7 @@
 //! as plain TCP when it is not.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::HeaderValue;
 use tokio::net::TcpStream;
@@ -16,7 +17,8 @@ use crate::Waypoint;
 /// The endpoint chosen for one connection.
 #[derive(Debug, Clone)]
 pub struct Chosen {
-    pub workload: Workload,
+    /// Shared with the mesh state: choosing is per request and must not copy the workload.
+    pub workload: Arc<Workload>,
     /// The endpoint's address and target port.
     pub address: SocketAddr,
     /// Where its node's HBONE server is, when it is meshed.
@@ -34,7 +36,12 @@ impl Chosen {
 }
 
 /// The endpoint's address in the client's address family, at the service port's target port.
-pub fn choose(ep: &Workload, target_port: u16, original: SocketAddr, hbone_port: u16) -> Chosen {
+pub fn choose(
+    ep: &Arc<Workload>,
+    target_port: u16,
+    original: SocketAddr,
+    hbone_port: u16,
+) -> Chosen {
     // The sources never produce a workload without addresses; should one appear, the dial to
     // the original address fails rather than the process panicking.
     let ip = ep.ip_for(original).unwrap_or(original.ip());

@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -37,12 +38,14 @@ pub enum SpiffeError {
 /// A workload identity: who a certificate speaks for and what policy matches on.
 ///
 /// Fields are private so that every value in the process went through validation; code that
-/// holds a `SpiffeId` never has to re-check it.
+/// holds a `SpiffeId` never has to re-check it. They are shared (`Arc<str>`): identities are
+/// cloned per request on the waypoint's path (connection keys, targets), which must not
+/// allocate.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SpiffeId {
-    trust_domain: String,
-    namespace: String,
-    service_account: String,
+    trust_domain: Arc<str>,
+    namespace: Arc<str>,
+    service_account: Arc<str>,
 }
 
 impl SpiffeId {
@@ -57,9 +60,9 @@ impl SpiffeId {
         validate_namespace(namespace)?;
         validate_service_account(service_account)?;
         Ok(Self {
-            trust_domain: trust_domain.to_owned(),
-            namespace: namespace.to_owned(),
-            service_account: service_account.to_owned(),
+            trust_domain: Arc::from(trust_domain),
+            namespace: Arc::from(namespace),
+            service_account: Arc::from(service_account),
         })
     }
 

@@ -8,4 +8,4 @@ pub mod requests;
 
 pub use accesslog::AccessLog;
 pub use metrics::{ConnectionLabels, ConnectionMetrics, FailureReason, Reporter, SecurityPolicy};
-pub use requests::{RequestLabels, RequestMetrics};
+pub use requests::{RequestLabels, RequestMetrics, RequestSeries};

@@ -58,7 +58,29 @@ impl RequestMetrics {
     }
 
     pub fn record(&self, labels: &RequestLabels, duration_ms: f64) {
-        self.requests.get_or_create(labels).inc();
-        self.duration.get_or_create(labels).observe(duration_ms);
+        self.series(labels).record(duration_ms);
+    }
+
+    /// The series of `labels`, to be kept by a caller that records many requests with the same
+    /// labels: recording through it neither builds nor hashes the labels again.
+    pub fn series(&self, labels: &RequestLabels) -> RequestSeries {
+        RequestSeries {
+            requests: self.requests.get_or_create(labels).clone(),
+            duration: self.duration.get_or_create(labels).clone(),
+        }
+    }
+}
+
+/// One label set's counter and histogram (shared with the registry's families).
+#[derive(Clone)]
+pub struct RequestSeries {
+    requests: Counter,
+    duration: Histogram,
+}
+
+impl RequestSeries {
+    pub fn record(&self, duration_ms: f64) {
+        self.requests.inc();
+        self.duration.observe(duration_ms);
     }
 }

@@ -5,26 +5,26 @@
 use std::sync::Arc;
 
 use http::header::HOST;
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use tower::Layer;
 use weft_core::authz::{ConnectionInfo, RequestInfo};
 
 use super::body::{Body, answer, is_grpc};
 use super::exchange::{Exchange, Flag};
-use super::{HttpService, layer_fn, next, tunnel_of};
+use super::{HttpService, ResponseFuture, layer_fn, ready, tunnel_of};
 use crate::Waypoint;
 
 pub fn layer(wp: Arc<Waypoint>) -> impl Layer<HttpService, Service = HttpService> + Clone {
-    layer_fn(move |inner, req| handle(wp.clone(), inner, req))
+    layer_fn(move |next, req| handle(&wp, next, req))
 }
 
-async fn handle(wp: Arc<Waypoint>, inner: HttpService, req: Request<Body>) -> Response<Body> {
+fn handle(wp: &Waypoint, next: &HttpService, req: Request<Body>) -> ResponseFuture {
     let Some((down, snap)) = tunnel_of(&req) else {
-        return answer(
+        return ready(answer(
             false,
             StatusCode::INTERNAL_SERVER_ERROR,
             "request without its tunnel",
-        );
+        ));
     };
     let source = &down.source_principal;
     let conn = ConnectionInfo {
@@ -62,11 +62,11 @@ async fn handle(wp: Arc<Waypoint>, inner: HttpService, req: Request<Body>) -> Re
             x.with(|l| l.policy = Some(decision.reason.to_string()));
         }
         tracing::debug!(service = %down.service_hostname, %source, "request denied: {decision}");
-        return answer(
+        return ready(answer(
             is_grpc(req.headers()),
             StatusCode::FORBIDDEN,
             &format!("RBAC: access denied ({})", decision.reason),
-        );
+        ));
     }
-    next(inner, req).await
+    next.call(req)
 }

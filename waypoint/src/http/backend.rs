@@ -9,8 +9,7 @@ use std::time::Instant;
 
 use http::header::HOST;
 use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
-use tower::util::BoxCloneSyncService;
+use http::{HeaderValue, Request, StatusCode, Uri, Version};
 
 use super::body::{self, Body, answer, is_grpc};
 use super::client::{Proto, SendError, Target};
@@ -18,38 +17,42 @@ use super::context::is_upgrade;
 use super::exchange::{Exchange, Flag, Upstream};
 use super::filters::Selected;
 use super::retry::ConnectFailed;
-use super::{Downstream, HttpService, tunnel_of};
+use super::{Downstream, HttpService, ResponseFuture, ready, tunnel_of};
 use crate::Waypoint;
 use crate::traffic::balance::Outcome;
 use crate::upstream;
 
 pub fn service(wp: Arc<Waypoint>) -> HttpService {
-    BoxCloneSyncService::new(tower::service_fn(move |req| {
-        let wp = wp.clone();
-        async move { Ok(handle(wp, req).await) }
-    }))
+    HttpService::new(move |req| handle(&wp, req))
 }
 
 /// `appProtocol` values that mean HTTP/2 towards the endpoint.
 fn protocol(app_protocol: Option<&str>, client: Version) -> Proto {
-    match app_protocol.map(str::to_ascii_lowercase).as_deref() {
-        Some("http2" | "grpc" | "kubernetes.io/h2c") => Proto::Http2,
-        Some("http") => Proto::Http1,
-        _ if client == Version::HTTP_2 => Proto::Http2,
-        _ => Proto::Http1,
+    let is = |names: &[&str]| {
+        app_protocol.is_some_and(|p| names.iter().any(|n| p.eq_ignore_ascii_case(n)))
+    };
+    if is(&["http2", "grpc", "kubernetes.io/h2c"]) {
+        Proto::Http2
+    } else if is(&["http"]) {
+        Proto::Http1
+    } else if client == Version::HTTP_2 {
+        Proto::Http2
+    } else {
+        Proto::Http1
     }
 }
 
-async fn handle(wp: Arc<Waypoint>, mut req: Request<Body>) -> Response<Body> {
+fn handle(wp: &Arc<Waypoint>, mut req: Request<Body>) -> ResponseFuture {
     let grpc = is_grpc(req.headers());
-    let (Some((down, snap)), Some(sel)) =
-        (tunnel_of(&req), req.extensions().get::<Selected>().cloned())
-    else {
-        return answer(
+    let (Some((down, snap)), Some(sel)) = (
+        tunnel_of(&req).map(|(d, s)| (d.clone(), s)),
+        req.extensions().get::<Selected>().cloned(),
+    ) else {
+        return ready(answer(
             grpc,
             StatusCode::INTERNAL_SERVER_ERROR,
             "request without its route",
-        );
+        ));
     };
     let exchange = req.extensions().get::<Exchange>().cloned();
     // The waypoint's own 503s, each with the flag that says why.
@@ -59,7 +62,7 @@ async fn handle(wp: Arc<Waypoint>, mut req: Request<Body>) -> Response<Body> {
         }
         answer(grpc, StatusCode::SERVICE_UNAVAILABLE, &why)
     };
-    let unavailable = |why: String| failed(Flag::NoHealthyUpstream, why);
+    let unavailable = |why: String| ready(failed(Flag::NoHealthyUpstream, why));
     let target = &sel.target;
     let state = &snap.state;
     let Some(service) = state.service(&target.namespace, &target.name) else {
@@ -94,25 +97,24 @@ async fn handle(wp: Arc<Waypoint>, mut req: Request<Body>) -> Response<Body> {
         return unavailable(format!("backend {target}: no healthy endpoint"));
     };
     let chosen = upstream::choose(ep, port.target(), down.vip, state.hbone_port);
+    let proto = protocol(port.app_protocol.as_deref(), req.version());
     if let Some(x) = &exchange {
         x.with(|l| {
             l.upstream = Some(Upstream {
-                workload: chosen.workload.name.clone(),
-                namespace: chosen.workload.namespace.clone(),
-                principal: chosen.identity_label(),
-                address: chosen.address.to_string(),
-                backend: target.to_string(),
+                workload: chosen.workload.clone(),
+                address: chosen.address,
+                meshed: chosen.hbone.is_some(),
+                backend: target.clone(),
             })
         });
     }
-    let proto = protocol(port.app_protocol.as_deref(), req.version());
     let upgrade = proto == Proto::Http1 && is_upgrade(req.headers());
     if let Err(e) = for_upstream(&mut req, proto, &down) {
-        return answer(
+        return ready(answer(
             grpc,
             StatusCode::BAD_REQUEST,
             &format!("request target: {e}"),
-        );
+        ));
     }
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let target = Arc::new(Target {
@@ -120,69 +122,78 @@ async fn handle(wp: Arc<Waypoint>, mut req: Request<Body>) -> Response<Body> {
         client: down.client,
         identity: down.source.clone(),
     });
-    let pool = traffic.as_ref().map(|t| (&t.pool, &t.circuit));
     let in_flight = stats.as_ref().map(|(s, _)| s.start());
-    let started = Instant::now();
-    let sent = wp
-        .clients
-        .send(&wp, target, proto, req, upgrade, pool)
-        .await;
-    drop(in_flight);
-    if let (Some(t), Some((s, endpoints))) = (&traffic, &stats) {
-        let outcome = match &sent {
-            Ok(r) => Some(Outcome::Status(r.response.status().as_u16())),
-            Err(SendError::Connect(_)) => Some(Outcome::ConnectFailure),
-            Err(SendError::Http(_)) => Some(Outcome::Reset),
-            // The waypoint's own limit; says nothing of the endpoint.
-            Err(SendError::Overflow(_)) => None,
-        };
-        if let Some(o) = outcome {
-            t.endpoints
-                .record(s, started.elapsed(), o, t.outlier.as_ref(), *endpoints);
-        }
-    }
-    let (resp, slot) = match sent {
-        Ok(r) => (r.response, r.slot),
-        Err(SendError::Overflow(over)) => {
-            return failed(Flag::UpstreamOverflow, format!("upstream overflow: {over}"));
-        }
-        Err(SendError::Connect(e)) => {
-            let mut r = failed(
-                Flag::UpstreamConnectFailure,
-                format!("upstream connect error: {e}"),
-            );
-            r.extensions_mut().insert(ConnectFailed);
-            return r;
-        }
-        Err(e) => return failed(Flag::UpstreamReset, format!("upstream reset: {e}")),
-    };
-    let mut resp = resp;
-    let mut slot = slot;
-    if let Some(down_up) = downstream_upgrade
-        && resp.status() == StatusCode::SWITCHING_PROTOCOLS
-    {
-        let up = hyper::upgrade::on(&mut resp);
-        // The upgraded connection stays busy as long as the tunnel: it keeps the slot.
-        let busy = slot.take();
-        tokio::spawn(async move {
-            let _busy = busy;
-            match tokio::try_join!(down_up, up) {
-                Ok((d, u)) => {
-                    let mut d = hyper_util::rt::TokioIo::new(d);
-                    let mut u = hyper_util::rt::TokioIo::new(u);
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut d, &mut u).await {
-                        tracing::debug!("upgraded connection ended: {e}");
-                    }
-                }
-                Err(e) => tracing::debug!("upgrade failed: {e}"),
+    let wp = wp.clone();
+    Box::pin(async move {
+        let failed = |flag: Flag, why: String| {
+            if let Some(x) = &exchange {
+                x.flag(flag);
             }
-        });
-    }
-    let resp = resp.map(body::incoming);
-    match slot {
-        Some(held) => resp.map(|b| body::guarded(b, held)),
-        None => resp,
-    }
+            answer(grpc, StatusCode::SERVICE_UNAVAILABLE, &why)
+        };
+        let pool = traffic.as_ref().map(|t| (&t.pool, &t.circuit));
+        let started = Instant::now();
+        let sent = wp
+            .clients
+            .send(&wp, target, proto, req, upgrade, pool)
+            .await;
+        drop(in_flight);
+        if let (Some(t), Some((s, endpoints))) = (&traffic, &stats) {
+            let outcome = match &sent {
+                Ok(r) => Some(Outcome::Status(r.response.status().as_u16())),
+                Err(SendError::Connect(_)) => Some(Outcome::ConnectFailure),
+                Err(SendError::Http(_)) => Some(Outcome::Reset),
+                // The waypoint's own limit; says nothing of the endpoint.
+                Err(SendError::Overflow(_)) => None,
+            };
+            if let Some(o) = outcome {
+                t.endpoints
+                    .record(s, started.elapsed(), o, t.outlier.as_ref(), *endpoints);
+            }
+        }
+        let (resp, slot) = match sent {
+            Ok(r) => (r.response, r.slot),
+            Err(SendError::Overflow(over)) => {
+                return failed(Flag::UpstreamOverflow, format!("upstream overflow: {over}"));
+            }
+            Err(SendError::Connect(e)) => {
+                let mut r = failed(
+                    Flag::UpstreamConnectFailure,
+                    format!("upstream connect error: {e}"),
+                );
+                r.extensions_mut().insert(ConnectFailed);
+                return r;
+            }
+            Err(e) => return failed(Flag::UpstreamReset, format!("upstream reset: {e}")),
+        };
+        let mut resp = resp;
+        let mut slot = slot;
+        if let Some(down_up) = downstream_upgrade
+            && resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        {
+            let up = hyper::upgrade::on(&mut resp);
+            // The upgraded connection stays busy as long as the tunnel: it keeps the slot.
+            let busy = slot.take();
+            tokio::spawn(async move {
+                let _busy = busy;
+                match tokio::try_join!(down_up, up) {
+                    Ok((d, u)) => {
+                        let mut d = hyper_util::rt::TokioIo::new(d);
+                        let mut u = hyper_util::rt::TokioIo::new(u);
+                        if let Err(e) = tokio::io::copy_bidirectional(&mut d, &mut u).await {
+                            tracing::debug!("upgraded connection ended: {e}");
+                        }
+                    }
+                    Err(e) => tracing::debug!("upgrade failed: {e}"),
+                }
+            });
+        }
+        let resp = resp.map(body::incoming);
+        match slot {
+            Some(held) => resp.map(|b| body::guarded(b, held)),
+            None => resp,
+        }
+    })
 }
 
 /// The request as the endpoint must see it: origin-form with a `Host` for HTTP/1.1,

@@ -7,28 +7,28 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, Request, StatusCode, Uri};
 use tower::Layer;
 use weft_core::authz::normalize_path;
 
 use super::body::{Body, answer, is_grpc};
 use super::exchange::{Exchange, Flag};
-use super::{Downstream, HttpService, layer_fn, next};
+use super::{Downstream, HttpService, ResponseFuture, layer_fn, ready};
 use crate::Waypoint;
 
 pub fn layer(wp: Arc<Waypoint>) -> impl Layer<HttpService, Service = HttpService> + Clone {
-    layer_fn(move |inner, req| handle(wp.clone(), inner, req))
+    layer_fn(move |next, req| handle(&wp, next, req))
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-async fn handle(wp: Arc<Waypoint>, inner: HttpService, mut req: Request<Body>) -> Response<Body> {
+fn handle(wp: &Waypoint, next: &HttpService, mut req: Request<Body>) -> ResponseFuture {
     let grpc = is_grpc(req.headers());
-    let refuse = |req: &Request<Body>, status, msg: &str| {
+    let refuse = |req: &Request<Body>, status, msg: &str| -> ResponseFuture {
         super::exchange::flag(req, Flag::DownstreamProtocolError);
-        answer(grpc, status, msg)
+        ready(answer(grpc, status, msg))
     };
     if req.method() == Method::CONNECT {
         return refuse(
@@ -63,8 +63,12 @@ async fn handle(wp: Arc<Waypoint>, inner: HttpService, mut req: Request<Body>) -
     strip_hop_by_hop(req.headers_mut(), upgrade);
     // The waypoint answers `100-continue` itself (hyper does, when the body is first read).
     req.headers_mut().remove(header::EXPECT);
-    if let Some(down) = req.extensions().get::<Arc<Downstream>>().cloned() {
-        forwarded_for(req.headers_mut(), down.client.ip());
+    if let Some(ip) = req
+        .extensions()
+        .get::<Arc<Downstream>>()
+        .map(|d| d.client.ip())
+    {
+        forwarded_for(req.headers_mut(), ip);
     }
     let id = request_id(req.headers_mut());
     let span = wp.spans.continue_trace(req.headers_mut());
@@ -74,10 +78,13 @@ async fn handle(wp: Arc<Waypoint>, inner: HttpService, mut req: Request<Body>) -
             l.span = Some(span);
         });
     }
-    let mut resp = next(inner, req).await;
-    let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    strip_hop_by_hop(resp.headers_mut(), switched);
-    resp
+    let response = next.call(req);
+    Box::pin(async move {
+        let mut resp = response.await;
+        let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        strip_hop_by_hop(resp.headers_mut(), switched);
+        resp
+    })
 }
 
 /// The URI with its path normalised; `None` when it already was.
@@ -117,10 +124,26 @@ pub fn is_upgrade(h: &HeaderMap) -> bool {
         })
 }
 
+/// Hop-by-hop headers besides `connection`, `upgrade` and `te`, which need a closer look.
+/// Names, not strings: a string would be parsed and validated again on every request.
+static HOP_BY_HOP: [HeaderName; 7] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRANSFER_ENCODING,
+    // HBONE metadata belongs to the tunnel, never to a request inside it.
+    HeaderName::from_static(weft_core::hbone::headers::ORIGINAL_PRINCIPAL),
+    HeaderName::from_static("http2-settings"),
+];
+
 /// Headers that describe one connection and must not be forwarded (RFC 9110 7.6.1), and those
 /// the `connection` header names. An upgrade keeps `connection: upgrade` and `upgrade`: the
 /// backend must see the request for what it is. `te: trailers` stays (gRPC needs it).
 fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    if h.is_empty() {
+        return;
+    }
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -132,16 +155,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
     for n in named {
         h.remove(n);
     }
-    for n in [
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "transfer-encoding",
-        // HBONE metadata belongs to the tunnel, never to a request inside it.
-        weft_core::hbone::headers::ORIGINAL_PRINCIPAL,
-        "http2-settings",
-    ] {
+    for n in &HOP_BY_HOP {
         h.remove(n);
     }
     if !upgrade {

@@ -2,7 +2,13 @@
 //! it and read by the telemetry layer when the response ends: the access log and the
 //! metric labels come from here.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+
+use weft_core::identity::SpiffeId;
+use weft_core::model::Workload;
+
+use crate::routes::BackendTarget;
 
 /// Envoy's response flags, the short codes Istio's dashboards and access logs use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,20 +61,28 @@ impl Flag {
     }
 }
 
-/// The upstream endpoint that answered.
-#[derive(Debug, Clone, Default)]
+/// The upstream endpoint that answered. Shared with the mesh state, not copied: it is
+/// recorded for every request and read only by the metrics, the log and the span.
+#[derive(Debug, Clone)]
 pub struct Upstream {
-    pub workload: String,
-    pub namespace: String,
-    pub principal: String,
-    pub address: String,
-    pub backend: String,
+    pub workload: Arc<Workload>,
+    pub address: SocketAddr,
+    /// Reached over HBONE, its identity checked: the destination principal is known.
+    pub meshed: bool,
+    pub backend: BackendTarget,
+}
+
+impl Upstream {
+    /// The destination principal label: the endpoint's identity when it proved it.
+    pub fn principal(&self) -> Option<&SpiffeId> {
+        self.meshed.then_some(&self.workload.identity)
+    }
 }
 
 #[derive(Debug, Default)]
 pub struct Log {
     pub request_id: String,
-    pub route: Option<String>,
+    pub route: Option<Arc<str>>,
     pub upstream: Option<Upstream>,
     pub flags: Vec<Flag>,
     pub attempts: u32,

@@ -16,7 +16,7 @@ use weft_core::model::route::{PathModifier, PathModifierType, RequestRedirect, U
 use super::body::{self, Body, answer, is_grpc};
 use super::exchange::Flag;
 use super::route::Routed;
-use super::{Downstream, HttpService, Snapshot, layer_fn, next, tunnel_of};
+use super::{Downstream, HttpService, ResponseFuture, Snapshot, layer_fn, ready, tunnel_of};
 use crate::routes::{BackendTarget, Rule};
 
 /// The backend chosen (a request extension for the layers below).
@@ -36,23 +36,19 @@ const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
 static MIRRORS_IN_FLIGHT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(256);
 
 pub fn layer(backend: HttpService) -> impl Layer<HttpService, Service = HttpService> + Clone {
-    layer_fn(move |inner, req| handle(backend.clone(), inner, req))
+    layer_fn(move |next, req| handle(&backend, next, req))
 }
 
-async fn handle(
-    backend: HttpService,
-    inner: HttpService,
-    mut req: Request<Body>,
-) -> Response<Body> {
+fn handle(backend: &HttpService, next: &HttpService, mut req: Request<Body>) -> ResponseFuture {
     let grpc = is_grpc(req.headers());
-    let (Some((down, snap)), Some(routed)) =
+    let (Some((down, _)), Some(routed)) =
         (tunnel_of(&req), req.extensions().get::<Routed>().cloned())
     else {
-        return answer(
+        return ready(answer(
             grpc,
             StatusCode::INTERNAL_SERVER_ERROR,
             "request without its route",
-        );
+        ));
     };
     let port = down.vip.port();
     let Some(rule) = routed.rule else {
@@ -62,7 +58,7 @@ async fn handle(
             port,
         };
         req.extensions_mut().insert(Selected { rule: None, target });
-        return next(inner, req).await;
+        return next.call(req);
     };
     let prefix = routed.prefix;
     for ops in &rule.request_headers {
@@ -71,46 +67,69 @@ async fn handle(
     if let Some(r) = &rule.rewrite
         && let Err(e) = rewrite(&mut req, r, prefix.as_deref())
     {
-        return answer(
+        return ready(answer(
             grpc,
             StatusCode::INTERNAL_SERVER_ERROR,
             &format!("URL rewrite: {e}"),
-        );
+        ));
     }
     if let Some(r) = &rule.redirect {
-        return redirect(&req, r, prefix.as_deref(), port);
+        return ready(redirect(&req, r, prefix.as_deref(), port));
     }
-    if !rule.mirrors.is_empty() {
-        let Some(mirrored) = mirror(&backend, req, &rule, &down, &snap).await else {
-            return answer(
+    if rule.mirrors.is_empty() {
+        return to_backend(next, req, rule, grpc);
+    }
+    let (backend, next) = (backend.clone(), next.clone());
+    Box::pin(async move {
+        match mirror(&backend, req, &rule).await {
+            Some(req) => to_backend(&next, req, rule, grpc).await,
+            None => answer(
                 grpc,
                 StatusCode::BAD_REQUEST,
                 "the request body ended early",
-            );
-        };
-        req = mirrored;
-    }
-    let Some(chosen) = rule.pick_backend() else {
+            ),
+        }
+    })
+}
+
+/// One of the rule's backends by weight, with its own header filters.
+fn to_backend(
+    next: &HttpService,
+    mut req: Request<Body>,
+    rule: Arc<Rule>,
+    grpc: bool,
+) -> ResponseFuture {
+    let Some(i) = rule.pick_backend() else {
         super::exchange::flag(&req, Flag::NoHealthyUpstream);
         // The spec's answer for a rule whose backends are all missing or weighted zero.
-        return answer(
+        return ready(answer(
             grpc,
             StatusCode::INTERNAL_SERVER_ERROR,
             "the route has no backend to send to",
-        );
+        ));
     };
+    let chosen = &rule.backends[i];
     for ops in &chosen.request_headers {
         ops.apply(req.headers_mut());
     }
+    let rewrites_response =
+        !rule.response_headers.is_empty() || !chosen.response_headers.is_empty();
     req.extensions_mut().insert(Selected {
         rule: Some(rule.clone()),
         target: chosen.target.clone(),
     });
-    let mut resp = next(inner, req).await;
-    for ops in rule.response_headers.iter().chain(&chosen.response_headers) {
-        ops.apply(resp.headers_mut());
+    let response = next.call(req);
+    if !rewrites_response {
+        return response;
     }
-    resp
+    Box::pin(async move {
+        let mut resp = response.await;
+        let chosen = &rule.backends[i];
+        for ops in rule.response_headers.iter().chain(&chosen.response_headers) {
+            ops.apply(resp.headers_mut());
+        }
+        resp
+    })
 }
 
 /// `/foo/bar` with prefix `/foo` replaced by `/xyz` is `/xyz/bar`; by `/` it is `/bar`.
@@ -211,13 +230,7 @@ fn redirect(
 
 /// Sends a copy of the request to each mirror backend without waiting for it; the copy's
 /// answer is dropped. A body is copied only when it is small and its size is declared.
-async fn mirror(
-    backend: &HttpService,
-    req: Request<Body>,
-    rule: &Rule,
-    down: &Arc<Downstream>,
-    snap: &Snapshot,
-) -> Option<Request<Body>> {
+async fn mirror(backend: &HttpService, req: Request<Body>, rule: &Rule) -> Option<Request<Body>> {
     let wanted: Vec<_> = rule
         .mirrors
         .iter()
@@ -253,8 +266,12 @@ async fn mirror(
         *copy.uri_mut() = parts.uri.clone();
         *copy.version_mut() = parts.version;
         *copy.headers_mut() = parts.headers.clone();
-        copy.extensions_mut().insert(down.clone());
-        copy.extensions_mut().insert(snap.clone());
+        if let Some(down) = parts.extensions.get::<Arc<Downstream>>() {
+            copy.extensions_mut().insert(down.clone());
+        }
+        if let Some(snap) = parts.extensions.get::<Snapshot>() {
+            copy.extensions_mut().insert(snap.clone());
+        }
         copy.extensions_mut().insert(Selected {
             rule: None,
             target: m.target.clone(),
@@ -270,7 +287,7 @@ async fn mirror(
             // The whole exchange, body included, within the limit; the body is read and
             // dropped frame by frame, never kept.
             let exchange = async {
-                let resp = next(backend, copy).await;
+                let resp = backend.call(copy).await;
                 let status = resp.status();
                 let mut body = resp.into_body();
                 while let Some(Ok(_)) = body.frame().await {}

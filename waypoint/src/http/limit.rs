@@ -3,30 +3,29 @@
 //! shared bucket or the client identity's own. Refused: 429 with `retry-after`; answers carry
 //! `x-ratelimit-limit`, `-remaining` and `-reset` (seconds) of the tightest limit.
 
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Request, StatusCode};
 use tower::Layer;
 
 use super::body::{Body, answer, is_grpc};
 use super::exchange::{Flag, flag};
 use super::route::Routed;
-use super::{HttpService, layer_fn, next, tunnel_of};
+use super::{HttpService, ResponseFuture, layer_fn, ready, tunnel_of};
 use crate::traffic::limit::Verdict;
 
 pub fn layer() -> impl Layer<HttpService, Service = HttpService> + Clone {
     layer_fn(handle)
 }
 
-async fn handle(inner: HttpService, req: Request<Body>) -> Response<Body> {
+fn handle(next: &HttpService, req: Request<Body>) -> ResponseFuture {
     let Some((down, snap)) = tunnel_of(&req) else {
-        return next(inner, req).await;
+        return next.call(req);
     };
     let Some(traffic) = snap
         .traffic
         .service(&down.service_namespace, &down.service_name)
         .filter(|t| !t.limits.is_empty())
-        .cloned()
     else {
-        return next(inner, req).await;
+        return next.call(req);
     };
     let route = req.extensions().get::<Routed>().and_then(|r| r.route());
     let source = down.source_principal.as_str();
@@ -50,18 +49,21 @@ async fn handle(inner: HttpService, req: Request<Body>) -> Response<Body> {
             let h = resp.headers_mut();
             h.insert("retry-after", HeaderValue::from(seconds(&v)));
             headers(h, &v);
-            return resp;
+            return ready(resp);
         }
         taken.push(limit);
         if tightest.is_none_or(|t| v.remaining < t.remaining) {
             tightest = Some(v);
         }
     }
-    let mut resp = next(inner, req).await;
-    if let Some(v) = tightest {
-        headers(resp.headers_mut(), &v);
-    }
-    resp
+    let response = next.call(req);
+    Box::pin(async move {
+        let mut resp = response.await;
+        if let Some(v) = tightest {
+            headers(resp.headers_mut(), &v);
+        }
+        resp
+    })
 }
 
 /// Whole seconds until the next fill, at least one (what `retry-after` can say).

@@ -37,6 +37,7 @@ mod timeout;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,7 +45,6 @@ use http::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio_util::sync::CancellationToken;
-use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceBuilder};
 use weft_core::hbone::StreamIo;
 use weft_core::identity::SpiffeId;
@@ -57,8 +57,45 @@ use body::Body;
 
 pub use client::Clients;
 
-/// Every layer's service: requests in, responses out; failures are responses.
-pub type HttpService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+/// A response on its way. Requests never fail: failures are responses.
+pub type ResponseFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+
+/// Every layer's service. Cloning it is one reference count, and a layer with nothing to do
+/// for a request hands back the next layer's future as its own ([`layer_fn`]): a request pays
+/// for the layers that act on it, not for every layer in the stack.
+#[derive(Clone)]
+pub struct HttpService(Arc<dyn Fn(Request<Body>) -> ResponseFuture + Send + Sync>);
+
+impl HttpService {
+    pub fn new(f: impl Fn(Request<Body>) -> ResponseFuture + Send + Sync + 'static) -> Self {
+        HttpService(Arc::new(f))
+    }
+
+    pub fn call(&self, req: Request<Body>) -> ResponseFuture {
+        (self.0)(req)
+    }
+}
+
+impl tower::Service<Request<Body>> for HttpService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = futures_util::future::Map<
+        ResponseFuture,
+        fn(Response<Body>) -> Result<Response<Body>, Infallible>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        use futures_util::FutureExt;
+        HttpService::call(self, req).map(Ok)
+    }
+}
 
 /// The CONNECT stream a request arrived in (a request extension).
 #[derive(Debug)]
@@ -71,11 +108,14 @@ pub struct Downstream {
     pub client: SocketAddr,
     /// The client workload (`name`, `namespace`), when the address is one.
     pub source_workload: Option<(String, String)>,
-    pub service_namespace: String,
-    pub service_name: String,
+    /// Shared: every request without a route names the Service as its backend.
+    pub service_namespace: Arc<str>,
+    pub service_name: Arc<str>,
     pub service_hostname: String,
     /// The service VIP and port the client connected to.
     pub vip: SocketAddr,
+    /// The request-metric series the stream's requests were recorded to.
+    pub series: telemetry::SeriesCache,
 }
 
 /// The mesh version and routes one request is handled with, taken once when it arrives so
@@ -89,41 +129,29 @@ pub struct Snapshot {
 
 /// The tunnel and mesh version a request belongs to, which `serve` attaches to every request
 /// (a request made elsewhere has none, and is answered 500 by the layer that needs them).
-fn tunnel_of(req: &Request<Body>) -> Option<(Arc<Downstream>, Snapshot)> {
+fn tunnel_of(req: &Request<Body>) -> Option<(&Arc<Downstream>, &Snapshot)> {
     Some((
-        req.extensions().get::<Arc<Downstream>>()?.clone(),
-        req.extensions().get::<Snapshot>()?.clone(),
+        req.extensions().get::<Arc<Downstream>>()?,
+        req.extensions().get::<Snapshot>()?,
     ))
 }
 
-/// A layer from an async function of (next service, request).
-fn layer_fn<F, Fut>(f: F) -> impl Layer<HttpService, Service = HttpService> + Clone
-where
-    F: Fn(HttpService, Request<Body>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<Body>> + Send + 'static,
-{
-    tower::layer::layer_fn(move |inner: HttpService| {
-        let f = f.clone();
-        BoxCloneSyncService::new(tower::service_fn(move |req| {
-            let fut = f(inner.clone(), req);
-            async move { Ok::<_, Infallible>(fut.await) }
-        }))
-    })
+/// A response the layer has at hand (its own answer), as the future layers return.
+fn ready(response: Response<Body>) -> ResponseFuture {
+    Box::pin(std::future::ready(response))
 }
 
-/// Calls the next service; it cannot fail (failures are responses). `call` on the boxed
-/// service, not `oneshot`: the boxed future is one concrete type, which keeps the futures of
-/// the layers above `Send` without higher-ranked lifetime trouble.
-async fn next(mut inner: HttpService, req: Request<Body>) -> Response<Body> {
-    use tower::Service;
-    let fut = match std::future::poll_fn(|cx| inner.poll_ready(cx)).await {
-        Ok(()) => inner.call(req),
-        Err(never) => match never {},
-    };
-    match fut.await {
-        Ok(r) => r,
-        Err(never) => match never {},
-    }
+/// A layer from a function of (next service, request) to the response's future. A layer
+/// that acts on the request boxes its own future (`Box::pin(async move { .. })`); one that
+/// has nothing to do returns `next.call(req)` and costs no allocation.
+fn layer_fn<F>(f: F) -> impl Layer<HttpService, Service = HttpService> + Clone
+where
+    F: Fn(&HttpService, Request<Body>) -> ResponseFuture + Clone + Send + Sync + 'static,
+{
+    tower::layer::layer_fn(move |next: HttpService| {
+        let f = f.clone();
+        HttpService::new(move |req| f(&next, req))
+    })
 }
 
 /// The layers, built once per waypoint; requests clone the result.
@@ -175,8 +203,8 @@ pub async fn serve(
                 routes: wp.routes.borrow().clone(),
                 traffic: wp.traffic.borrow().clone(),
             });
-            let stack = stack.clone();
-            async move { Ok::<_, Infallible>(next(stack, req).await) }
+            let response = stack.call(req);
+            async move { Ok::<_, Infallible>(response.await) }
         })
     };
     let mut b = auto::Builder::new(TokioExecutor::new());

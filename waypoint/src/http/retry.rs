@@ -15,7 +15,7 @@ use tower::retry::budget::Budget;
 use super::body::{self, Body};
 use super::exchange::{Exchange, Flag};
 use super::filters::Selected;
-use super::{HttpService, layer_fn, next};
+use super::{HttpService, layer_fn};
 
 /// The most of a request body held for retries.
 pub const RETRY_BUFFER: u64 = 64 * 1024;
@@ -26,7 +26,18 @@ pub const RETRY_BUFFER: u64 = 64 * 1024;
 pub struct ConnectFailed;
 
 pub fn layer() -> impl Layer<HttpService, Service = HttpService> + Clone {
-    layer_fn(handle)
+    layer_fn(|next, req| {
+        let retried = req
+            .extensions()
+            .get::<Selected>()
+            .and_then(|s| s.rule.as_deref())
+            .and_then(|r| r.retry.as_ref())
+            .is_some_and(|p| p.attempts > 0);
+        if !retried {
+            return next.call(req);
+        }
+        Box::pin(handle(next.clone(), req))
+    })
 }
 
 async fn handle(inner: HttpService, req: Request<Body>) -> Response<Body> {
@@ -39,13 +50,13 @@ async fn handle(inner: HttpService, req: Request<Body>) -> Response<Body> {
         .and_then(|r| r.retry.as_ref())
         .filter(|p| p.attempts > 0)
     else {
-        return next(inner, req).await;
+        return inner.call(req).await;
     };
     policy.budget.deposit();
     let (parts, b) = req.into_parts();
     let replayable = b.is_end_stream() || b.size_hint().exact().is_some_and(|n| n <= RETRY_BUFFER);
     if !replayable {
-        return next(inner, Request::from_parts(parts, b)).await;
+        return inner.call(Request::from_parts(parts, b)).await;
     }
     let bytes: Bytes = match b.collect().await {
         Ok(c) => c.to_bytes(),
@@ -67,7 +78,7 @@ async fn handle(inner: HttpService, req: Request<Body>) -> Response<Body> {
         *req.version_mut() = parts.version;
         *req.headers_mut() = parts.headers.clone();
         *req.extensions_mut() = parts.extensions.clone();
-        let resp = next(inner.clone(), req).await;
+        let resp = inner.call(req).await;
         attempt += 1;
         if let Some(x) = &exchange {
             x.with(|l| l.attempts = attempt);

@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use tower::Layer;
 
 use super::body::{Body, answer, is_grpc};
 use super::exchange::{Exchange, Flag};
-use super::{HttpService, layer_fn, next, tunnel_of};
+use super::{HttpService, ResponseFuture, layer_fn, ready, tunnel_of};
 use crate::routes::{RequestView, Rule};
 
 /// What routing chose (a request extension for the layers below).
@@ -32,14 +32,14 @@ pub fn layer() -> impl Layer<HttpService, Service = HttpService> + Clone {
     layer_fn(handle)
 }
 
-async fn handle(inner: HttpService, mut req: Request<Body>) -> Response<Body> {
+fn handle(next: &HttpService, mut req: Request<Body>) -> ResponseFuture {
     let grpc = is_grpc(req.headers());
     let Some((down, snap)) = tunnel_of(&req) else {
-        return answer(
+        return ready(answer(
             grpc,
             StatusCode::INTERNAL_SERVER_ERROR,
             "request without its tunnel",
-        );
+        ));
     };
     let port = down.vip.port();
     let routes = snap
@@ -51,7 +51,7 @@ async fn handle(inner: HttpService, mut req: Request<Body>) -> Response<Body> {
             rule: None,
             prefix: None,
         });
-        return next(inner, req).await;
+        return next.call(req);
     };
     let view = RequestView {
         method: req.method(),
@@ -61,15 +61,19 @@ async fn handle(inner: HttpService, mut req: Request<Body>) -> Response<Body> {
     };
     let Some(sel) = routes.select(port, &view) else {
         super::exchange::flag(&req, Flag::NoRoute);
-        return answer(grpc, StatusCode::NOT_FOUND, "no route matched the request");
+        return ready(answer(
+            grpc,
+            StatusCode::NOT_FOUND,
+            "no route matched the request",
+        ));
     };
     let routed = Routed {
         rule: Some(sel.rule.clone()),
         prefix: sel.prefix.map(str::to_owned),
     };
     if let Some(x) = req.extensions().get::<Exchange>() {
-        x.with(|l| l.route = Some(format!("{}.rules[{}]", sel.rule.route, sel.rule.index)));
+        x.with(|l| l.route = Some(sel.rule.log_name.clone()));
     }
     req.extensions_mut().insert(routed);
-    next(inner, req).await
+    next.call(req)
 }

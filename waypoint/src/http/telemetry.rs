@@ -3,23 +3,26 @@
 //! gRPC status that only arrives in trailers is seen.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, Version};
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use tower::Layer;
-use weft_core::telemetry::{ConnectionLabels, Reporter, RequestLabels, SecurityPolicy};
+use weft_core::model::Workload;
+use weft_core::telemetry::{
+    ConnectionLabels, Reporter, RequestLabels, RequestSeries, SecurityPolicy,
+};
 
 use super::body::{Body, BoxError, is_grpc};
-use super::exchange::{Exchange, Flag};
-use super::{Downstream, HttpService, layer_fn, next};
+use super::exchange::{Exchange, Flag, Log, Upstream};
+use super::{Downstream, HttpService, ResponseFuture, layer_fn};
 use crate::Waypoint;
 
 pub fn layer(wp: Arc<Waypoint>) -> impl Layer<HttpService, Service = HttpService> + Clone {
-    layer_fn(move |inner, req| handle(wp.clone(), inner, req))
+    layer_fn(move |next, req| handle(wp.clone(), next, req))
 }
 
 /// What the log line and the labels need from the request.
@@ -30,15 +33,16 @@ struct Started {
     start: Instant,
     /// `start` on the wall clock, for the span.
     wall: std::time::SystemTime,
-    method: String,
-    path: String,
+    method: Method,
+    /// The request's URI as it arrived (a clone shares its bytes).
+    uri: Uri,
     protocol: &'static str,
     status: u16,
-    grpc_status: Option<String>,
+    grpc_status: Option<&'static str>,
     bytes: u64,
 }
 
-async fn handle(wp: Arc<Waypoint>, inner: HttpService, mut req: Request<Body>) -> Response<Body> {
+fn handle(wp: Arc<Waypoint>, next: &HttpService, mut req: Request<Body>) -> ResponseFuture {
     let exchange = Exchange::default();
     req.extensions_mut().insert(exchange.clone());
     let protocol = if is_grpc(req.headers()) {
@@ -54,37 +58,42 @@ async fn handle(wp: Arc<Waypoint>, inner: HttpService, mut req: Request<Body>) -
         down: req.extensions().get::<Arc<Downstream>>().cloned(),
         start: Instant::now(),
         wall: std::time::SystemTime::now(),
-        method: req.method().to_string(),
-        path: req.uri().path().to_owned(),
+        method: req.method().clone(),
+        uri: req.uri().clone(),
         protocol,
         status: 0,
         grpc_status: None,
         bytes: 0,
     };
-    let resp = next(inner, req).await;
-    let (mut parts, body) = resp.into_parts();
-    let mut started = started;
-    started.status = parts.status.as_u16();
-    started.grpc_status = grpc_status(&parts.headers);
-    // Trailers-only gRPC answers (our own errors among them) end with the headers.
-    let body = Recorded {
-        inner: body,
-        done: Some(started),
-    };
-    parts.extensions.clear();
-    Response::from_parts(parts, http_body_util::BodyExt::boxed(body))
+    let response = next.call(req);
+    Box::pin(async move {
+        let (mut parts, body) = response.await.into_parts();
+        let mut started = started;
+        started.status = parts.status.as_u16();
+        started.grpc_status = grpc_status(&parts.headers);
+        // Trailers-only gRPC answers (our own errors among them) end with the headers.
+        let body = Recorded {
+            inner: body,
+            done: Some(started),
+        };
+        parts.extensions.clear();
+        Response::from_parts(parts, http_body_util::BodyExt::boxed(body))
+    })
 }
 
 /// The gRPC status code (0-16); anything else a backend sends is `unknown`, so a backend
 /// cannot mint metric series.
-fn grpc_status(h: &HeaderMap) -> Option<String> {
+fn grpc_status(h: &HeaderMap) -> Option<&'static str> {
+    const CODES: [&str; 17] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ];
     let v = h.get("grpc-status")?;
     Some(
         v.to_str()
             .ok()
-            .and_then(|s| s.parse::<u8>().ok())
-            .filter(|c| *c <= 16)
-            .map_or_else(|| "unknown".to_owned(), |c| c.to_string()),
+            .and_then(|s| s.parse::<usize>().ok())
+            .and_then(|c| CODES.get(c).copied())
+            .unwrap_or("unknown"),
     )
 }
 
@@ -160,9 +169,62 @@ impl http_body::Body for Recorded {
     }
 }
 
-fn finish(s: Started, complete: bool) {
-    let elapsed = s.start.elapsed();
-    let log = s.exchange.with(std::mem::take);
+/// The request metrics' series a CONNECT stream has recorded to (kept in its
+/// [`Downstream`]). The source half of the labels is the stream's own, so a series is known by
+/// the rest: the upstream, protocol, status and flags. A hit records without building or
+/// hashing a label set; a stream that sees many (a mesh reload makes new workload entries)
+/// starts over.
+#[derive(Default)]
+pub struct SeriesCache(Mutex<Vec<(SeriesKey, RequestSeries)>>);
+
+/// Series kept per stream before the cache starts over.
+const SERIES_PER_STREAM: usize = 32;
+
+impl std::fmt::Debug for SeriesCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SeriesCache")
+    }
+}
+
+#[derive(PartialEq)]
+struct SeriesKey {
+    /// The upstream workload entry (by address: entries are shared, never copied) and
+    /// whether it was reached over HBONE.
+    upstream: Option<(*const Workload, bool)>,
+    protocol: &'static str,
+    status: u16,
+    grpc: &'static str,
+    flags: Vec<Flag>,
+}
+
+// SAFETY: the pointer is compared, never dereferenced.
+unsafe impl Send for SeriesKey {}
+unsafe impl Sync for SeriesKey {}
+
+impl SeriesCache {
+    fn series(&self, key: SeriesKey, make: impl FnOnce() -> RequestSeries) -> RequestSeries {
+        let mut cached = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, s)) = cached.iter().find(|(k, _)| *k == key) {
+            return s.clone();
+        }
+        let s = make();
+        if cached.len() >= SERIES_PER_STREAM {
+            cached.clear();
+        }
+        cached.push((key, s.clone()));
+        s
+    }
+}
+
+/// Envoy's flag list: `-` for none, else the codes comma separated.
+fn flag_codes(flags: &[Flag]) -> String {
+    if flags.is_empty() {
+        return "-".to_owned();
+    }
+    flags.iter().map(|f| f.code()).collect::<Vec<_>>().join(",")
+}
+
+fn labels(s: &Started, log: &Log, grpc: &'static str) -> RequestLabels {
     let mut c = ConnectionLabels::new(Reporter::Waypoint);
     c.connection_security_policy = SecurityPolicy::MutualTls;
     if let Some(d) = &s.down {
@@ -174,90 +236,100 @@ fn finish(s: Started, complete: bool) {
         c.destination_service = d.service_hostname.clone();
     }
     if let Some(u) = &log.upstream {
-        c.destination_workload = u.workload.clone();
-        c.destination_workload_namespace = u.namespace.clone();
-        if !u.principal.is_empty() {
-            c.destination_principal = u.principal.clone();
+        c.destination_workload = u.workload.name.clone();
+        c.destination_workload_namespace = u.workload.namespace.clone();
+        if let Some(p) = u.principal() {
+            c.destination_principal = p.to_string();
         }
     }
-    let flags = if log.flags.is_empty() {
-        "-".to_owned()
-    } else {
-        log.flags
-            .iter()
-            .map(|f| f.code())
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    let grpc = s.grpc_status.clone().unwrap_or_else(|| "-".into());
-    let labels = RequestLabels {
+    RequestLabels {
         connection: c,
         request_protocol: s.protocol,
         response_code: s.status,
-        grpc_response_status: if s.protocol == "grpc" {
-            grpc.clone()
-        } else {
-            "-".into()
-        },
-        response_flags: flags.clone(),
+        grpc_response_status: grpc.to_owned(),
+        response_flags: flag_codes(&log.flags),
+    }
+}
+
+fn finish(s: Started, complete: bool) {
+    let elapsed = s.start.elapsed();
+    let log = s.exchange.with(std::mem::take);
+    let grpc = if s.protocol == "grpc" {
+        s.grpc_status.unwrap_or("-")
+    } else {
+        "-"
     };
     let ms = elapsed.as_secs_f64() * 1000.0;
-    s.wp.requests.record(&labels, ms);
-    let up = log.upstream.unwrap_or_default();
+    let make = || s.wp.requests.series(&labels(&s, &log, grpc));
+    let series = match &s.down {
+        Some(d) => d.series.series(
+            SeriesKey {
+                upstream: log
+                    .upstream
+                    .as_ref()
+                    .map(|u| (Arc::as_ptr(&u.workload), u.meshed)),
+                protocol: s.protocol,
+                status: s.status,
+                grpc,
+                flags: log.flags.clone(),
+            },
+            make,
+        ),
+        None => make(),
+    };
+    series.record(ms);
+    let service = s.down.as_ref().map_or("", |d| d.service_hostname.as_str());
+    let principal = s.down.as_ref().map_or("", |d| d.source_principal.as_str());
     if let (Some(ctx), Some(x)) = (log.span.filter(|c| c.sampled), &s.wp.spans.exporter) {
         use crate::spans::export::Attr;
         let name = match &log.route {
             Some(r) => format!("{} {r}", s.method),
-            None => format!("{} {}", s.method, labels.connection.destination_service),
+            None => format!("{} {service}", s.method),
         };
         let mut attrs = vec![
-            ("http.request.method", Attr::Str(s.method.clone())),
-            ("url.path", Attr::Str(s.path.clone())),
+            ("http.request.method", Attr::Str(s.method.to_string())),
+            ("url.path", Attr::Str(s.uri.path().to_owned())),
             ("http.response.status_code", Attr::Int(i64::from(s.status))),
             ("network.protocol.name", Attr::Str(s.protocol.to_owned())),
-            (
-                "server.address",
-                Attr::Str(labels.connection.destination_service.clone()),
-            ),
-            (
-                "weft.source.principal",
-                Attr::Str(labels.connection.source_principal.clone()),
-            ),
-            ("weft.response_flags", Attr::Str(flags.clone())),
+            ("server.address", Attr::Str(service.to_owned())),
+            ("weft.source.principal", Attr::Str(principal.to_owned())),
+            ("weft.response_flags", Attr::Str(flag_codes(&log.flags))),
             ("weft.request_id", Attr::Str(log.request_id.clone())),
             ("weft.attempts", Attr::Int(i64::from(log.attempts))),
         ];
         if let Some(d) = &s.down {
             attrs.push(("client.address", Attr::Str(d.client.ip().to_string())));
         }
-        if !up.address.is_empty() {
-            attrs.push(("weft.upstream.address", Attr::Str(up.address.clone())));
-            attrs.push(("weft.upstream.backend", Attr::Str(up.backend.clone())));
+        if let Some(u) = &log.upstream {
+            attrs.push(("weft.upstream.address", Attr::Str(u.address.to_string())));
+            attrs.push(("weft.upstream.backend", Attr::Str(u.backend.to_string())));
         }
         if s.protocol == "grpc" {
-            attrs.push(("rpc.grpc.status_code", Attr::Str(grpc.clone())));
+            attrs.push(("rpc.grpc.status_code", Attr::Str(grpc.to_owned())));
         }
         let error = s.status >= 500 || !complete;
         x.record(&ctx, name, s.wall, s.wall + elapsed, error, attrs);
     }
+    // Fields are only evaluated when the access log is on.
+    let up = log.upstream.as_ref();
     tracing::info!(
         target: "weft::access",
         direction = "waypoint",
         request_id = %log.request_id,
         method = %s.method,
-        path = %s.path,
+        path = %s.uri.path(),
         protocol = s.protocol,
         status = s.status,
         grpc_status = %grpc,
-        flags = %flags,
+        flags = %flag_codes(&log.flags),
         route = log.route.as_deref().unwrap_or("-"),
-        backend = %up.backend,
+        backend = %up.map(|u| u.backend.to_string()).unwrap_or_default(),
         attempts = log.attempts,
         src = %s.down.as_ref().map(|d| d.client.to_string()).unwrap_or_default(),
-        src_identity = %labels.connection.source_principal,
-        dst = %up.address,
-        dst_identity = %up.principal,
-        dst_service = %labels.connection.destination_service,
+        src_identity = %principal,
+        dst = %up.map(|u| u.address.to_string()).unwrap_or_default(),
+        dst_identity = %up.and_then(Upstream::principal).map(|p| p.to_string()).unwrap_or_default(),
+        dst_service = %service,
         bytes_sent = s.bytes,
         duration_ms = elapsed.as_millis() as u64,
         complete,

@@ -4,25 +4,25 @@
 
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use tower::Layer;
 
 use super::body::{Body, answer, is_grpc};
 use super::exchange::Flag;
 use super::filters::Selected;
-use super::{HttpService, layer_fn, next};
+use super::{HttpService, ResponseFuture, layer_fn};
 
 pub fn request_layer() -> impl Layer<HttpService, Service = HttpService> + Clone {
-    layer_fn(|inner, req| {
+    layer_fn(|next, req| {
         let limit = rule_timeout(&req, |r| r.request_timeout);
-        within(limit, inner, req)
+        within(limit, next, req)
     })
 }
 
 pub fn attempt_layer() -> impl Layer<HttpService, Service = HttpService> + Clone {
-    layer_fn(|inner, req| {
+    layer_fn(|next, req| {
         let limit = rule_timeout(&req, |r| r.backend_timeout);
-        within(limit, inner, req)
+        within(limit, next, req)
     })
 }
 
@@ -36,23 +36,26 @@ fn rule_timeout(
         .and_then(pick)
 }
 
-async fn within(limit: Option<Duration>, inner: HttpService, req: Request<Body>) -> Response<Body> {
+fn within(limit: Option<Duration>, next: &HttpService, req: Request<Body>) -> ResponseFuture {
     let Some(limit) = limit else {
-        return next(inner, req).await;
+        return next.call(req);
     };
     let grpc = is_grpc(req.headers());
     let exchange = req.extensions().get::<super::exchange::Exchange>().cloned();
-    match tokio::time::timeout(limit, next(inner, req)).await {
-        Ok(r) => r,
-        Err(_) => {
-            if let Some(x) = exchange {
-                x.flag(Flag::UpstreamTimeout);
+    let response = next.call(req);
+    Box::pin(async move {
+        match tokio::time::timeout(limit, response).await {
+            Ok(r) => r,
+            Err(_) => {
+                if let Some(x) = exchange {
+                    x.flag(Flag::UpstreamTimeout);
+                }
+                answer(
+                    grpc,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream request timeout",
+                )
             }
-            answer(
-                grpc,
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream request timeout",
-            )
         }
-    }
+    })
 }

@@ -15,8 +15,9 @@ use weft_core::model::route::{
 /// A Service and port requests are sent to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct BackendTarget {
-    pub namespace: String,
-    pub name: String,
+    /// Shared: a target is cloned into every request it is chosen for.
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
     pub port: u16,
 }
 
@@ -120,6 +121,8 @@ pub struct Rule {
     pub route: String,
     pub kind: RouteKind,
     pub index: usize,
+    /// `namespace/name.rules[index]`, as the access log and spans name it (made once).
+    pub log_name: Arc<str>,
     pub request_headers: Vec<HeaderOps>,
     pub response_headers: Vec<HeaderOps>,
     pub rewrite: Option<UrlRewrite>,
@@ -140,8 +143,8 @@ fn timeout(v: Option<&String>) -> Option<Duration> {
 
 fn target(namespace: &str, name: &str, port: Option<u16>, default_port: u16) -> BackendTarget {
     BackendTarget {
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
+        namespace: Arc::from(namespace),
+        name: Arc::from(name),
         port: port.unwrap_or(default_port),
     }
 }
@@ -189,6 +192,7 @@ impl Rule {
         });
         let t = r.timeouts.as_ref();
         Arc::new(Rule {
+            log_name: Arc::from(format!("{route}.rules[{index}]")),
             route,
             kind,
             index,
@@ -219,15 +223,16 @@ impl Rule {
     }
 
     /// A backend by weight; `None` when the rule has none with a weight above zero.
-    pub fn pick_backend(&self) -> Option<&WeightedBackend> {
+    /// A backend by weight: its index in `backends`.
+    pub fn pick_backend(&self) -> Option<usize> {
         if self.total_weight == 0 {
             return None;
         }
         let mut n = fastrand::u64(0..self.total_weight);
-        for b in &self.backends {
+        for (i, b) in self.backends.iter().enumerate() {
             let w = u64::from(b.weight);
             if n < w {
-                return Some(b);
+                return Some(i);
             }
             n -= w;
         }
