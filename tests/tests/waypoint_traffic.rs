@@ -132,6 +132,11 @@ async fn rate_limits_faults_and_circuit_breakers_through_the_waypoint() {
     m.routes.push(web_route("burst", Some("/burst")));
     m.routes.push(web_route("limited", Some("/limited")));
     m.routes.push(web_route("web", None));
+    // api2 retries 503s: its own circuit breaker's 503s must still not be retried.
+    m.routes.push(json!({"name": "api2", "namespace": "default",
+        "parentRefs": [{"group": "", "kind": "Service", "name": "api2"}],
+        "rules": [{"backendRefs": [{"name": "api2", "port": 80}],
+                   "retry": {"codes": [503], "attempts": 2, "backoff": "5ms"}}]}));
     let on = |v: &str| json!({"headers": [{"name": "x-fault", "value": v}]});
     m.traffic_policies.push(policy(
         "web-policy",
@@ -300,6 +305,17 @@ async fn rate_limits_faults_and_circuit_breakers_through_the_waypoint() {
     let metrics = wp.metrics();
     assert!(
         metric_sum(&metrics, "weft_requests_total", &["response_flags=\"UO\""]) >= 2.0,
+        "{metrics}"
+    );
+    // The overflow was answered at once, not retried into the full circuit until the
+    // retries ran out.
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "weft_requests_total",
+            &["response_flags=\"UO,URX\""]
+        ),
+        0.0,
         "{metrics}"
     );
     // Idle upstream connections are closed after 500ms; then two requests per connection.

@@ -16,7 +16,7 @@ use super::client::{Proto, SendError, Target};
 use super::context::is_upgrade;
 use super::exchange::{Exchange, Flag, Upstream};
 use super::filters::Selected;
-use super::retry::ConnectFailed;
+use super::retry::{ConnectFailed, Overflowed};
 use super::{Downstream, HttpService, ResponseFuture, ready, tunnel_of};
 use crate::Waypoint;
 use crate::traffic::balance::Outcome;
@@ -154,7 +154,9 @@ fn handle(wp: &Arc<Waypoint>, mut req: Request<Body>) -> ResponseFuture {
         let (resp, slot) = match sent {
             Ok(r) => (r.response, r.slot),
             Err(SendError::Overflow(over)) => {
-                return failed(Flag::UpstreamOverflow, format!("upstream overflow: {over}"));
+                let mut r = failed(Flag::UpstreamOverflow, format!("upstream overflow: {over}"));
+                r.extensions_mut().insert(Overflowed);
+                return r;
             }
             Err(SendError::Connect(e)) => {
                 let mut r = failed(

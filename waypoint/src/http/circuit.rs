@@ -8,6 +8,7 @@ use tower::Layer;
 use super::body::{self, Body, answer, is_grpc};
 use super::exchange::{Flag, flag};
 use super::filters::Selected;
+use super::retry::Overflowed;
 use super::{HttpService, ResponseFuture, layer_fn, ready, tunnel_of};
 
 pub fn layer() -> impl Layer<HttpService, Service = HttpService> + Clone {
@@ -31,11 +32,13 @@ fn handle(next: &HttpService, req: Request<Body>) -> ResponseFuture {
         }
         Err(over) => {
             flag(&req, Flag::UpstreamOverflow);
-            ready(answer(
+            let mut r = answer(
                 is_grpc(req.headers()),
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("upstream overflow: {over}"),
-            ))
+            );
+            r.extensions_mut().insert(Overflowed);
+            ready(r)
         }
     }
 }

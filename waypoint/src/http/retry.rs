@@ -25,6 +25,12 @@ pub const RETRY_BUFFER: u64 = 64 * 1024;
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectFailed;
 
+/// The waypoint's own circuit breaker refused the attempt (`UO`): marks its 503, which is
+/// never retried whatever the codes say. A retry would only add load where the limit says
+/// there is too much already (Envoy does not retry its overflow either).
+#[derive(Debug, Clone, Copy)]
+pub struct Overflowed;
+
 pub fn layer() -> impl Layer<HttpService, Service = HttpService> + Clone {
     layer_fn(|next, req| {
         let retried = req
@@ -83,8 +89,10 @@ async fn handle(inner: HttpService, req: Request<Body>) -> Response<Body> {
         if let Some(x) = &exchange {
             x.with(|l| l.attempts = attempt);
         }
-        let failed = resp.extensions().get::<ConnectFailed>().is_some()
-            || policy.codes.contains(&resp.status().as_u16());
+        let overflowed = resp.extensions().get::<Overflowed>().is_some();
+        let failed = !overflowed
+            && (resp.extensions().get::<ConnectFailed>().is_some()
+                || policy.codes.contains(&resp.status().as_u16()));
         if !failed {
             return resp;
         }
