@@ -297,10 +297,18 @@ impl L7 {
             b.t.start_weftd(dir, "node2", "--reload-interval 50ms")?,
         ];
         // No access log on either waypoint, as Istio installs Envoy; metrics stay on in both.
+        // Another build of the waypoint, to compare build settings; not the project's figure.
+        let waypoint_bin = match std::env::var_os("WEFT_BENCH_WAYPOINT") {
+            Some(p) => {
+                eprintln!("weft-waypoint: {}", p.to_string_lossy());
+                PathBuf::from(p)
+            }
+            None => target.join("weft-waypoint"),
+        };
         b.waypoint = b.t.start_waypoint(
             dir,
             "waypoint",
-            &target.join("weft-waypoint"),
+            &waypoint_bin,
             "--log warn,weft_waypoint::run=info --reload-interval 50ms",
         )?;
         envoy::certificate(dir, "spiffe://cluster.local/ns/default/sa/envoy")?;
