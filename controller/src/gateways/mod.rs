@@ -48,6 +48,16 @@ pub use objects::{deployment, service, service_account};
 pub const CLASS: &str = "weft-waypoint";
 /// On the Gateway: how many waypoint pods to run (1 without it).
 pub const REPLICAS_ANNOTATION: &str = "weft.dev/replicas";
+/// The waypoint's data-plane threads (its `--workers`); Istio runs its proxies with 2 too.
+pub const WORKERS_ANNOTATION: &str = "weft.dev/workers";
+const DEFAULT_WORKERS: u16 = 2;
+
+/// How many waypoint pods, and how many data-plane threads each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizing {
+    pub replicas: i32,
+    pub workers: u16,
+}
 /// On the pod template: the mesh file, projected to `/etc/weft/mesh.yaml`.
 pub const MESH_ANNOTATION: &str = "weft.dev/mesh";
 pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
@@ -148,8 +158,9 @@ fn failed<E: std::error::Error + Send + Sync + 'static>(
 /// A condition as (status, reason, message).
 type Verdict = (bool, &'static str, String);
 
-/// The replicas to run, or why weft cannot honour the Gateway (every field at fault).
-pub fn judge(gateway: &Gateway) -> Result<i32, String> {
+/// The replicas and workers to run, or why weft cannot honour the Gateway (every field at
+/// fault).
+pub fn judge(gateway: &Gateway) -> Result<Sizing, String> {
     let mut problems = Vec::new();
     let replicas = match gateway.annotations().get(REPLICAS_ANNOTATION) {
         None => 1,
@@ -159,6 +170,20 @@ pub fn judge(gateway: &Gateway) -> Result<i32, String> {
             ));
             0
         }),
+    };
+    let workers = match gateway.annotations().get(WORKERS_ANNOTATION) {
+        None => DEFAULT_WORKERS,
+        Some(v) => v
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|n| (1..=64).contains(n))
+            .unwrap_or_else(|| {
+                problems.push(format!(
+                    "metadata.annotations[{WORKERS_ANNOTATION}]: {v:?} is not a number of threads from 1 to 64"
+                ));
+                DEFAULT_WORKERS
+            }),
     };
     match gateway.spec.listeners.as_slice() {
         [] => {}
@@ -179,7 +204,7 @@ pub fn judge(gateway: &Gateway) -> Result<i32, String> {
         }
     }
     if problems.is_empty() {
-        Ok(replicas)
+        Ok(Sizing { replicas, workers })
     } else {
         Err(problems.join("; "))
     }
@@ -372,9 +397,9 @@ async fn reconcile(gateway: Arc<Gateway>, context: Arc<Context>) -> Result<Actio
                 None,
             ),
         ),
-        Ok(replicas) => (
+        Ok(sizing) => (
             (true, "Accepted", "run by weft-controller".to_owned()),
-            keep(&context, &gateway, &namespace, &owner, replicas).await?,
+            keep(&context, &gateway, &namespace, &owner, sizing).await?,
         ),
     };
     write_status(client, &gateway, accepted, programmed, address).await?;
@@ -389,14 +414,15 @@ async fn keep(
     gateway: &Gateway,
     namespace: &str,
     owner: &OwnerReference,
-    replicas: i32,
+    sizing: Sizing,
 ) -> Result<(Verdict, Option<String>), Error> {
+    let replicas = sizing.replicas;
     let name = gateway.name_any();
     let client = &context.client;
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     let account = ensure(&accounts, &service_account(&name, namespace, owner), &name).await?;
     let mesh = context.mesh_file().await?;
-    let want = deployment(&name, namespace, owner, replicas, &context.waypoints, &mesh);
+    let want = deployment(&name, namespace, owner, sizing, &context.waypoints, &mesh);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let deployment = ensure(&deployments, &want, &name).await?;
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);

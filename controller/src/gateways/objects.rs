@@ -18,7 +18,7 @@ use weft_core::discovery::{MODE_LABEL, MODE_NONE};
 
 use super::{
     APP, GATEWAY_NAME_LABEL, HBONE_PORT, MANAGED_BY_LABEL, MANAGER, MESH_ANNOTATION, MESH_KEY,
-    NAME_LABEL, STATUS_PORT, Waypoints,
+    NAME_LABEL, STATUS_PORT, Sizing, Waypoints,
 };
 
 /// The labels the pods are selected by. The selector of a Deployment cannot change: never
@@ -72,7 +72,7 @@ pub fn deployment(
     gateway: &str,
     namespace: &str,
     owner: &OwnerReference,
-    replicas: i32,
+    sizing: Sizing,
     waypoints: &Waypoints,
     mesh: &str,
 ) -> Deployment {
@@ -128,6 +128,7 @@ pub fn deployment(
                 }),
                 ..Default::default()
             },
+            env("WEFT_WORKERS", sizing.workers.to_string()),
             env("WEFT_CA_ADDRESS", waypoints.ca_address.clone()),
             env(
                 "WEFT_CONTROLLER_NAMESPACE",
@@ -207,7 +208,7 @@ pub fn deployment(
     Deployment {
         metadata: meta(gateway, namespace, owner),
         spec: Some(DeploymentSpec {
-            replicas: Some(replicas),
+            replicas: Some(sizing.replicas),
             selector: LabelSelector {
                 match_labels: Some(selector(gateway)),
                 ..Default::default()

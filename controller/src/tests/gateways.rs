@@ -128,6 +128,7 @@ async fn a_waypoint_gateway_runs_a_waypoint_and_says_when_it_is_programmed() {
         "https://weft-controller.weft.svc:15012"
     );
     assert_eq!(env["WEFT_CONTROLLER_NAMESPACE"]["value"], "weft");
+    assert_eq!(env["WEFT_WORKERS"]["value"], "2", "the default data-plane threads");
     assert_eq!(
         env["WEFT_CA_IDENTITY"]["value"],
         "spiffe://cluster.local/ns/weft/sa/weft-controller"
@@ -233,12 +234,9 @@ async fn a_waypoint_gateway_runs_a_waypoint_and_says_when_it_is_programmed() {
 #[tokio::test]
 async fn a_gateway_weft_cannot_honour_says_why_and_is_followed_once_fixed() {
     let api = cluster();
-    api.apply(gateway(
-        "counted",
-        "weft-waypoint",
-        Some("three"),
-        Value::Null,
-    ));
+    let mut counted = gateway("counted", "weft-waypoint", Some("three"), Value::Null);
+    counted["metadata"]["annotations"]["weft.dev/workers"] = json!("0");
+    api.apply(counted);
     let http = json!([{"name": "http", "port": 80, "protocol": "HTTP"}]);
     api.apply(gateway("http", "weft-waypoint", None, http));
     let c = controller(api.clone(), secret_source()).await;
@@ -256,6 +254,10 @@ async fn a_gateway_weft_cannot_honour_says_why_and_is_followed_once_fixed() {
     );
     assert!(
         message.contains("weft.dev/replicas") && message.contains("three"),
+        "{message}"
+    );
+    assert!(
+        message.contains("weft.dev/workers") && message.contains("\"0\""),
         "{message}"
     );
     let (status, reason, message) = condition(&api, "http", "Accepted").unwrap();
@@ -277,11 +279,18 @@ async fn a_gateway_weft_cannot_honour_says_why_and_is_followed_once_fixed() {
 
     let mut fixed = gateway("counted", "weft-waypoint", Some("2"), Value::Null);
     fixed["metadata"]["generation"] = json!(2);
+    fixed["metadata"]["annotations"]["weft.dev/workers"] = json!("4");
     api.apply(fixed);
+    let workers = |d: &Value| {
+        d["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .and_then(|env| env.iter().find(|e| e["name"] == "WEFT_WORKERS"))
+            .map(|e| e["value"].clone())
+    };
     let running = || {
         c.api
             .get("Deployment", "shop/counted")
-            .is_some_and(|d| d["spec"]["replicas"] == 2)
+            .is_some_and(|d| d["spec"]["replicas"] == 2 && workers(&d) == Some(json!("4")))
             && status_of(&c.api, "counted", "Accepted") == pair("True", "Accepted")
     };
     assert!(until(Duration::from_secs(10), running).await);
