@@ -119,18 +119,7 @@ async fn accept(
     stop: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!("certificate service accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((tcp, peer)) = weft_core::listener::next(&listener, &stop).await {
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             continue; // over the cap: dropping the socket closes it
         };

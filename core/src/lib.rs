@@ -10,5 +10,6 @@ pub mod config;
 pub mod discovery;
 pub mod hbone;
 pub mod identity;
+pub mod listener;
 pub mod model;
 pub mod telemetry;

@@ -14,7 +14,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -106,18 +105,7 @@ fn listening_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> 
 }
 
 async fn accept(wp: Arc<Waypoint>, listener: TcpListener, stop: CancellationToken) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("HBONE accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((tcp, peer)) = weft_core::listener::next(&listener, &stop).await {
         let _ = tcp.set_nodelay(true);
         wp.tracker.spawn(inbound::handle_connection(
             wp.clone(),

@@ -128,7 +128,10 @@ async fn a_waypoint_gateway_runs_a_waypoint_and_says_when_it_is_programmed() {
         "https://weft-controller.weft.svc:15012"
     );
     assert_eq!(env["WEFT_CONTROLLER_NAMESPACE"]["value"], "weft");
-    assert_eq!(env["WEFT_WORKERS"]["value"], "2", "the default data-plane threads");
+    assert_eq!(
+        env["WEFT_WORKERS"]["value"], "2",
+        "the default data-plane threads"
+    );
     assert_eq!(
         env["WEFT_CA_IDENTITY"]["value"],
         "spiffe://cluster.local/ns/weft/sa/weft-controller"

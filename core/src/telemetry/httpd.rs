@@ -33,16 +33,8 @@ pub async fn serve<F>(
     let route = Arc::new(route);
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
-        let tcp = tokio::select! {
-            _ = stop.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    tracing::warn!("HTTP accept on {:?}: {e}", listener.local_addr().ok());
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((tcp, _)) = crate::listener::next(&listener, &stop).await else {
+            return;
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             continue; // over the cap: dropping the socket closes it

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -70,22 +69,9 @@ pub async fn accept_loop<F, Fut>(
     F: Fn(Arc<Proxy>, TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((tcp, peer)) => {
-                let _ = tcp.set_nodelay(true);
-                px.tracker.spawn(on_conn(px.clone(), tcp, peer));
-            }
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning, keep serving.
-                tracing::warn!("accept on {:?}: {e}", listener.local_addr().ok());
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+    while let Some((tcp, peer)) = weft_core::listener::next(&listener, &stop).await {
+        let _ = tcp.set_nodelay(true);
+        px.tracker.spawn(on_conn(px.clone(), tcp, peer));
     }
 }
 
