@@ -49,7 +49,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some("l7") => l7::run(&args[1..]),
         _ => bail!(
             "usage: cargo xtask bench l4 [--only throughput,latency,connrate,memory,reload,criterion] \
-             [--features <weftd features, e.g. aws-lc-rs>]\n       cargo xtask bench l7 [--only memory,throughput,latency,scale,profile] \
+             [--features <weftd features, e.g. aws-lc-rs>]\n       cargo xtask bench l7 [--only memory,throughput,latency,scale,profile,hops] \
              [--runs N] [--routes direct,l4,mesh,weft,envoy] (fewer runs or paths: no table)"
         ),
     }

@@ -216,7 +216,7 @@ pub fn throughput(b: &mut L7, r: &mut Results) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn latency_run(b: &L7, route: Route, rate: u32) -> anyhow::Result<Value> {
+pub(super) fn latency_run(b: &L7, route: Route, rate: u32) -> anyhow::Result<Value> {
     let (pod, addr) = route.ends(&b.ips);
     b.loadgen(
         pod,

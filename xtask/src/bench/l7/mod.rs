@@ -22,6 +22,7 @@
 
 mod envoy;
 mod figures;
+mod hops;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -132,8 +133,8 @@ pub struct L7 {
     pub runs: usize,
     /// The paths measured (all unless `--routes` picks some while iterating).
     pub routes: Vec<Route>,
-    _weftd: Vec<Killed>,
-    _servers: Vec<Killed>,
+    weftd: Vec<Killed>,
+    servers: Vec<Killed>,
 }
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
@@ -215,6 +216,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             figures::profile(&b)?;
             return Ok((r, Vec::new()));
         }
+        // Nor this: `--only hops` follows requests through the scheduler's trace.
+        if only.iter().any(|o| o == "hops") {
+            hops::hops(&b)?;
+            return Ok((r, Vec::new()));
+        }
         let mut failed = Vec::new();
         for (name, figure) in all {
             if want(name)
@@ -288,11 +294,11 @@ impl L7 {
             envoy_version: envoy::version(envoy_bin)?,
             runs: RUNS,
             routes: Route::ALL.to_vec(),
-            _weftd: Vec::new(),
-            _servers: servers,
+            weftd: Vec::new(),
+            servers,
         };
         b.write_mesh(0)?;
-        b._weftd = vec![
+        b.weftd = vec![
             b.t.start_weftd(dir, "node1", "--reload-interval 50ms")?,
             b.t.start_weftd(dir, "node2", "--reload-interval 50ms")?,
         ];
