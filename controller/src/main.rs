@@ -98,12 +98,39 @@ struct Cli {
         default_value = concat!("weft/weft-waypoint:", env!("CARGO_PKG_VERSION"))
     )]
     waypoint_image: String,
+    /// Where waypoints export request spans over OTLP/gRPC (`http://collector.observability:4317`);
+    /// tracing is off while this is unset or empty.
+    #[arg(long, env = "WEFT_WAYPOINT_OTLP_ENDPOINT", value_parser = otlp_endpoint)]
+    waypoint_otlp_endpoint: Option<String>,
+    /// Of requests that start a trace, the percentage the waypoints sample (a request that
+    /// continues a trace keeps its decision).
+    #[arg(long, env = "WEFT_WAYPOINT_TRACE_SAMPLING", default_value = "1",
+          value_parser = weft_core::config::meshfile::parse_percentage)]
+    waypoint_trace_sampling: f64,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
+}
+
+/// An OTLP/gRPC collector address: `http://` or `https://`, a host, a port if not the scheme's.
+/// Empty is accepted and means no tracing (the chart's default value).
+fn otlp_endpoint(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Ok(String::new());
+    }
+    let uri: http::Uri = s.parse().map_err(|e| {
+        format!("{s:?} is not a URL ({e}); an OTLP/gRPC collector is http://host:4317")
+    })?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    if !scheme_ok || uri.host().is_none_or(str::is_empty) {
+        return Err(format!(
+            "{s:?}: an OTLP/gRPC collector is http://host:port or https://host:port"
+        ));
+    }
+    Ok(s.to_owned())
 }
 
 fn main() -> ExitCode {
@@ -177,6 +204,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         audiences: cli.audiences,
         waypoint_image: cli.waypoint_image,
         ca_address,
+        waypoint_tracing: cli.waypoint_otlp_endpoint.filter(|e| !e.is_empty()).map(
+            |otlp_endpoint| gateways::Tracing {
+                otlp_endpoint,
+                sampling: cli.waypoint_trace_sampling,
+            },
+        ),
     };
     let client = kube::Client::try_default().await.map_err(|e| {
         anyhow::anyhow!(

@@ -43,6 +43,8 @@ pub struct Options {
     pub waypoint_image: String,
     /// The certificate service as pods reach it (the Service's address), given to waypoints.
     pub ca_address: String,
+    /// Request tracing in the waypoints; off when none.
+    pub waypoint_tracing: Option<crate::gateways::Tracing>,
 }
 
 /// A running controller.
@@ -127,6 +129,7 @@ pub async fn start(
             .cloned()
             .unwrap_or_else(|| "weft-ca".to_owned()),
         cert_lifetime: options.lifetimes.default,
+        tracing: options.waypoint_tracing.clone(),
     };
     let routes = tokio::spawn(crate::routes::run(
         client.clone(),

@@ -110,7 +110,7 @@ struct Cli {
     otlp_endpoint: Option<String>,
     /// Of requests that start a trace, the percentage sampled (a request continuing a trace
     /// keeps its decision).
-    #[arg(long, env = "WEFT_TRACE_SAMPLING", default_value = "1", value_parser = percentage)]
+    #[arg(long, env = "WEFT_TRACE_SAMPLING", default_value = "1", value_parser = weft_core::config::meshfile::parse_percentage)]
     trace_sampling: f64,
     /// Kubernetes mode: how to reach weft-controller.
     #[command(flatten)]
@@ -123,13 +123,6 @@ fn worker_count(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if (1..=1024).contains(&n) => Ok(n),
         _ => Err(format!("{s:?} is not a number of threads from 1 to 1024")),
-    }
-}
-
-fn percentage(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
-        _ => Err(format!("{s:?} is not a percentage from 0 to 100")),
     }
 }
 

@@ -131,6 +131,19 @@ pub struct Waypoints {
     /// The audience of the projected token the pods authenticate with.
     pub audience: String,
     pub cert_lifetime: Duration,
+    /// Request spans, when the controller is told where to send them.
+    pub tracing: Option<Tracing>,
+}
+
+/// Where every waypoint exports its request spans, and how many it samples: one setting for
+/// the mesh (the controller's `--waypoint-otlp-endpoint`), as Istio's mesh-wide tracing
+/// provider is, because the collector is the cluster's, not a namespace's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracing {
+    /// OTLP/gRPC, `http://collector.observability:4317`.
+    pub otlp_endpoint: String,
+    /// Of requests that start a trace, the percentage sampled.
+    pub sampling: f64,
 }
 
 /// What failed, on which object (`Deployment shop/waypoint`), and why.

@@ -119,27 +119,37 @@ pub fn deployment(
             .map(str::to_owned)
             .to_vec(),
         ),
-        env: Some(vec![
-            EnvVar {
-                name: "POD_NAMESPACE".to_owned(),
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(field("metadata.namespace")),
+        env: Some(
+            [
+                EnvVar {
+                    name: "POD_NAMESPACE".to_owned(),
+                    value_from: Some(EnvVarSource {
+                        field_ref: Some(field("metadata.namespace")),
+                        ..Default::default()
+                    }),
                     ..Default::default()
-                }),
-                ..Default::default()
-            },
-            env("WEFT_WORKERS", sizing.workers.to_string()),
-            env("WEFT_CA_ADDRESS", waypoints.ca_address.clone()),
-            env(
-                "WEFT_CONTROLLER_NAMESPACE",
-                waypoints.controller_namespace.clone(),
-            ),
-            env("WEFT_CA_IDENTITY", waypoints.controller_identity.clone()),
-            env(
-                "WEFT_CERT_LIFETIME",
-                humantime::format_duration(waypoints.cert_lifetime).to_string(),
-            ),
-        ]),
+                },
+                env("WEFT_WORKERS", sizing.workers.to_string()),
+                env("WEFT_CA_ADDRESS", waypoints.ca_address.clone()),
+                env(
+                    "WEFT_CONTROLLER_NAMESPACE",
+                    waypoints.controller_namespace.clone(),
+                ),
+                env("WEFT_CA_IDENTITY", waypoints.controller_identity.clone()),
+                env(
+                    "WEFT_CERT_LIFETIME",
+                    humantime::format_duration(waypoints.cert_lifetime).to_string(),
+                ),
+            ]
+            .into_iter()
+            .chain(waypoints.tracing.iter().flat_map(|t| {
+                [
+                    env("WEFT_OTLP_ENDPOINT", t.otlp_endpoint.clone()),
+                    env("WEFT_TRACE_SAMPLING", t.sampling.to_string()),
+                ]
+            }))
+            .collect(),
+        ),
         ports: Some(vec![port("hbone", HBONE_PORT), port("status", STATUS_PORT)]),
         readiness_probe: Some(Probe {
             http_get: Some(HTTPGetAction {

@@ -136,6 +136,10 @@ async fn a_waypoint_gateway_runs_a_waypoint_and_says_when_it_is_programmed() {
         env["WEFT_CA_IDENTITY"]["value"],
         "spiffe://cluster.local/ns/weft/sa/weft-controller"
     );
+    assert!(
+        !env.contains_key("WEFT_OTLP_ENDPOINT"),
+        "tracing is off unless the controller is given a collector"
+    );
     let sc = &container["securityContext"];
     assert_eq!(sc["readOnlyRootFilesystem"], true);
     assert_eq!(sc["allowPrivilegeEscalation"], false);
@@ -445,4 +449,60 @@ async fn waypoint_accounts_are_bound_to_the_mesh_read_view_while_their_gateway_e
         "{:?}",
         bound(&api)
     );
+}
+
+/// The env of the waypoint container of Deployment shop/`name`, by variable name.
+fn waypoint_env(api: &FakeApi, name: &str) -> BTreeMap<String, String> {
+    let d = api.get("Deployment", &format!("shop/{name}")).unwrap();
+    d["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let v = e["value"].as_str().unwrap_or_default().to_owned();
+            (e["name"].as_str().unwrap().to_owned(), v)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_controller_given_a_collector_has_every_waypoint_export_its_spans_there() {
+    let api = cluster();
+    api.apply(mesh_configmap());
+    let mesh_listener = json!([{"name": "mesh", "port": 15008, "protocol": "HBONE"}]);
+    api.apply(gateway("waypoint", "weft-waypoint", None, mesh_listener));
+    let tracing = crate::gateways::Tracing {
+        otlp_endpoint: "http://otel-collector.observability:4317".to_owned(),
+        sampling: 12.5,
+    };
+    let endpoint = |api: &FakeApi| {
+        let env = waypoint_env(api, "waypoint");
+        let get = |k: &str| env.get(k).cloned();
+        (get("WEFT_OTLP_ENDPOINT"), get("WEFT_TRACE_SAMPLING"))
+    };
+    // The waypoint is there before tracing is turned on, as after an upgrade of the install.
+    {
+        let c = controller(api.clone(), secret_source()).await;
+        let made = || c.api.get("Deployment", "shop/waypoint").is_some();
+        assert!(until(Duration::from_secs(10), made).await);
+        assert_eq!(endpoint(&api), (None, None));
+    }
+    {
+        let mut opts = options(secret_source());
+        opts.waypoint_tracing = Some(tracing.clone());
+        let _c = controller_with(api.clone(), opts).await;
+        let on = || endpoint(&api).0.is_some();
+        assert!(
+            until(Duration::from_secs(10), on).await,
+            "the existing waypoint is given the collector"
+        );
+        assert_eq!(
+            endpoint(&api),
+            (Some(tracing.otlp_endpoint.clone()), Some("12.5".to_owned()))
+        );
+    }
+    // Turned off again: the variables go.
+    let _c = controller(api.clone(), secret_source()).await;
+    let off = || endpoint(&api).0.is_none();
+    assert!(until(Duration::from_secs(10), off).await);
 }

@@ -3,6 +3,7 @@
 //! CA Secret held by the fake). This module is the harness; the tests are by concern.
 
 mod authority;
+mod cli;
 mod gateways;
 mod issue;
 mod policies;
@@ -170,6 +171,7 @@ fn options(ca: CaSource) -> run::Options {
         audiences: vec!["weft-ca".to_owned()],
         waypoint_image: "weft/weft-waypoint:test".to_owned(),
         ca_address: "https://weft-controller.weft.svc:15012".to_owned(),
+        waypoint_tracing: None,
     }
 }
 
@@ -214,9 +216,13 @@ fn assert_permitted(api: &FakeApi) {
 }
 
 async fn controller(api: FakeApi, ca: CaSource) -> Controller {
+    controller_with(api, options(ca)).await
+}
+
+async fn controller_with(api: FakeApi, options: run::Options) -> Controller {
     let client = kube::Client::new(api.clone(), "default");
     let stop = CancellationToken::new();
-    let running = run::start(options(ca), client, stop.clone()).await.unwrap();
+    let running = run::start(options, client, stop.clone()).await.unwrap();
     let map = api
         .get("ConfigMap", "weft/weft-ca-root")
         .expect("root ConfigMap published");

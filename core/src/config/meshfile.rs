@@ -305,6 +305,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
 }
 
+/// Parses a percentage from 0 to 100 (`1`, `0.5`, `100`).
+pub fn parse_percentage(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?} is not a percentage from 0 to 100")),
+    }
+}
+
 /// Durations are written the human way: `24h`, `10s`, `500ms`.
 mod duration {
     use super::*;
