@@ -186,31 +186,59 @@ impl std::fmt::Debug for SeriesCache {
     }
 }
 
-#[derive(PartialEq)]
 struct SeriesKey {
-    /// The upstream workload entry (by address: entries are shared, never copied) and
-    /// whether it was reached over HBONE.
-    upstream: Option<(*const Workload, bool)>,
+    /// The upstream workload entry and whether it was reached over HBONE. Entries are shared,
+    /// never copied, so a lookup compares addresses; holding the entry keeps its address from
+    /// going to another entry after a mesh reload frees it (mimalloc hands a freed block of a
+    /// size straight to the next allocation of that size).
+    upstream: Option<(Arc<Workload>, bool)>,
     protocol: &'static str,
     status: u16,
     grpc: &'static str,
     flags: Vec<Flag>,
 }
 
-// SAFETY: the pointer is compared, never dereferenced.
-unsafe impl Send for SeriesKey {}
-unsafe impl Sync for SeriesKey {}
+/// A request's key, borrowed: a lookup that hits copies nothing.
+struct SeriesRef<'a> {
+    upstream: Option<(&'a Arc<Workload>, bool)>,
+    protocol: &'static str,
+    status: u16,
+    grpc: &'static str,
+    flags: &'a [Flag],
+}
+
+impl SeriesKey {
+    fn matches(&self, r: &SeriesRef<'_>) -> bool {
+        let upstream = match (&self.upstream, r.upstream) {
+            (None, None) => true,
+            (Some((a, m)), Some((b, n))) => Arc::ptr_eq(a, b) && *m == n,
+            _ => false,
+        };
+        upstream
+            && self.protocol == r.protocol
+            && self.status == r.status
+            && self.grpc == r.grpc
+            && self.flags == r.flags
+    }
+}
 
 impl SeriesCache {
-    fn series(&self, key: SeriesKey, make: impl FnOnce() -> RequestSeries) -> RequestSeries {
+    fn series(&self, r: SeriesRef<'_>, make: impl FnOnce() -> RequestSeries) -> RequestSeries {
         let mut cached = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, s)) = cached.iter().find(|(k, _)| *k == key) {
+        if let Some((_, s)) = cached.iter().find(|(k, _)| k.matches(&r)) {
             return s.clone();
         }
         let s = make();
         if cached.len() >= SERIES_PER_STREAM {
             cached.clear();
         }
+        let key = SeriesKey {
+            upstream: r.upstream.map(|(w, m)| (w.clone(), m)),
+            protocol: r.protocol,
+            status: r.status,
+            grpc: r.grpc,
+            flags: r.flags.to_vec(),
+        };
         cached.push((key, s.clone()));
         s
     }
@@ -263,15 +291,12 @@ fn finish(s: Started, complete: bool) {
     let make = || s.wp.requests.series(&labels(&s, &log, grpc));
     let series = match &s.down {
         Some(d) => d.series.series(
-            SeriesKey {
-                upstream: log
-                    .upstream
-                    .as_ref()
-                    .map(|u| (Arc::as_ptr(&u.workload), u.meshed)),
+            SeriesRef {
+                upstream: log.upstream.as_ref().map(|u| (&u.workload, u.meshed)),
                 protocol: s.protocol,
                 status: s.status,
                 grpc,
-                flags: log.flags.clone(),
+                flags: &log.flags,
             },
             make,
         ),
@@ -334,4 +359,76 @@ fn finish(s: Started, complete: bool) {
         duration_ms = elapsed.as_millis() as u64,
         complete,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::registry::Registry;
+    use weft_core::telemetry::RequestMetrics;
+
+    fn workload(name: &str) -> Arc<Workload> {
+        Arc::new(Workload {
+            uid: name.to_owned(),
+            name: name.to_owned(),
+            namespace: "default".to_owned(),
+            service_account: name.to_owned(),
+            ips: vec![[10, 0, 0, 1].into()],
+            node: "node1".to_owned(),
+            labels: Default::default(),
+            mode: Default::default(),
+            tunnel: Default::default(),
+            inbound: Default::default(),
+            waypoint: None,
+            netns: None,
+            identity: Workload::identity_for("cluster.local", "default", name)
+                .expect("a valid identity"),
+        })
+    }
+
+    fn key(w: &Arc<Workload>) -> SeriesRef<'_> {
+        SeriesRef {
+            upstream: Some((w, true)),
+            protocol: "http",
+            status: 200,
+            grpc: "-",
+            flags: &[],
+        }
+    }
+
+    /// A stream outlives mesh reloads. Once a reload has freed the entry a series was
+    /// cached for, the next entry must not be taken for it, even at the same address: its
+    /// requests would be counted under another workload's labels.
+    #[test]
+    fn a_series_is_never_reused_for_another_upstream_entry() {
+        let metrics = RequestMetrics::register(&mut Registry::default());
+        let labels = RequestLabels {
+            connection: ConnectionLabels::new(Reporter::Waypoint),
+            request_protocol: "http",
+            response_code: 200,
+            grpc_response_status: "-".to_owned(),
+            response_flags: "-".to_owned(),
+        };
+        let cache = SeriesCache::default();
+        let made = std::cell::Cell::new(0);
+        let make = || {
+            made.set(made.get() + 1);
+            metrics.series(&labels)
+        };
+        let first = workload("first");
+        cache.series(key(&first), make);
+        cache.series(key(&first), make);
+        assert_eq!(made.get(), 1, "the same entry hits");
+        drop(first);
+        for i in 0..100 {
+            // Same size as the freed entry: the allocator's first choice for its block.
+            let next = workload("first");
+            cache.series(key(&next), make);
+            assert_eq!(made.get(), 2 + i, "a new entry is a new series");
+            // Keep only the latest, so the cache's 32 entries start over as in a long stream.
+            if i % 30 == 29 {
+                cache.0.lock().unwrap().clear();
+            }
+        }
+    }
 }
