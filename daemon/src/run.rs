@@ -333,7 +333,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 let alive: std::collections::HashSet<(&str, &str)> = state
                     .workloads
                     .iter()
-                    .map(|w| (w.namespace.as_str(), w.name.as_str()))
+                    .map(|w| (w.namespace.as_str(), w.workload_name.as_str()))
                     .collect();
                 px.metrics
                     .retain_workloads(|ns, name| alive.contains(&(ns, name)));

@@ -43,7 +43,13 @@ fn populate(api: &weft_tests::cluster::FakeApi) {
         ip(ID, 1, 1),
         false,
     ));
-    api.apply(pod("default", "echo", "echo", "node2", ip(ID, 2, 1), false));
+    // echo is a Deployment's pod (`echo-v1`, through its ReplicaSet): metrics name the
+    // Deployment, not the pod.
+    let mut echo = pod("default", "echo", "echo", "node2", ip(ID, 2, 1), false);
+    echo["metadata"]["labels"]["pod-template-hash"] = json!("5d8f7c9b6");
+    echo["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "name": "echo-v1-5d8f7c9b6", "uid": "uid-rs", "controller": true}]);
+    api.apply(echo);
     for n in [1, 2] {
         api.apply(pod(
             "weft",
@@ -198,6 +204,8 @@ async fn nodes_get_their_pods_identities_from_the_controller_and_carry_mutual_tl
         "connection_security_policy=\"mutual_tls\"",
         "source_principal=\"spiffe://cluster.local/ns/default/sa/sleep\"",
         "destination_principal=\"spiffe://cluster.local/ns/default/sa/echo\"",
+        "source_workload=\"sleep\"",
+        "destination_workload=\"echo-v1\"",
     ];
     assert!(
         eventually(Duration::from_secs(5), || metric_sum(

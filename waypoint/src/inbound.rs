@@ -120,7 +120,7 @@ async fn stream(
     let source_workload = state
         .workload_by_ip(client.ip())
         .filter(|w| w.identity == source)
-        .map(|w| (w.name.clone(), w.namespace.clone()));
+        .map(|w| (w.workload_name.clone(), w.namespace.clone()));
     if let Some((name, _)) = &source_workload {
         labels.source_workload = name.clone();
     }

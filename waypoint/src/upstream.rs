@@ -53,7 +53,7 @@ pub fn choose(
 }
 
 pub fn set_destination(l: &mut ConnectionLabels, c: &Chosen) {
-    l.destination_workload = c.workload.name.clone();
+    l.destination_workload = c.workload.workload_name.clone();
     l.destination_workload_namespace = c.workload.namespace.clone();
     l.destination_principal = c.identity_label();
 }

@@ -406,6 +406,7 @@ fn build_workloads(mesh: &MeshFile, errs: &mut Errors) -> Vec<Arc<Workload>> {
         out.push(Arc::new(Workload {
             uid,
             name: w.name.clone(),
+            workload_name: w.workload_name.clone().unwrap_or_else(|| w.name.clone()),
             namespace: w.namespace.clone(),
             service_account: w.service_account.clone(),
             ips: w.ips.clone(),

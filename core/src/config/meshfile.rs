@@ -213,6 +213,10 @@ impl NodeFile {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkloadFile {
     pub name: String,
+    /// What it is an instance of (a Deployment's name), as metrics label it: one series per
+    /// workload, not per pod. Defaults to `name`.
+    #[serde(default)]
+    pub workload_name: Option<String>,
     #[serde(default = "default_namespace")]
     pub namespace: String,
     #[serde(default = "default_namespace")]

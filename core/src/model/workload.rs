@@ -43,6 +43,8 @@ pub enum InboundMode {
 pub struct Workload {
     pub uid: String,
     pub name: String,
+    /// What it is an instance of (a Deployment's name): the `*_workload` metric labels.
+    pub workload_name: String,
     pub namespace: String,
     pub service_account: String,
     pub ips: Vec<IpAddr>,

@@ -40,13 +40,13 @@ pub struct Proxy {
 }
 
 pub(crate) fn set_source(l: &mut ConnectionLabels, w: &Workload) {
-    l.source_workload = w.name.clone();
+    l.source_workload = w.workload_name.clone();
     l.source_workload_namespace = w.namespace.clone();
     l.source_principal = w.identity.to_string();
 }
 
 pub(crate) fn set_destination(l: &mut ConnectionLabels, w: &Workload) {
-    l.destination_workload = w.name.clone();
+    l.destination_workload = w.workload_name.clone();
     l.destination_workload_namespace = w.namespace.clone();
     l.destination_principal = w.identity.to_string();
 }

@@ -106,7 +106,7 @@ pub struct Downstream {
     pub source_principal: String,
     /// The original client's address.
     pub client: SocketAddr,
-    /// The client workload (`name`, `namespace`), when the address is one.
+    /// The client's workload (its `workload_name`, `namespace`), when the address is one.
     pub source_workload: Option<(String, String)>,
     /// Shared: every request without a route names the Service as its backend.
     pub service_namespace: Arc<str>,

@@ -264,7 +264,7 @@ fn labels(s: &Started, log: &Log, grpc: &'static str) -> RequestLabels {
         c.destination_service = d.service_hostname.clone();
     }
     if let Some(u) = &log.upstream {
-        c.destination_workload = u.workload.name.clone();
+        c.destination_workload = u.workload.workload_name.clone();
         c.destination_workload_namespace = u.workload.namespace.clone();
         if let Some(p) = u.principal() {
             c.destination_principal = p.to_string();
@@ -371,6 +371,7 @@ mod tests {
         Arc::new(Workload {
             uid: name.to_owned(),
             name: name.to_owned(),
+            workload_name: name.to_owned(),
             namespace: "default".to_owned(),
             service_account: name.to_owned(),
             ips: vec![[10, 0, 0, 1].into()],

@@ -6,9 +6,10 @@
 //! namespace comes from its cgroup, never from a path the pod's author wrote.
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
-/// Metadata without managed fields, owner references or annotations.
+/// Metadata without managed fields, owner references or annotations (a pod keeps its
+/// controller's kind and name).
 pub fn meta(m: &mut ObjectMeta) {
     m.managed_fields = None;
     m.owner_references = None;
@@ -17,7 +18,22 @@ pub fn meta(m: &mut ObjectMeta) {
 }
 
 pub fn pod(p: &mut Pod) {
+    // The controlling owner names the pod's workload in metrics; its kind and name are all
+    // the translation reads of it.
+    let controller = p
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| OwnerReference {
+            kind: o.kind.clone(),
+            name: o.name.clone(),
+            controller: Some(true),
+            ..OwnerReference::default()
+        });
     meta(&mut p.metadata);
+    p.metadata.owner_references = controller.map(|o| vec![o]);
     if let Some(spec) = p.spec.take() {
         p.spec = Some(PodSpec {
             node_name: spec.node_name,

@@ -25,6 +25,7 @@ use crate::model::policy::{Action, AuthorizationPolicy, Rule};
 use crate::model::route::{Route, RouteKind, grpc};
 use crate::model::traffic::TrafficPolicy;
 
+mod owner;
 mod traffic;
 use crate::model::{CaptureMode, InboundMode, ServicePort, TunnelProtocol};
 
@@ -197,6 +198,7 @@ fn workloads<'a>(cx: &mut Ctx<'a>) -> HashMap<ObjectKey, PodInfo<'a>> {
             .map(PathBuf::from);
         cx.out.workloads.push(WorkloadFile {
             name: key.1.clone(),
+            workload_name: Some(owner::workload_name(pod)),
             namespace: key.0.clone(),
             service_account: spec
                 .service_account_name
