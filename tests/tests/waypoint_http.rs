@@ -12,7 +12,9 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use weft_tests::http_app::{HttpApp, http_app, read, send};
-use weft_tests::{Mesh, NodeAddrs, WaypointProcess, Weftd, connect_via, ip, metric_sum};
+use weft_tests::{
+    Mesh, NodeAddrs, WaypointProcess, Weftd, connect_via, eventually, ip, metric_sum,
+};
 
 const ID: u8 = 57;
 /// The policy test's own addresses.
@@ -37,7 +39,7 @@ fn service(id: u8, name: &str, host: u8, selector: Value) -> Value {
 }
 
 struct Setup {
-    _m: Mesh,
+    m: Mesh,
     n1: Weftd,
     n2: Weftd,
     wp: WaypointProcess,
@@ -123,7 +125,7 @@ async fn setup() -> Setup {
         .await
         .unwrap();
     Setup {
-        _m: m,
+        m,
         n1,
         n2,
         wp,
@@ -159,7 +161,7 @@ fn get(path: &str) -> Request<Full<Bytes>> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn routes_filters_splits_and_retries_through_the_waypoint() {
-    let s = setup().await;
+    let mut s = setup().await;
     let mut c = h1(&s.n1.addrs).await;
 
     // The default rule splits 90/10: 1000 requests on one kept connection.
@@ -441,6 +443,24 @@ async fn routes_filters_splits_and_retries_through_the_waypoint() {
         entries[0]["matches"], r#"{"path":{"type":"Exact","value":"/slow"}}"#,
         "{dump:#}"
     );
+
+    // web-v2 gone from the mesh: its request series go with it (a waypoint's series would
+    // otherwise outlive every pod it ever sent to); web-v1's stay.
+    let v2_series = |metrics: &str| {
+        metrics
+            .lines()
+            .any(|l| l.starts_with("weft_request") && l.contains("destination_workload=\"web-v2\""))
+    };
+    assert!(v2_series(&metrics), "{metrics}");
+    s.m.workloads.retain(|w| w["name"] != "web-v2");
+    s.m.write().unwrap();
+    let forgotten = || !v2_series(&s.wp.metrics());
+    assert!(
+        eventually(Duration::from_secs(5), forgotten).await,
+        "{}",
+        s.wp.metrics()
+    );
+    assert!(metric_sum(&s.wp.metrics(), "weft_requests_total", &ok) >= 800.0);
 }
 
 /// One HTTP/1.1 request written as raw bytes (so odd paths reach the waypoint as sent), on

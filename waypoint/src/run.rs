@@ -1,6 +1,7 @@
 //! Wiring: the mesh source and certificates (as weftd gets them), the data-plane workers,
 //! mesh updates, and a drain on SIGTERM.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -157,6 +158,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 let table = RouteTable::build(&mesh.state, &name, &namespace, &routes_tx.borrow());
                 let traffic = TrafficTable::build(&mesh.state, &traffic_tx.borrow());
                 let old = wp.state.replace(mesh.state);
+                forget_gone(&wp);
                 let old_routes = routes_tx.send_replace(Arc::new(table));
                 let old_traffic = traffic_tx.send_replace(Arc::new(traffic));
                 // Freeing a large mesh takes milliseconds: not on a worker that carries
@@ -213,4 +215,18 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     tokio::task::spawn_blocking(move || workers.stop()).await?;
     Ok(())
+}
+
+/// Drops the metric series of workloads and Services that the mesh no longer has.
+fn forget_gone(wp: &Waypoint) {
+    let state = wp.state.current();
+    let workloads: HashSet<(&str, &str)> = state
+        .workloads
+        .iter()
+        .map(|w| (w.namespace.as_str(), w.workload_name.as_str()))
+        .collect();
+    let services: HashSet<&str> = state.services.iter().map(|s| s.hostname.as_str()).collect();
+    let workload = |ns: &str, name: &str| workloads.contains(&(ns, name));
+    wp.metrics.retain_workloads(workload);
+    wp.requests.retain(workload, |host| services.contains(host));
 }

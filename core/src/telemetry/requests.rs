@@ -8,7 +8,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use super::metrics::ConnectionLabels;
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use super::metrics::{ConnectionLabels, UNKNOWN};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -36,6 +39,9 @@ fn histogram() -> Histogram {
 pub struct RequestMetrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    /// Every label set in use, so the series of a workload or Service that is gone can be
+    /// found and dropped.
+    known: Mutex<HashSet<RequestLabels>>,
 }
 
 impl RequestMetrics {
@@ -43,6 +49,7 @@ impl RequestMetrics {
         let m = RequestMetrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(histogram),
+            known: Mutex::default(),
         };
         registry.register(
             "weft_requests",
@@ -63,11 +70,43 @@ impl RequestMetrics {
 
     /// The series of `labels`, to be kept by a caller that records many requests with the same
     /// labels: recording through it neither builds nor hashes the labels again.
+    ///
+    /// A series that [`RequestMetrics::retain`] drops while a caller keeps it goes on counting
+    /// unseen; callers key what they keep by the workload entry, which a reload replaces.
     pub fn series(&self, labels: &RequestLabels) -> RequestSeries {
+        // One lock for the index and the families, so a prune cannot interleave and leave a
+        // series nobody will ever remove.
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if !known.contains(labels) {
+            known.insert(labels.clone());
+        }
         RequestSeries {
             requests: self.requests.get_or_create(labels).clone(),
             duration: self.duration.get_or_create(labels).clone(),
         }
+    }
+
+    /// Drops every series that names a workload for which `workload(namespace, name)` is
+    /// false or a destination Service for which `service(hostname)` is: a waypoint's series
+    /// would otherwise outlive what they count.
+    pub fn retain(&self, workload: impl Fn(&str, &str) -> bool, service: impl Fn(&str) -> bool) {
+        let gone = |l: &RequestLabels| {
+            let c = &l.connection;
+            let named = |ns: &str, name: &str| name != UNKNOWN && !workload(ns, name);
+            named(&c.source_workload_namespace, &c.source_workload)
+                || named(&c.destination_workload_namespace, &c.destination_workload)
+                || (c.destination_service != UNKNOWN && !service(&c.destination_service))
+        };
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known.retain(|l| {
+            if gone(l) {
+                self.requests.remove(l);
+                self.duration.remove(l);
+                false
+            } else {
+                true
+            }
+        });
     }
 }
 
