@@ -116,7 +116,7 @@ fn demo(dir: &Path, once: bool) -> anyhow::Result<()> {
     let netns = |pod: &str| t.ns_path(pod).display().to_string();
     let web = |pod: &str, ip: &str, version: &str| {
         format!(
-            "  - {{name: {pod}, serviceAccount: web, ips: [{ip}], node: node2, netns: \"{}\", labels: {{app: web, version: {version}}}}}\n",
+            "  - {{name: {pod}, workloadName: web-{version}, serviceAccount: web, ips: [{ip}], node: node2, netns: \"{}\", labels: {{app: web, version: {version}}}}}\n",
             netns(pod)
         )
     };
