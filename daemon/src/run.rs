@@ -330,11 +330,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 // runtime worker that carries traffic, and not in the reload's latency.
                 tokio::task::spawn_blocking(move || drop(old));
                 let state = px.state.current();
-                let alive: std::collections::HashSet<(&str, &str)> = state
-                    .workloads
-                    .iter()
-                    .map(|w| (w.namespace.as_str(), w.workload_name.as_str()))
-                    .collect();
+                let alive = state.workload_names();
                 px.metrics
                     .retain_workloads(|ns, name| alive.contains(&(ns, name)));
                 reconcile(&admin, &workload_listeners, node_settings.listen.outbound);

@@ -220,11 +220,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 /// Drops the metric series of workloads and Services that the mesh no longer has.
 fn forget_gone(wp: &Waypoint) {
     let state = wp.state.current();
-    let workloads: HashSet<(&str, &str)> = state
-        .workloads
-        .iter()
-        .map(|w| (w.namespace.as_str(), w.workload_name.as_str()))
-        .collect();
+    let workloads = state.workload_names();
     let services: HashSet<&str> = state.services.iter().map(|s| s.hostname.as_str()).collect();
     let workload = |ns: &str, name: &str| workloads.contains(&(ns, name));
     wp.metrics.retain_workloads(workload);

@@ -64,6 +64,14 @@ pub enum Destination<'a> {
 }
 
 impl MeshState {
+    /// Every (namespace, workload name) in the mesh: the workloads metric series may name.
+    pub fn workload_names(&self) -> std::collections::HashSet<(&str, &str)> {
+        self.workloads
+            .iter()
+            .map(|w| (w.namespace.as_str(), w.workload_name.as_str()))
+            .collect()
+    }
+
     /// Builds the indexes. `services[i].endpoints` must already hold indexes into `workloads`.
     pub fn new(
         trust_domain: String,

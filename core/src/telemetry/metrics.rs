@@ -92,6 +92,17 @@ impl ConnectionLabels {
             connection_security_policy: SecurityPolicy::None,
         }
     }
+
+    /// Whether its source or destination is a workload for which `exists(namespace, name)`
+    /// is false: what a series pruned on reload is.
+    pub(crate) fn names_a_gone_workload(&self, exists: &impl Fn(&str, &str) -> bool) -> bool {
+        let gone = |ns: &str, name: &str| name != UNKNOWN && !exists(ns, name);
+        gone(&self.source_workload_namespace, &self.source_workload)
+            || gone(
+                &self.destination_workload_namespace,
+                &self.destination_workload,
+            )
+    }
 }
 
 /// Why a connection failed; a label on `weft_tcp_connections_failed_total`.
@@ -209,11 +220,7 @@ impl ConnectionMetrics {
 
     /// Drops every series that names a workload for which `exists(namespace, name)` is false.
     pub fn retain_workloads(&self, exists: impl Fn(&str, &str) -> bool) {
-        let gone = |l: &ConnectionLabels| {
-            let named = |ns: &str, name: &str| name != UNKNOWN && !exists(ns, name);
-            named(&l.source_workload_namespace, &l.source_workload)
-                || named(&l.destination_workload_namespace, &l.destination_workload)
-        };
+        let gone = |l: &ConnectionLabels| l.names_a_gone_workload(&exists);
         let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
         k.connections.retain(|l| {
             if gone(l) {

@@ -92,9 +92,7 @@ impl RequestMetrics {
     pub fn retain(&self, workload: impl Fn(&str, &str) -> bool, service: impl Fn(&str) -> bool) {
         let gone = |l: &RequestLabels| {
             let c = &l.connection;
-            let named = |ns: &str, name: &str| name != UNKNOWN && !workload(ns, name);
-            named(&c.source_workload_namespace, &c.source_workload)
-                || named(&c.destination_workload_namespace, &c.destination_workload)
+            c.names_a_gone_workload(&workload)
                 || (c.destination_service != UNKNOWN && !service(&c.destination_service))
         };
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());

@@ -23,12 +23,13 @@ pub fn pod(p: &mut Pod) {
     let controller = p
         .metadata
         .owner_references
-        .iter()
+        .take()
+        .into_iter()
         .flatten()
         .find(|o| o.controller == Some(true))
         .map(|o| OwnerReference {
-            kind: o.kind.clone(),
-            name: o.name.clone(),
+            kind: o.kind,
+            name: o.name,
             controller: Some(true),
             ..OwnerReference::default()
         });

@@ -24,26 +24,23 @@ pub fn workload_name(pod: &Pod) -> String {
     if let Some(name) = label(WORKLOAD_NAME_LABEL) {
         return name.clone();
     }
-    let own = meta.name.clone().unwrap_or_default();
     let controller = meta
         .owner_references
         .iter()
         .flatten()
-        .find(|o| o.controller == Some(true));
+        .find(|o| o.controller == Some(true) && !o.name.is_empty());
     let Some(owner) = controller else {
-        return own;
+        return meta.name.clone().unwrap_or_default();
     };
-    match owner.kind.as_str() {
+    let name = match owner.kind.as_str() {
         "ReplicaSet" => label("pod-template-hash")
             .and_then(|hash| owner.name.strip_suffix(hash.as_str()))
             .and_then(|n| n.strip_suffix('-'))
-            .filter(|n| !n.is_empty())
-            .unwrap_or(&owner.name)
-            .to_owned(),
-        "Job" => cron_job(&owner.name).unwrap_or(&owner.name).to_owned(),
-        _ if owner.name.is_empty() => own,
-        _ => owner.name.clone(),
-    }
+            .filter(|n| !n.is_empty()),
+        "Job" => cron_job(&owner.name),
+        _ => None,
+    };
+    name.unwrap_or(&owner.name).to_owned()
 }
 
 /// `nightly-29012345` -> `nightly`: a CronJob names its Jobs after the scheduled minute.
