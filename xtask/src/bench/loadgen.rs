@@ -8,6 +8,8 @@
 //!   so a stall counts against every request it delayed (no coordinated omission).
 //! - `http-latency ADDR RATE SECONDS CONNECTIONS`: as `latency`, with HTTP/1.1 `GET /` on
 //!   kept connections instead of raw bytes (for the waypoint, which needs HTTP to route).
+//!   Both also report the CPU stalls seen during the run and the latencies of the requests
+//!   none touched (`stalls`).
 //! - `http-serve ADDR`: answers every HTTP/1.1 or HTTP/2 (prior knowledge) request with a
 //!   2-byte 200.
 //! - `connrate ADDR SECONDS WORKERS`: closed loop of connect + 64-byte exchange + close.
@@ -205,15 +207,19 @@ fn latency(
     // Start every connection's schedule at once, offset so requests interleave evenly.
     let start = Instant::now() + Duration::from_millis(100);
     let warmup = Duration::from_millis(500);
-    let results: Vec<anyhow::Result<(Histogram<u64>, u64)>> = std::thread::scope(|s| {
+    let probe = super::stalls::Probe::start();
+    // Per thread: each request's intended send time and its latency in nanoseconds.
+    let results: Vec<anyhow::Result<Vec<(Instant, u64)>>> = std::thread::scope(|s| {
         let handles: Vec<_> = streams
             .into_iter()
             .enumerate()
             .map(|(i, mut stream)| {
-                s.spawn(move || -> anyhow::Result<(Histogram<u64>, u64)> {
+                s.spawn(move || -> anyhow::Result<Vec<(Instant, u64)>> {
                     // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
                     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) };
-                    let mut hist = histogram();
+                    let mut done = Vec::with_capacity(
+                        (duration + warmup).div_duration_f64(interval) as usize + 1,
+                    );
                     let size = match exchange {
                         Exchange::Bytes(n) => n,
                         Exchange::Http => 0,
@@ -221,7 +227,6 @@ fn latency(
                     let (req, mut resp) = (vec![0x5a_u8; size], vec![0_u8; size]);
                     let mut head = Vec::new();
                     let offset = interval.mul_f64(i as f64 / connections as f64);
-                    let mut sent = 0u64;
                     for k in 0u32.. {
                         let intended = start + offset + interval * k;
                         if intended > start + warmup + duration {
@@ -238,13 +243,11 @@ fn latency(
                                 read_http(&mut stream, &mut head)?;
                             }
                         }
-                        sent += 1;
                         if intended >= start + warmup {
-                            let ns = intended.elapsed().as_nanos() as u64;
-                            let _ = hist.record(ns.max(1_000));
+                            done.push((intended, intended.elapsed().as_nanos() as u64));
                         }
                     }
-                    Ok((hist, sent))
+                    Ok(done)
                 })
             })
             .collect();
@@ -256,13 +259,37 @@ fn latency(
             })
             .collect()
     });
-    let mut all = histogram();
+    // Every request, and apart those that no CPU stall touched: the difference is the
+    // hypervisor's, not the path's (`stalls`). Without the probe, only the first.
+    let stalls = probe
+        .stop()
+        .inspect_err(|e| eprintln!("loadgen: no CPU stall probe: {e:#}"))
+        .ok();
+    let (mut all, mut outside) = (histogram(), histogram());
     for r in results {
-        let (h, _) = r?;
-        all.add(&h).context("merging histograms")?;
+        for (intended, ns) in r? {
+            let ns = ns.max(1_000);
+            let _ = all.record(ns);
+            let end = intended + Duration::from_nanos(ns);
+            if let Some(stalls) = &stalls
+                && !super::stalls::overlaps(stalls, intended, end)
+            {
+                let _ = outside.record(ns);
+            }
+        }
     }
     let mut out = summary(&all);
     out["rate"] = json!(all.len() as f64 / duration.as_secs_f64());
+    if let Some(stalls) = &stalls {
+        out["outside_stalls"] = summary(&outside);
+        out["stalls"] = json!(stalls.len());
+        out["stalled_ms"] = json!(
+            stalls
+                .iter()
+                .map(|p| (p.to - p.from).as_secs_f64() * 1e3)
+                .sum::<f64>()
+        );
+    }
     println!("{out}");
     Ok(())
 }

@@ -15,6 +15,7 @@ mod figures;
 mod l7;
 pub mod loadgen;
 mod report;
+mod stalls;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -61,6 +61,12 @@ pub struct Latency {
     pub p99_us: f64,
     pub max_us: f64,
     pub achieved: f64,
+    /// The same over the requests that no CPU stall touched (`bench::stalls`).
+    pub outside_stalls_p50_us: f64,
+    pub outside_stalls_p99_us: f64,
+    /// CPU stalls seen during the run, and their total length.
+    pub stalls: f64,
+    pub stalled_ms: f64,
 }
 
 /// One run of the scale figure: the mesh with `extra` routes and policies.
@@ -248,6 +254,10 @@ pub fn latency(b: &mut L7, r: &mut Results) -> anyhow::Result<()> {
                     p99_us: num(&v, "p99_us"),
                     max_us: num(&v, "max_us"),
                     achieved: num(&v, "rate"),
+                    outside_stalls_p50_us: num(&v["outside_stalls"], "p50_us"),
+                    outside_stalls_p99_us: num(&v["outside_stalls"], "p99_us"),
+                    stalls: num(&v, "stalls"),
+                    stalled_ms: num(&v, "stalled_ms"),
                 });
                 std::thread::sleep(SETTLE);
             }
