@@ -12,6 +12,7 @@ use std::pin::pin;
 
 use bytes::{Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 /// Read size when data is flowing: large enough to fill TLS records and HTTP/2 frames, small
@@ -246,8 +247,22 @@ fn try_read(tcp: &TcpStream, buf: &mut BytesMut) -> io::Result<Option<usize>> {
     if buf.capacity() - buf.len() < MIN_READ {
         buf.reserve(READ_CHUNK);
     }
-    match tcp.try_read_buf(buf) {
+    // A read that does not fill the buffer has drained the socket (epoll is edge-triggered):
+    // forgetting its readiness then spares the next call a read that would only say EAGAIN,
+    // one syscall per message on a request/response connection. tokio's own `poll_read` does
+    // the same; `try_read_buf` does not, and `try_io` forgets readiness only on WouldBlock.
+    let room = buf.capacity() - buf.len();
+    let mut drained = None;
+    let read = tcp.try_io(Interest::READABLE, || match tcp.try_read_buf(buf)? {
+        n if 0 < n && n < room => {
+            drained = Some(n);
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+        n => Ok(n),
+    });
+    match read {
         Ok(n) => Ok(Some(n)),
+        Err(_) if drained.is_some() => Ok(drained),
         Err(e)
             if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted =>
         {
