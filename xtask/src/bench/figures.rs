@@ -39,6 +39,17 @@ pub struct Percentiles {
     pub max_us: f64,
     #[serde(default)]
     pub failed: u64,
+    /// Latency runs: the requests no CPU stall touched (`bench::stalls`), and the stalls.
+    #[serde(default)]
+    pub outside_stalls: Option<Outside>,
+    #[serde(default)]
+    pub stalls: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct Outside {
+    pub p50_us: f64,
+    pub p99_us: f64,
 }
 
 #[derive(Debug, Default, Serialize)]

@@ -6,7 +6,7 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use super::RUNS;
-use super::figures::{PerPath, Percentiles, Results};
+use super::figures::{Outside, PerPath, Percentiles, Results};
 
 pub fn median(v: &[f64]) -> f64 {
     let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
@@ -155,6 +155,29 @@ pub fn write(
                 verdict(added50 <= 100.0 && added99 <= 300.0).into(),
             ],
         );
+        let outside = |runs: &[Percentiles]| {
+            let o = |pick: fn(&Outside) -> f64| {
+                med(runs, |p| p.outside_stalls.as_ref().map_or(f64::NAN, pick))
+            };
+            [
+                o(|o| o.p50_us),
+                o(|o| o.p99_us),
+                med(runs, |p| p.stalls as f64),
+            ]
+        };
+        let (d, w) = (outside(&runs.direct), outside(&runs.weft));
+        let show = |v: [f64; 3]| format!("{:.0} / {:.0}; {:.0}", v[0], v[1], v[2]);
+        row(
+            &mut t,
+            &[
+                "same, requests outside CPU stalls, p50 / p99 (us); stalls seen".into(),
+                show(d),
+                show(w),
+                format!("+{:.0} us p50, +{:.0} us p99", w[0] - d[0], w[1] - d[1]),
+                "report".into(),
+                String::new(),
+            ],
+        );
     }
     let c = &r.connection_rate;
     if !c.weft.is_empty() {
@@ -251,8 +274,10 @@ Written by `cargo xtask bench l4` (as root). Do not edit by hand: run it again.
   mutual-TLS HBONE (*two relays*: below). Every figure is the median of {RUNS} runs, the
   routes alternating within each run; ratios are of medians from this run. Latency is
   measured from each request's intended send time on a fixed schedule (no coordinated
-  omission). The load generator is `xtask loadgen` (release); throughput is iperf3. weftd
-  logs at `info` (access log on).
+  omission); the row under each latency row leaves out the requests that a CPU stall (the
+  hypervisor not running a vCPU for over 0.5 ms, seen by a real-time probe thread per CPU;
+  docs/architecture.md, *CPU stalls*) touched, and counts the stalls. The load generator is
+  `xtask loadgen` (release); throughput is iperf3. weftd logs at `info` (access log on).
   Raw runs: `target/bench/l4.json`.
 
 {t}
