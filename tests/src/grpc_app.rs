@@ -9,11 +9,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server, Uri};
 use tonic::{Code, Request, Response, Status};
@@ -31,6 +33,7 @@ use proto::{CountReply, CountRequest, SayReply, SayRequest};
 pub struct GrpcApp {
     pub addr: SocketAddr,
     calls: Arc<Mutex<HashMap<&'static str, usize>>>,
+    connections: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -45,12 +48,26 @@ impl GrpcApp {
     pub fn calls(&self, method: &str) -> usize {
         self.calls.lock().unwrap().get(method).copied().unwrap_or(0)
     }
+
+    /// How many connections the server has accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
 }
 
 /// Serves Echo on `addr` as `name` (the `server` field of every reply).
 pub async fn grpc_app(addr: SocketAddr, name: &'static str) -> anyhow::Result<GrpcApp> {
     // Bound here, so an address in use is this call's error and not a task's.
-    let incoming = TcpIncoming::bind(addr)?.with_nodelay(Some(true));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let accepted = connections.clone();
+    let incoming = TcpIncoming::bind(addr)?
+        .with_nodelay(Some(true))
+        .map(move |c| {
+            if c.is_ok() {
+                accepted.fetch_add(1, Ordering::Relaxed);
+            }
+            c
+        });
     let calls = Arc::new(Mutex::new(HashMap::new()));
     let svc = EchoServer::new(EchoApp {
         name,
@@ -61,7 +78,12 @@ pub async fn grpc_app(addr: SocketAddr, name: &'static str) -> anyhow::Result<Gr
             eprintln!("grpc_app {name} on {addr}: {e}");
         }
     });
-    Ok(GrpcApp { addr, calls, task })
+    Ok(GrpcApp {
+        addr,
+        calls,
+        connections,
+        task,
+    })
 }
 
 /// A tonic client over `tcp`, a stream already connected (e.g. by [`crate::connect_via`]),

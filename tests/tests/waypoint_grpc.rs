@@ -168,6 +168,20 @@ async fn grpc_unary_streaming_errors_and_authz_through_the_waypoint() {
     let mut s = setup().await;
     let mut c = client(&s.n1.addrs).await;
 
+    // A burst of first requests: the waypoint opens one HTTP/2 connection to the endpoint
+    // and the others wait for it, rather than each opening its own.
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 0..32 {
+        let mut c = c.clone();
+        burst.spawn(async move { within(c.say(say(&format!("burst {i}")))).await });
+    }
+    while let Some(r) = burst.join_next().await {
+        let r = r.unwrap();
+        assert!(r.is_ok(), "{r:?}\n{}", s.wp.logs());
+    }
+    assert_eq!(s.v2.calls("Say"), 32);
+    assert_eq!(s.v2.connections(), 1, "{}", s.wp.logs());
+
     // Unary: Say is routed to echo-v2, with the waypoint's request headers.
     for i in 0..20 {
         let r = within(c.say(say(&format!("hello {i}")))).await;
@@ -210,7 +224,7 @@ async fn grpc_unary_streaming_errors_and_authz_through_the_waypoint() {
         tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && tp != trace,
         "{tp:?}"
     );
-    assert_eq!(s.v2.calls("Say"), 21);
+    assert_eq!(s.v2.calls("Say"), 32 + 21);
     assert_eq!(s.v1.calls("Say"), 0);
 
     // Server streaming: every message in order, then the OK status in the trailers.
@@ -268,7 +282,7 @@ async fn grpc_unary_streaming_errors_and_authz_through_the_waypoint() {
         metrics()
     );
     assert!(
-        eventually(Duration::from_secs(5), || status("0") == 22.0).await,
+        eventually(Duration::from_secs(5), || status("0") == 32.0 + 22.0).await,
         "{}",
         metrics()
     );
@@ -279,7 +293,7 @@ async fn grpc_unary_streaming_errors_and_authz_through_the_waypoint() {
     ];
     assert_eq!(
         metric_sum(&metrics(), "weft_requests_total", &v2_ok),
-        21.0,
+        32.0 + 21.0,
         "{}",
         metrics()
     );

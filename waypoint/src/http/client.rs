@@ -8,7 +8,7 @@
 //!
 //! The backend Service's `connectionPool` applies here: `maxConnections` (HTTP/1.1: busy
 //! connections, upgrades among them, with `maxPendingRequests` waiting for one; HTTP/2:
-//! connections opened),
+//! connections opened, with `maxPendingRequests` waiting for one being opened),
 //! `maxRequestsPerConnection` and `idleTimeout` (also enforced by [`Clients::sweep`]).
 
 use std::collections::HashMap;
@@ -21,6 +21,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
 use weft_core::identity::SpiffeId;
 
 use super::body::Body;
@@ -76,6 +77,72 @@ impl Kept<http1::SendRequest<Body>> {
 pub struct Clients {
     h1: Mutex<HashMap<Key, Vec<Kept<http1::SendRequest<Body>>>>>,
     h2: Mutex<HashMap<Key, Kept<http2::SendRequest<Body>>>>,
+    /// HTTP/2 connections being opened: requests for the same key wait for that one instead
+    /// of each opening its own (`H2Dial`).
+    h2_dials: Mutex<HashMap<Key, watch::Receiver<Dialed>>>,
+}
+
+/// How an HTTP/2 dial ended, for the requests that waited for it (`None` while it runs).
+type Dialed = Option<Result<(), Failed>>;
+
+/// A dial's failure, as each of its waiters reports it: an overflow stays an overflow (it
+/// must not count against the endpoint's health), anything else is a connect failure.
+#[derive(Debug, Clone)]
+enum Failed {
+    Overflow(Overflow),
+    Connect(String),
+}
+
+impl From<&SendError> for Failed {
+    fn from(e: &SendError) -> Self {
+        match e {
+            SendError::Overflow(o) => Failed::Overflow(*o),
+            SendError::Connect(m) => Failed::Connect(m.clone()),
+            SendError::Http(e) => Failed::Connect(e.to_string()),
+        }
+    }
+}
+
+impl From<Failed> for SendError {
+    fn from(f: Failed) -> Self {
+        match f {
+            Failed::Overflow(o) => SendError::Overflow(o),
+            Failed::Connect(m) => SendError::Connect(m),
+        }
+    }
+}
+
+/// One HTTP/2 dial in progress for `key`. However the dialing request ends (answered, or
+/// dropped half-way by its client), the key is freed for the next dial; waiters see the
+/// outcome, or a closed channel when there was none.
+struct H2Dial<'a> {
+    dials: &'a Mutex<HashMap<Key, watch::Receiver<Dialed>>>,
+    key: &'a Key,
+    tx: watch::Sender<Dialed>,
+}
+
+impl H2Dial<'_> {
+    fn forget(&self) {
+        let mut m = lock(self.dials);
+        // Only this dial's entry: a later one for the same key may already be in its place.
+        if m.get(self.key)
+            .is_some_and(|rx| rx.same_channel(&self.tx.subscribe()))
+        {
+            m.remove(self.key);
+        }
+    }
+
+    /// Frees the key first, so that a waiter woken by the outcome never finds this dial again.
+    fn finish(self, outcome: Result<(), Failed>) {
+        self.forget();
+        let _ = self.tx.send(Some(outcome));
+    }
+}
+
+impl Drop for H2Dial<'_> {
+    fn drop(&mut self) {
+        self.forget();
+    }
 }
 
 /// A response, and the busy-connection slot it holds until its body ends.
@@ -200,33 +267,14 @@ impl Clients {
         key: Key,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, SendError> {
-        let pooled = {
-            let now = Instant::now();
-            let mut m = lock(&self.h2);
-            match m.get_mut(&key) {
-                Some(k) if !k.send.is_closed() && !k.expired(now) => {
-                    k.used += 1;
-                    k.last_used = now;
-                    let s = k.send.clone();
-                    // Its last request: later ones open a new connection.
-                    if d.settings
-                        .max_requests_per_connection
-                        .is_some_and(|max| k.used >= max)
-                    {
-                        m.remove(&key);
-                    }
-                    Some(s)
-                }
-                Some(_) => {
-                    m.remove(&key);
-                    None
-                }
-                None => None,
+        // Another request's dial may fill the pool meanwhile: then take it from there.
+        let (mut s, mut fresh) = loop {
+            if let Some(s) = self.pooled_h2(d, &key) {
+                break (s, false);
             }
-        };
-        let (mut s, mut fresh) = match pooled {
-            Some(s) => (s, false),
-            None => (self.dial_h2(d, &key).await?, true),
+            if let Some(s) = self.join_h2_dial(d, &key).await? {
+                break (s, true);
+            }
         };
         let mut req = req;
         // A shared connection going away (the endpoint's GOAWAY on shutdown) hands back a
@@ -301,6 +349,78 @@ impl Clients {
             }
         }
         Err(SendError::Connect("no connection took the request".into()))
+    }
+
+    /// The key's kept HTTP/2 connection, counting this request against it.
+    fn pooled_h2(&self, d: &Dial<'_>, key: &Key) -> Option<http2::SendRequest<Body>> {
+        let now = Instant::now();
+        let mut m = lock(&self.h2);
+        let k = m.get_mut(key)?;
+        if k.send.is_closed() || k.expired(now) {
+            m.remove(key);
+            return None;
+        }
+        k.used += 1;
+        k.last_used = now;
+        let s = k.send.clone();
+        // Its last request: later ones open a new connection.
+        if d.settings
+            .max_requests_per_connection
+            .is_some_and(|max| k.used >= max)
+        {
+            m.remove(key);
+        }
+        Some(s)
+    }
+
+    /// Opens the key's HTTP/2 connection, or waits for the dial another request has under
+    /// way: a burst of first requests must not open a connection each (over `maxConnections`,
+    /// and a tunnel handshake apiece). Waiting is what Envoy calls a pending request:
+    /// `maxPendingRequests` bounds it (503 UO beyond). `Some` is a connection this request
+    /// dialed; `None` says one is now in the pool. A failed dial fails its waiters too.
+    async fn join_h2_dial(
+        &self,
+        d: &Dial<'_>,
+        key: &Key,
+    ) -> Result<Option<http2::SendRequest<Body>>, SendError> {
+        // Under the lock: join the dial under way, or take the key for this request's own.
+        let joined = {
+            let mut m = lock(&self.h2_dials);
+            match m.get(key) {
+                Some(rx) => Err(rx.clone()),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    m.insert(key.clone(), rx);
+                    Ok(tx)
+                }
+            }
+        };
+        let mut rx = match joined {
+            Ok(tx) => {
+                let dial = H2Dial {
+                    dials: &self.h2_dials,
+                    key,
+                    tx,
+                };
+                let dialed = self.dial_h2(d, key).await;
+                dial.finish(dialed.as_ref().map(|_| ()).map_err(Failed::from));
+                return dialed.map(Some);
+            }
+            Err(rx) => rx,
+        };
+        let _pending = match d.circuit {
+            Some(c) => Some(
+                c.pending(d.settings.max_pending_requests)
+                    .map_err(SendError::Overflow)?,
+            ),
+            None => None,
+        };
+        let outcome = rx.wait_for(Option::is_some).await.map(|v| v.clone());
+        match outcome {
+            Ok(Some(Err(e))) => Err(e.into()),
+            // Dialed; or the dialing request went away before it ended: look again.
+            _ => Ok(None),
+        }
     }
 
     async fn dial_h2(

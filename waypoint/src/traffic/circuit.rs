@@ -1,7 +1,7 @@
 //! Circuit breaking towards one backend Service: requests in flight (`maxRequests`), HTTP/1.1
 //! connections busy (`maxConnections`; such a connection carries one request at a time) and
-//! requests waiting for one (`maxPendingRequests`). Counters are kept across mesh versions;
-//! limits are the version's.
+//! requests waiting for one, or for an HTTP/2 connection being opened (`maxPendingRequests`).
+//! Counters are kept across mesh versions; limits are the version's.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -99,6 +99,15 @@ impl Circuit {
         }
     }
 
+    /// A request waiting for an HTTP/2 connection being opened, among at most `max` others.
+    pub fn pending(self: &Arc<Self>, max: Option<u32>) -> Result<Held, Overflow> {
+        if try_inc(&self.pending, max) {
+            Ok(self.hold(|c| &c.pending, false))
+        } else {
+            Err(Overflow::Pending(max.unwrap_or(0)))
+        }
+    }
+
     /// An open upstream connection, counted until dropped.
     pub fn opened(self: &Arc<Self>) -> Held {
         self.connections.fetch_add(1, Ordering::AcqRel);
@@ -157,5 +166,17 @@ mod tests {
             Ok(()),
             "free again"
         );
+    }
+
+    #[test]
+    fn requests_waiting_for_a_new_connection_are_bounded() {
+        let c = Arc::new(Circuit::default());
+        let first = c.pending(Some(1)).unwrap();
+        assert_eq!(c.pending(Some(1)).err(), Some(Overflow::Pending(1)));
+        assert_eq!(c.counts(), (0, 0, 1));
+        drop(first);
+        assert!(c.pending(Some(1)).is_ok(), "counted until dropped");
+        assert_eq!(c.pending(Some(0)).err(), Some(Overflow::Pending(0)));
+        assert!(c.pending(None).is_ok(), "no limit");
     }
 }
