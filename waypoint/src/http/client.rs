@@ -82,32 +82,34 @@ pub struct Clients {
     h2_dials: Mutex<HashMap<Key, watch::Receiver<Dialed>>>,
 }
 
+/// What joining a key's HTTP/2 dial came to.
+enum Joined {
+    /// This request opened the connection.
+    Dialed(http2::SendRequest<Body>),
+    /// The dial this request waited for succeeded: its connection is in the pool, unused.
+    Waited,
+    /// Nothing came of it for this request (the pool has a connection, or the dial ran into
+    /// a limit or went away): look again.
+    Again,
+}
+
 /// How an HTTP/2 dial ended, for the requests that waited for it (`None` while it runs).
 type Dialed = Option<Result<(), Failed>>;
 
-/// A dial's failure, as each of its waiters reports it: an overflow stays an overflow (it
-/// must not count against the endpoint's health), anything else is a connect failure.
+/// A dial's failure, as its waiters see it: a limit the dialing request ran into (its
+/// Service's, not necessarily theirs), or a connect failure they all report.
 #[derive(Debug, Clone)]
 enum Failed {
-    Overflow(Overflow),
+    Overflow,
     Connect(String),
 }
 
 impl From<&SendError> for Failed {
     fn from(e: &SendError) -> Self {
         match e {
-            SendError::Overflow(o) => Failed::Overflow(*o),
+            SendError::Overflow(_) => Failed::Overflow,
             SendError::Connect(m) => Failed::Connect(m.clone()),
             SendError::Http(e) => Failed::Connect(e.to_string()),
-        }
-    }
-}
-
-impl From<Failed> for SendError {
-    fn from(f: Failed) -> Self {
-        match f {
-            Failed::Overflow(o) => SendError::Overflow(o),
-            Failed::Connect(m) => SendError::Connect(m),
         }
     }
 }
@@ -268,12 +270,17 @@ impl Clients {
         req: Request<Body>,
     ) -> Result<Response<Incoming>, SendError> {
         // Another request's dial may fill the pool meanwhile: then take it from there.
+        // Another request's dial may fill the pool meanwhile: then take it from there, as new
+        // when this request waited for it (it has not served anything yet).
+        let mut waited = false;
         let (mut s, mut fresh) = loop {
             if let Some(s) = self.pooled_h2(d, &key) {
-                break (s, false);
+                break (s, waited);
             }
-            if let Some(s) = self.join_h2_dial(d, &key).await? {
-                break (s, true);
+            match self.join_h2_dial(d, &key).await? {
+                Joined::Dialed(s) => break (s, true),
+                Joined::Waited => waited = true,
+                Joined::Again => waited = false,
             }
         };
         let mut req = req;
@@ -376,27 +383,40 @@ impl Clients {
     /// Opens the key's HTTP/2 connection, or waits for the dial another request has under
     /// way: a burst of first requests must not open a connection each (over `maxConnections`,
     /// and a tunnel handshake apiece). Waiting is what Envoy calls a pending request:
-    /// `maxPendingRequests` bounds it (503 UO beyond). `Some` is a connection this request
-    /// dialed; `None` says one is now in the pool. A failed dial fails its waiters too.
-    async fn join_h2_dial(
-        &self,
-        d: &Dial<'_>,
-        key: &Key,
-    ) -> Result<Option<http2::SendRequest<Body>>, SendError> {
-        // Under the lock: join the dial under way, or take the key for this request's own.
-        let joined = {
+    /// `maxPendingRequests` bounds it (503 UO beyond). A failed dial fails its waiters too,
+    /// except an overflow: the waiter may belong to another Service, with its own limits.
+    async fn join_h2_dial(&self, d: &Dial<'_>, key: &Key) -> Result<Joined, SendError> {
+        // A connection that takes a bounded share of requests cannot carry a whole burst:
+        // those are opened side by side, each request its own.
+        if d.settings.max_requests_per_connection.is_some() {
+            return self.dial_h2(d, key).await.map(Joined::Dialed);
+        }
+        enum Role {
+            Dial(watch::Sender<Dialed>),
+            Wait(watch::Receiver<Dialed>),
+            Pooled,
+        }
+        let role = {
             let mut m = lock(&self.h2_dials);
             match m.get(key) {
-                Some(rx) => Err(rx.clone()),
+                Some(rx) => Role::Wait(rx.clone()),
+                // Another worker's dial may have pooled its connection and left since this
+                // request looked: the dialer pools before it leaves, so look under this lock.
+                None if lock(&self.h2)
+                    .get(key)
+                    .is_some_and(|k| !k.send.is_closed() && !k.expired(Instant::now())) =>
+                {
+                    Role::Pooled
+                }
                 None => {
                     let (tx, rx) = watch::channel(None);
                     m.insert(key.clone(), rx);
-                    Ok(tx)
+                    Role::Dial(tx)
                 }
             }
         };
-        let mut rx = match joined {
-            Ok(tx) => {
+        let mut rx = match role {
+            Role::Dial(tx) => {
                 let dial = H2Dial {
                     dials: &self.h2_dials,
                     key,
@@ -404,9 +424,10 @@ impl Clients {
                 };
                 let dialed = self.dial_h2(d, key).await;
                 dial.finish(dialed.as_ref().map(|_| ()).map_err(Failed::from));
-                return dialed.map(Some);
+                return dialed.map(Joined::Dialed);
             }
-            Err(rx) => rx,
+            Role::Wait(rx) => rx,
+            Role::Pooled => return Ok(Joined::Again),
         };
         let _pending = match d.circuit {
             Some(c) => Some(
@@ -417,9 +438,11 @@ impl Clients {
         };
         let outcome = rx.wait_for(Option::is_some).await.map(|v| v.clone());
         match outcome {
-            Ok(Some(Err(e))) => Err(e.into()),
-            // Dialed; or the dialing request went away before it ended: look again.
-            _ => Ok(None),
+            Ok(Some(Ok(()))) => Ok(Joined::Waited),
+            Ok(Some(Err(Failed::Connect(e)))) => Err(SendError::Connect(e)),
+            // The dial ran into a limit (perhaps another Service's), or its request went away
+            // before it ended: look again.
+            _ => Ok(Joined::Again),
         }
     }
 

@@ -144,7 +144,8 @@ pub struct ConnectionPool {
     /// per connection at a time; HTTP/2 multiplexes one per endpoint and client).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
-    /// Requests waiting for a connection under `maxConnections`.
+    /// Requests waiting for a connection: a free HTTP/1.1 one under `maxConnections`, or an
+    /// HTTP/2 one being opened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_pending_requests: Option<u32>,
     /// Requests in flight to the Service at once.
