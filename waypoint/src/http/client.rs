@@ -73,6 +73,13 @@ impl Kept<http1::SendRequest<Body>> {
     }
 }
 
+impl Kept<http2::SendRequest<Body>> {
+    /// Closed, or unused past its timeout.
+    fn stale(&self, now: Instant) -> bool {
+        self.send.is_closed() || self.expired(now)
+    }
+}
+
 #[derive(Default)]
 pub struct Clients {
     h1: Mutex<HashMap<Key, Vec<Kept<http1::SendRequest<Body>>>>>,
@@ -269,7 +276,6 @@ impl Clients {
         key: Key,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, SendError> {
-        // Another request's dial may fill the pool meanwhile: then take it from there.
         // Another request's dial may fill the pool meanwhile: then take it from there, as new
         // when this request waited for it (it has not served anything yet).
         let mut waited = false;
@@ -363,7 +369,7 @@ impl Clients {
         let now = Instant::now();
         let mut m = lock(&self.h2);
         let k = m.get_mut(key)?;
-        if k.send.is_closed() || k.expired(now) {
+        if k.stale(now) {
             m.remove(key);
             return None;
         }
@@ -404,7 +410,7 @@ impl Clients {
                 // request looked: the dialer pools before it leaves, so look under this lock.
                 None if lock(&self.h2)
                     .get(key)
-                    .is_some_and(|k| !k.send.is_closed() && !k.expired(Instant::now())) =>
+                    .is_some_and(|k| !k.stale(Instant::now())) =>
                 {
                     Role::Pooled
                 }
@@ -500,7 +506,7 @@ impl Clients {
             }
             m.retain(|_, list| !list.is_empty());
         }
-        lock(&self.h2).retain(|_, k| !k.send.is_closed() && !k.expired(now));
+        lock(&self.h2).retain(|_, k| !k.stale(now));
     }
 
     /// Connections kept, for `/config_dump` and tests.

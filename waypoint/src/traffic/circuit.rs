@@ -81,13 +81,11 @@ impl Circuit {
         if try_inc(&self.busy, Some(max)) {
             return Ok(self.hold(|c| &c.busy, true));
         }
-        if !try_inc(&self.pending, max_pending) {
-            return Err(match max_pending {
-                Some(0) | None => Overflow::Connections(max),
-                Some(p) => Overflow::Pending(p),
-            });
-        }
-        let _waiting = self.hold(|c| &c.pending, false);
+        // No room to wait is the connection limit's refusal.
+        let _waiting = self.pending(max_pending).map_err(|o| match max_pending {
+            Some(0) => Overflow::Connections(max),
+            _ => o,
+        })?;
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
@@ -99,7 +97,8 @@ impl Circuit {
         }
     }
 
-    /// A request waiting for an HTTP/2 connection being opened, among at most `max` others.
+    /// A request waiting for a connection (a busy HTTP/1.1 one to free up, an HTTP/2 one to
+    /// open), among at most `max` others.
     pub fn pending(self: &Arc<Self>, max: Option<u32>) -> Result<Held, Overflow> {
         if try_inc(&self.pending, max) {
             Ok(self.hold(|c| &c.pending, false))

@@ -74,24 +74,9 @@ fn allowed_cpus() -> Vec<usize> {
 }
 
 fn probe(cpu: usize, stop: &AtomicBool) -> anyhow::Result<Vec<Stall>> {
-    // SAFETY: plain syscalls on this thread (tid 0 = the caller) with valid arguments.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            anyhow::bail!(
-                "pinning the stall probe to CPU {cpu}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        let param = libc::sched_param { sched_priority: 1 };
-        if libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) != 0 {
-            anyhow::bail!(
-                "the stall probe needs SCHED_FIFO (run as root): {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
+    pin(cpu, 1).map_err(|e| {
+        anyhow::anyhow!("the stall probe on CPU {cpu} must be pinned and SCHED_FIFO (root): {e}")
+    })?;
     let mut seen = Vec::new();
     let mut due = Instant::now() + PERIOD;
     while !stop.load(Ordering::Relaxed) {
@@ -109,6 +94,25 @@ fn probe(cpu: usize, stop: &AtomicBool) -> anyhow::Result<Vec<Stall>> {
         due = woke + PERIOD;
     }
     Ok(seen)
+}
+
+/// Pins the calling thread to `cpu` at real-time `priority` (`SCHED_FIFO`).
+fn pin(cpu: usize, priority: i32) -> std::io::Result<()> {
+    // SAFETY: plain syscalls on this thread (pid 0 = the caller) with valid arguments.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let param = libc::sched_param {
+            sched_priority: priority,
+        };
+        if libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Whether a request in flight from `start` to `end` was (partly) inside one of `stalls`.
@@ -133,14 +137,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         let held = Duration::from_millis(3);
         std::thread::spawn(move || {
-            // SAFETY: plain syscalls on this thread with valid arguments.
-            unsafe {
-                let mut set: libc::cpu_set_t = std::mem::zeroed();
-                libc::CPU_SET(cpu, &mut set);
-                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-                let param = libc::sched_param { sched_priority: 2 };
-                libc::sched_setscheduler(0, libc::SCHED_FIFO, &param);
-            }
+            pin(cpu, 2).unwrap();
             let start = Instant::now();
             while start.elapsed() < held {
                 std::hint::spin_loop();

@@ -116,35 +116,27 @@ pub fn write(r: &Results, took: Duration, complete: bool) -> anyhow::Result<()> 
                 fmt(lat(rate, route, |l| l.p99_us), 0)
             )
         };
-        let (e99, w99) = (
-            lat(rate, Route::Envoy, |l| l.p99_us),
-            lat(rate, Route::Weft, |l| l.p99_us),
-        );
-        let (e50, w50) = (
-            lat(rate, Route::Envoy, |l| l.p50_us),
-            lat(rate, Route::Weft, |l| l.p50_us),
-        );
+        // Weft's p50 and p99 over Envoy's, and whether that p99 is within the target.
+        type Pick = fn(&super::figures::Latency) -> f64;
+        let ratios = |p50: Pick, p99: Pick| {
+            let of = |pick: Pick| lat(rate, Route::Weft, pick) / lat(rate, Route::Envoy, pick);
+            let cell = format!("p50 {} x, p99 {} x", fmt(of(p50), 2), fmt(of(p99), 2));
+            (cell, of(p99) <= 0.7)
+        };
+        let (ratio, within) = ratios(|l| l.p50_us, |l| l.p99_us);
         let first = rate == RATES[0];
         row(
             format!("latency at {rate} req/s, p50 / p90 / p99 (us)"),
             cell(Route::Direct),
             cell(Route::Envoy),
             cell(Route::Weft),
-            format!("p50 {} x, p99 {} x", fmt(w50 / e50, 2), fmt(w99 / e99, 2)),
+            ratio,
             if first {
                 "p99 <= 0.7 x Envoy"
             } else {
                 "report"
             },
-            first.then_some(w99 <= 0.7 * e99),
-        );
-        let (e99, w99) = (
-            lat(rate, Route::Envoy, |l| l.outside_stalls_p99_us),
-            lat(rate, Route::Weft, |l| l.outside_stalls_p99_us),
-        );
-        let (e50, w50) = (
-            lat(rate, Route::Envoy, |l| l.outside_stalls_p50_us),
-            lat(rate, Route::Weft, |l| l.outside_stalls_p50_us),
+            first.then_some(within),
         );
         let stalls = |route: Route| {
             format!(
@@ -160,7 +152,7 @@ pub fn write(r: &Results, took: Duration, complete: bool) -> anyhow::Result<()> 
             stalls(Route::Direct),
             stalls(Route::Envoy),
             stalls(Route::Weft),
-            format!("p50 {} x, p99 {} x", fmt(w50 / e50, 2), fmt(w99 / e99, 2)),
+            ratios(|l| l.outside_stalls_p50_us, |l| l.outside_stalls_p99_us).0,
             "report",
             None,
         );
