@@ -124,6 +124,14 @@ pub fn write(r: &Results, took: Duration, complete: bool) -> anyhow::Result<()> 
             (cell, of(p99) <= 0.7)
         };
         let (ratio, within) = ratios(|l| l.p50_us, |l| l.p99_us);
+        let floor = {
+            let of = |pick: Pick| lat(rate, Route::L4, pick) / lat(rate, Route::Envoy, pick);
+            format!(
+                "p50 {} x, p99 {} x",
+                fmt(of(|l| l.p50_us), 2),
+                fmt(of(|l| l.p99_us), 2)
+            )
+        };
         let first = rate == RATES[0];
         row(
             format!("latency at {rate} req/s, p50 / p90 / p99 (us)"),
@@ -153,6 +161,17 @@ pub fn write(r: &Results, took: Duration, complete: bool) -> anyhow::Result<()> 
             stalls(Route::Envoy),
             stalls(Route::Weft),
             ratios(|l| l.outside_stalls_p50_us, |l| l.outside_stalls_p99_us).0,
+            "report",
+            None,
+        );
+        // The floor of any waypoint on this path: the same two hops with weftd in the
+        // waypoint's place, ending the tunnel and doing nothing at L7.
+        row(
+            "same two hops with weftd in the waypoint's place (L4 only, no L7), p50 / p90 / p99 (us), against Envoy".into(),
+            String::new(),
+            cell(Route::Envoy),
+            cell(Route::L4),
+            floor,
             "report",
             None,
         );
@@ -283,6 +302,11 @@ timers, for up to 10 ms (docs/architecture.md, *CPU stalls*). Every request in f
 during one waits for it, whichever path carries it, and a few dozen per run are enough to
 set a p99 at 1000 req/s. The row below the latency row leaves out the requests a stall
 touched (under 1% of them); the target is judged on the row with every request.
+
+*weftd in the waypoint's place*: the *L4 only* path below (enrolled client -> weftd -> weftd
+-> enrolled server), whose second weftd ends the same tunnel on the same node and relays the
+bytes without reading HTTP. It is the floor of any waypoint on this path: what a hop that
+does no L7 work at all would give, measured in the same runs, against Envoy's path.
 
 ## The full mesh path against L4 only
 
