@@ -37,6 +37,8 @@ struct Trace {
     by_process: HashMap<u32, Vec<Waking>>,
     /// Times each thread was switched in, in time order.
     switched_in: HashMap<u32, Vec<f64>>,
+    /// Wakings of each thread, in time order.
+    woken: HashMap<u32, Vec<Waking>>,
 }
 
 /// The process roles along a waypoint path.
@@ -137,11 +139,13 @@ fn parse(text: &str) -> Trace {
         match event {
             "sched:sched_waking:" => {
                 if let Some(wakee) = field("pid=") {
-                    t.by_process.entry(pid).or_default().push(Waking {
+                    let w = Waking {
                         t: time,
                         waker: tid,
                         wakee,
-                    });
+                    };
+                    t.by_process.entry(pid).or_default().push(w);
+                    t.woken.entry(wakee).or_default().push(w);
                 }
             }
             "sched:sched_switch:" => {
@@ -156,38 +160,51 @@ fn parse(text: &str) -> Trace {
 }
 
 /// Follows each request from the client's timer wakeup to its wakeup by weftd with the
-/// response: client -> weftd -> waypoint -> backend -> waypoint -> weftd -> client. A request
-/// whose chain breaks (a process that was already running needs no wakeup) is left out.
+/// response: client -> weftd -> waypoint -> backend -> waypoint -> weftd -> client. The
+/// response is the client thread's next wakeup after it sent (it blocks reading it); a
+/// request whose chain breaks (a process that was already running needs no wakeup, or that
+/// wakeup is not weftd's) is left out rather than joined to a later request's hops.
 fn walk(t: &Trace, roles: &Roles) -> Vec<(f64, Vec<Hop>)> {
     let process = |tid: u32| t.tgid.get(&tid).copied().unwrap_or(0);
     let ours: HashSet<u32> = [roles.weftd, roles.waypoint, roles.backend].into();
-    // The client's threads: woken by weftd, and none of the processes on the path.
+    // The client: the process outside the path that weftd wakes most (weftd also wakes the
+    // odd kernel thread); its threads are the ones weftd wakes.
+    let mut woken_by_weftd: HashMap<u32, usize> = HashMap::new();
+    for w in t.by_process.get(&roles.weftd).into_iter().flatten() {
+        let p = process(w.wakee);
+        if p != 0 && !ours.contains(&p) {
+            *woken_by_weftd.entry(p).or_default() += 1;
+        }
+    }
+    let mut chains = Vec::new();
+    let Some(client_process) = woken_by_weftd
+        .into_iter()
+        .max_by_key(|&(_, n)| n)
+        .map(|(p, _)| p)
+    else {
+        return chains;
+    };
     let clients: HashSet<u32> = t
         .by_process
         .get(&roles.weftd)
         .into_iter()
         .flatten()
         .map(|w| w.wakee)
-        .filter(|&tid| process(tid) != 0 && !ours.contains(&process(tid)))
+        .filter(|&tid| process(tid) == client_process)
         .collect();
     let switch_in = |tid: u32, after: f64| -> Option<f64> {
         let v = t.switched_in.get(&tid)?;
         v.get(v.partition_point(|&s| s < after)).copied()
     };
-    // The first waking by process `from` at or after `after` (within 5 ms) of a thread of
-    // process `to` (or of thread `only`).
-    let next = |from: u32, after: f64, to: u32, only: Option<u32>| -> Option<Waking> {
+    // The first waking by process `from` at or after `after` and before `end` of a thread of
+    // process `to`.
+    let next = |from: u32, after: f64, end: f64, to: u32| -> Option<Waking> {
         let v = t.by_process.get(&from)?;
         v[v.partition_point(|w| w.t < after)..]
             .iter()
-            .take_while(|w| w.t < after + 0.005)
-            .find(|w| only.map_or(process(w.wakee) == to, |o| w.wakee == o))
+            .take_while(|w| w.t <= end)
+            .find(|w| process(w.wakee) == to)
             .copied()
-    };
-    let mut chains = Vec::new();
-    let client_process = clients.iter().next().map(|&c| process(c));
-    let Some(client_process) = client_process else {
-        return chains;
     };
     let starts = t
         .by_process
@@ -195,28 +212,34 @@ fn walk(t: &Trace, roles: &Roles) -> Vec<(f64, Vec<Hop>)> {
         .flatten()
         .filter(|w| clients.contains(&w.wakee) && process(w.waker) != roles.weftd);
     'request: for start in starts {
-        let Some(mut running) = switch_in(start.wakee, start.t) else {
+        let Some(sent) = switch_in(start.wakee, start.t) else {
+            continue;
+        };
+        // The response: the client thread's first wakeup after it ran; weftd's, or no chain.
+        let Some(response) = t.woken.get(&start.wakee).and_then(|v| {
+            v.get(v.partition_point(|w| w.t <= sent))
+                .copied()
+                .filter(|w| process(w.waker) == roles.weftd && w.t < sent + 0.05)
+        }) else {
             continue;
         };
         let mut hops = vec![Hop {
             role: "client",
-            delay_us: (running - start.t) * 1e6,
+            delay_us: (sent - start.t) * 1e6,
             work_us: 0.0,
         }];
-        let mut at = client_process;
+        let (mut at, mut running) = (client_process, sent);
         let path = [
-            ("weftd", roles.weftd, None),
-            ("waypoint", roles.waypoint, None),
-            ("backend", roles.backend, None),
-            ("waypoint", roles.waypoint, None),
-            ("weftd", roles.weftd, None),
-            ("client", client_process, Some(start.wakee)),
+            ("weftd", roles.weftd),
+            ("waypoint", roles.waypoint),
+            ("backend", roles.backend),
+            ("waypoint", roles.waypoint),
         ];
-        for (role, to, only) in path {
-            let Some(w) = next(at, running, to, only) else {
+        for (role, to) in path {
+            let Some(w) = next(at, running, response.t, to) else {
                 continue 'request;
             };
-            let Some(ran) = switch_in(w.wakee, w.t) else {
+            let Some(ran) = switch_in(w.wakee, w.t).filter(|&r| r <= response.t) else {
                 continue 'request;
             };
             if let Some(last) = hops.last_mut() {
@@ -230,7 +253,30 @@ fn walk(t: &Trace, roles: &Roles) -> Vec<(f64, Vec<Hop>)> {
             at = to;
             running = ran;
         }
-        chains.push(((running - start.t) * 1e6, hops));
+        // The last two hops: into weftd with the response, and weftd waking the client.
+        let Some(back) = next(roles.waypoint, running, response.t, roles.weftd) else {
+            continue;
+        };
+        let Some(weftd_ran) = switch_in(back.wakee, back.t).filter(|&r| r <= response.t) else {
+            continue;
+        };
+        let Some(client_ran) = switch_in(start.wakee, response.t) else {
+            continue;
+        };
+        if let Some(last) = hops.last_mut() {
+            last.work_us = (back.t - running) * 1e6;
+        }
+        hops.push(Hop {
+            role: "weftd",
+            delay_us: (weftd_ran - back.t) * 1e6,
+            work_us: (response.t - weftd_ran) * 1e6,
+        });
+        hops.push(Hop {
+            role: "client",
+            delay_us: (client_ran - response.t) * 1e6,
+            work_us: 0.0,
+        });
+        chains.push(((client_ran - start.t) * 1e6, hops));
     }
     chains
 }
