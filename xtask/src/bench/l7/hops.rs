@@ -19,6 +19,9 @@ use super::figures::latency_run;
 use super::{L7, Route};
 
 const RATE: u32 = 1000;
+/// Longer than any response takes, short of a broken run: a client thread's next wakeup later
+/// than this after it sent is not its response.
+const RESPONSE_WITHIN: f64 = 0.05;
 
 /// One `sched_waking`: `waker` (a thread id) wakes `wakee` at `t` (seconds).
 #[derive(Clone, Copy)]
@@ -219,7 +222,7 @@ fn walk(t: &Trace, roles: &Roles) -> Vec<(f64, Vec<Hop>)> {
         let Some(response) = t.woken.get(&start.wakee).and_then(|v| {
             v.get(v.partition_point(|w| w.t <= sent))
                 .copied()
-                .filter(|w| process(w.waker) == roles.weftd && w.t < sent + 0.05)
+                .filter(|w| process(w.waker) == roles.weftd && w.t < sent + RESPONSE_WITHIN)
         }) else {
             continue;
         };

@@ -166,6 +166,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             .collect::<anyhow::Result<Vec<_>>>()?,
         None => Route::ALL.to_vec(),
     };
+    let (profiling, following) = (
+        only.iter().any(|o| o == "profile"),
+        only.iter().any(|o| o == "hops"),
+    );
     let complete = only.is_empty() && runs == RUNS && routes.len() == Route::ALL.len();
     if !crate::tools::is_root() {
         bail!("the L7 benchmarks build network namespaces and load eBPF programs: run as root");
@@ -211,13 +215,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             ("latency", figures::latency),
             ("scale", figures::scale),
         ];
-        // Not a figure: `--only profile` records where each waypoint spends its CPU.
-        if only.iter().any(|o| o == "profile") {
+        // Not figures: `--only profile` records where each waypoint spends its CPU, `--only
+        // hops` follows requests through the scheduler's trace.
+        if profiling {
             figures::profile(&b)?;
             return Ok((r, Vec::new()));
         }
-        // Nor this: `--only hops` follows requests through the scheduler's trace.
-        if only.iter().any(|o| o == "hops") {
+        if following {
             hops::hops(&b)?;
             return Ok((r, Vec::new()));
         }
@@ -239,7 +243,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
     let (r, failed) = result?;
     // The diagnostics measure no figure: the last run's l7.json stays.
-    if only.iter().any(|o| o == "profile" || o == "hops") {
+    if profiling || following {
         return Ok(());
     }
     report::write(&r, started.elapsed(), complete && failed.is_empty())?;
